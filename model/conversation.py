@@ -1,0 +1,122 @@
+"""The conversation template (LLaVA v0 / GPT4RoI) and token-level encoding with assistant-only labels.
+
+A conversation is a list of (question, answer) turns about one image. Regions appear in questions as
+`regionK <bbox>`; the k-th `<bbox>` in the whole conversation is the k-th box. `<image>` in a question becomes
+`<im_start> <im_patch>*N <im_end>`, whose N patch embeddings are later replaced by projected image features.
+
+Labels are built by concatenating per-segment token spans, never by re-locating text in a joint tokenisation:
+
+    [bos] SYSTEM "\n\n"                                   -> masked (-100)
+    "### Human: " question "\n### Assistant:"              -> masked
+    " " answer </s>                                        -> targets (the model learns to stop with </s>)
+    "\n### Human: " question ...                           -> masked, and so on
+
+Inference encodes the same segments up to the last "### Assistant:" and generates until </s> (the separator),
+so train and test tokenisations are identical by construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from model.errors import PlaceholderError
+from model.tokenizer import BBOX, IM_END, IM_PATCH, IM_START
+
+SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+IMAGE_PREFIX = "The <image> provides an overview of the picture.\n"
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    n_boxes: int
+
+
+def image_placeholder(n_image_tokens: int) -> str:
+    return IM_START + IM_PATCH * n_image_tokens + IM_END
+
+
+def box_as_text(box: Sequence[float]) -> str:
+    """Coordinates-as-text baseline (Shikra/PVIT ablation): normalised xyxy with two decimals."""
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+
+
+def _expand(question: str, n_image_tokens: int, boxes_text: list[str] | None, box_cursor: int) -> tuple[str, int]:
+    q = question.replace("<image>", image_placeholder(n_image_tokens))
+    n = q.count(BBOX)
+    if boxes_text is not None:
+        if box_cursor + n > len(boxes_text):
+            raise PlaceholderError(f"conversation has more <bbox> placeholders than the {len(boxes_text)} boxes given")
+        for k in range(n):
+            q = q.replace(BBOX, boxes_text[box_cursor + k], 1)
+    return q, n
+
+
+def _tok(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prefix_ids(tokenizer, n_image_tokens: int, system: str = SYSTEM) -> list[int]:
+    """The part every conversation about an image shares: system prompt and the image, up to its first question.
+
+    Tokenised as its own spans, so inference can compute it once per image and reuse its KV cache.
+    """
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids += _tok(tokenizer, system + "\n\n")
+    ids += _tok(tokenizer, "### Human: " + IMAGE_PREFIX.replace("<image>", image_placeholder(n_image_tokens)))
+    return ids
+
+
+def question_ids(tokenizer, question: str, first: bool) -> list[int]:
+    """A human turn after the shared prefix, up to and including "### Assistant:"."""
+    return _tok(tokenizer, ("" if first else "\n### Human: ") + question + "\n### Assistant:")
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    return _tok(tokenizer, " " + answer) + [tokenizer.eos_token_id]
+
+
+def encode(tokenizer, turns: Sequence[tuple[str, str | None]], n_image_tokens: int, n_boxes: int,
+           boxes_text: list[str] | None = None, system: str = SYSTEM) -> Encoded:
+    """Token ids and labels for a conversation. The last answer may be None (a prompt for generation).
+
+    The first question must start with IMAGE_PREFIX. `n_boxes` is the number of boxes supplied with the
+    conversation; a different placeholder count raises PlaceholderError. With `boxes_text` (the
+    coordinates-as-text baseline) each `<bbox>` is replaced by that box's coordinates as text.
+    """
+    if not turns or not turns[0][0].startswith(IMAGE_PREFIX):
+        raise ValueError(f"the first question must start with {IMAGE_PREFIX!r}")
+    ids = prefix_ids(tokenizer, n_image_tokens, system)
+    labels = [IGNORE] * len(ids)
+    seen = 0
+    for t, (question, answer) in enumerate(turns):
+        if t == 0:
+            question = question[len(IMAGE_PREFIX):]
+        if "<image>" in question:
+            raise ValueError("<image> may only appear once, at the start of the first question")
+        q, n = _expand(question, 0, boxes_text, seen)
+        seen += n
+        human = question_ids(tokenizer, q, first=t == 0)
+        ids += human
+        labels += [IGNORE] * len(human)
+        if answer is None:
+            if t != len(turns) - 1:
+                raise ValueError("only the last turn may leave its answer open")
+            break
+        reply = answer_ids(tokenizer, answer)
+        ids += reply
+        labels += reply
+    if seen != n_boxes:
+        raise PlaceholderError(f"{seen} <bbox> placeholder(s) in the conversation but {n_boxes} box(es) given")
+    return Encoded(ids, labels, seen)
+
+
+# Canonical inference prompts (the synthetic corpus trains on these among its paraphrases).
+CAPTION_PROMPT = "Give a short description of region1 <bbox>."
+DETAILED_PROMPT = "Describe region1 <bbox> in detail."
+ATTRIBUTE_PROMPT = "What is the {name} of region1 <bbox>?"
+YESNO_PROMPT = "Is region1 <bbox> {label} region2 <bbox>?"
+RELATION_TEXT_PROMPT = "How is region1 <bbox> related to region2 <bbox>?"

@@ -1,0 +1,265 @@
+"""RegionDescriber: the inference entry point. One image, many boxes, one batched pass.
+
+    describe(image, boxes, asks) -> Description
+
+Work per call: the image is encoded once (vision tower, fused pyramid, image tokens) and the shared prompt prefix
+(system prompt + image tokens) is run through the LM once; both are kept in an LRU cache keyed by image content, so
+a second box on the same image re-encodes nothing. Every question about every region (captions, attributes,
+relations) is then one right-padded batch on top of that prefix; captions are decoded greedily together, and
+attribute/relation candidates are ranked by log-likelihood together.
+
+`naive=True` is the baseline kept for honest speed comparisons: one region per pass, image re-encoded each time,
+no shared prefix.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from model import conversation as conv
+from model.asks import Asks, Box, Description, RegionDescription, Relation
+from model.generation import State, extend, greedy, last_logits, rank
+from model.images import check_boxes, load_image, normalise_boxes, pixel_values
+from model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "default"
+
+
+@dataclass
+class _Question:
+    kind: str  # caption | detailed | attribute | yesno | relation_text
+    regions: list[int]
+    text: str
+    candidates: list[str] | None = None
+    key: str | None = None  # attribute name or relation label
+
+
+@dataclass
+class _Encoded:
+    features: ImageFeatures
+    prefix: State
+
+
+class RegionDescriber:
+    def __init__(self, model: RegionScribeModel, model_version: str, cache_size: int = 32,
+                 relation_threshold: float = 0.5, max_relation_partners: int = 3):
+        self.model = model.eval()
+        self.model_version = model_version
+        self.cache_size = cache_size
+        self.relation_threshold = relation_threshold
+        self.max_relation_partners = max_relation_partners
+        self._cache: OrderedDict[str, _Encoded] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str | Path = DEFAULT_CHECKPOINT, device: str | None = None,
+                        **kwargs) -> "RegionDescriber":
+        path = Path(path)
+        model = RegionScribeModel.from_pretrained(path, device=device)
+        return cls(model, checkpoint_version(path), **kwargs)
+
+    @classmethod
+    def from_config(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> "RegionDescriber":
+        """An untrained model of a preset (for tests and benchmarks of plumbing; its words are gibberish)."""
+        from model.config import preset as make_preset
+        from model.corpus import vocabulary_text
+        from model.tokenizer import train_tokenizer
+
+        torch.manual_seed(seed)
+        model = RegionScribeModel(make_preset(preset), train_tokenizer(vocabulary_text()))
+        return cls(model, f"{preset}-untrained-{seed}", **kwargs)
+
+    def reload(self, path: str | Path) -> None:
+        """Swap in another checkpoint (a newly published version); clears the feature cache."""
+        fresh = RegionScribeModel.from_pretrained(path, device=self.model.device)
+        with self._lock:
+            self.model = fresh.eval()
+            self.model_version = checkpoint_version(Path(path))
+            self._cache.clear()
+
+    def cache_info(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "size": len(self._cache)}
+
+    # ----------------------------------------------------------------------------------------------- describe
+    @torch.no_grad()
+    def describe(self, image: Image.Image | bytes, boxes: list[Box], asks: Asks | None = None,
+                 image_key: str | None = None, naive: bool = False) -> Description:
+        asks = asks or Asks()
+        with self._lock:  # one model, one call at a time (a worker is single-threaded anyway)
+            image = image if isinstance(image, Image.Image) else load_image(image)
+            w, h = image.size
+            boxes = check_boxes(boxes, w, h)
+            norm = normalise_boxes(boxes, w, h).to(self.model.device)
+            questions = self._questions(len(boxes), boxes, asks)
+            timings = {"encode": 0.0, "answer": 0.0}
+            if naive:
+                answers: dict[int, object] = {}
+                for r in range(len(boxes)):
+                    t0 = time.perf_counter()
+                    enc = self._encode(image)
+                    timings["encode"] += time.perf_counter() - t0
+                    mine = [i for i, q in enumerate(questions) if q.regions[0] == r]
+                    t0 = time.perf_counter()
+                    got = self._answer(enc, norm, [questions[i] for i in mine], asks.max_new_tokens)
+                    answers.update({mine[k]: v for k, v in enumerate(got)})
+                    timings["answer"] += time.perf_counter() - t0
+                answers_list = [answers[i] for i in range(len(questions))]
+                hit = False
+            else:
+                t0 = time.perf_counter()
+                enc, hit = self._encode_cached(image, image_key)
+                timings["encode"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                answers_list = self._answer(enc, norm, questions, asks.max_new_tokens)
+                timings["answer"] = time.perf_counter() - t0
+            return self._assemble(boxes, questions, answers_list, hit, timings)
+
+    def _questions(self, n: int, boxes: list[Box], asks: Asks) -> list[_Question]:
+        qs: list[_Question] = []
+        for r in range(n):
+            if asks.caption:
+                qs.append(_Question("caption", [r], conv.CAPTION_PROMPT))
+            if asks.detailed:
+                qs.append(_Question("detailed", [r], conv.DETAILED_PROMPT))
+            for name, values in asks.attributes.items():
+                if values:
+                    qs.append(_Question("attribute", [r], conv.ATTRIBUTE_PROMPT.format(name=name), list(values), name))
+        if n > 1 and (asks.relation_labels or asks.relation_text):
+            for r in range(n):
+                partners = self._partners(r, boxes)
+                for p in partners:
+                    for label in asks.relation_labels:
+                        qs.append(_Question("yesno", [r, p], conv.YESNO_PROMPT.format(label=label), ["yes", "no"],
+                                            label))
+                if asks.relation_text:
+                    qs.append(_Question("relation_text", [r, partners[0]], conv.RELATION_TEXT_PROMPT))
+        return qs
+
+    def _partners(self, r: int, boxes: list[Box]) -> list[int]:
+        def centre(b):
+            return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+        cx, cy = centre(boxes[r])
+        others = sorted((math.hypot(centre(b)[0] - cx, centre(b)[1] - cy), j) for j, b in enumerate(boxes) if j != r)
+        return [j for _, j in others[: self.max_relation_partners]]
+
+    # ------------------------------------------------------------------------------------------------ encoding
+    def _image_key(self, image: Image.Image) -> str:
+        digest = hashlib.sha1(image.tobytes())
+        digest.update(f"{image.size}".encode())
+        return digest.hexdigest()
+
+    def _encode_cached(self, image: Image.Image, image_key: str | None) -> tuple[_Encoded, bool]:
+        key = image_key or self._image_key(image)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return self._cache[key], True
+        self.misses += 1
+        enc = self._encode(image)
+        self._cache[key] = enc
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return enc, False
+
+    def _encode(self, image: Image.Image) -> _Encoded:
+        m = self.model
+        cfg = m.config
+        pv = pixel_values(image, cfg.image_size, cfg.image_mean, cfg.image_std)[None].to(m.device)
+        feats = m.encode_images(pv)
+        ids = torch.tensor([conv.prefix_ids(m.tokenizer, m.n_image_tokens)], device=m.device)
+        emb = m.embed(ids, feats.image_tokens, [ids.new_zeros(0, 1)])
+        state, _ = extend(m.lm, State.empty(1, m.device), emb, torch.tensor([ids.shape[1]], device=m.device))
+        return _Encoded(feats, state)
+
+    # ------------------------------------------------------------------------------------------------ answering
+    def _answer(self, enc: _Encoded, norm: torch.Tensor, questions: list[_Question], max_new_tokens: int) -> list:
+        if not questions:
+            return []
+        m = self.model
+        tok = m.tokenizer
+        device = m.device
+        regions = m.region_tokens(enc.features, [norm])[0]
+        rows, region_rows = [], []
+        for q in questions:
+            text = q.text
+            if not m.uses_region_features:
+                for r in q.regions:
+                    text = text.replace(conv.BBOX, conv.box_as_text(norm[r].tolist()), 1)
+            rows.append(conv.question_ids(tok, text, first=True))
+            region_rows.append(regions[q.regions] if m.uses_region_features else regions.new_zeros(0, regions.shape[1]))
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        emb = m.embed(ids, None, region_rows)
+        state, logits = extend(m.lm, enc.prefix.select(torch.zeros(len(rows), dtype=torch.long, device=device)),
+                               emb, lengths)
+        first = last_logits(logits, lengths)
+        embed_tokens = m.lm.get_input_embeddings()
+        out: list = [None] * len(questions)
+        gen = [i for i, q in enumerate(questions) if q.candidates is None]
+        ranked = [i for i, q in enumerate(questions) if q.candidates is not None]
+        if gen:
+            index = torch.tensor(gen, device=device)
+            g = greedy(m.lm, embed_tokens, state.select(index), first.index_select(0, index), {tok.eos_token_id},
+                       max_new_tokens)
+            for k, i in enumerate(gen):
+                text = tok.decode(g.tokens[k], skip_special_tokens=True).strip()
+                out[i] = (text, math.exp(g.mean_logprob[k]) if g.stopped[k] else 0.5 * math.exp(g.mean_logprob[k]))
+        if ranked:
+            index = torch.tensor(ranked, device=device)
+            cands = [[conv.answer_ids(tok, c) for c in questions[i].candidates] for i in ranked]
+            scores = rank(m.lm, embed_tokens, state.select(index), first.index_select(0, index), cands)
+            for k, i in enumerate(ranked):
+                probs = torch.softmax(torch.tensor(scores[k], dtype=torch.float64), 0).tolist()
+                out[i] = list(zip(questions[i].candidates, probs))
+        return out
+
+    def _assemble(self, boxes: list[Box], questions: list[_Question], answers: list, hit: bool,
+                  timings: dict[str, float]) -> Description:
+        regions = [RegionDescription(box=tuple(b)) for b in boxes]
+        relations: list[Relation] = []
+        for q, a in zip(questions, answers):
+            reg = regions[q.regions[0]]
+            if q.kind == "caption":
+                reg.caption, reg.caption_confidence = a
+            elif q.kind == "detailed":
+                reg.detailed = a[0]
+            elif q.kind == "attribute":
+                reg.attributes[q.key] = sorted(a, key=lambda kv: -kv[1])
+            elif q.kind == "relation_text":
+                reg.relation_text, reg.relation_partner = a[0], q.regions[1]
+            elif q.kind == "yesno":
+                p_yes = dict(a)["yes"]
+                if p_yes >= self.relation_threshold:
+                    relations.append(Relation(q.regions[0], q.regions[1], q.key, p_yes))
+        for reg in regions:
+            parts = ([reg.caption_confidence] if reg.caption is not None else []) + \
+                    [v[0][1] for v in reg.attributes.values() if v]
+            reg.confidence = math.exp(sum(math.log(max(p, 1e-9)) for p in parts) / len(parts)) if parts else 0.0
+        return Description(regions, relations, self.model_version, timings, hit)
+
+
+def checkpoint_version(path: Path) -> str:
+    """The checkpoint's version: its recorded `version`, else its folder name and a hash of its weights."""
+    import json
+
+    meta = json.loads((path / "config.json").read_text()).get("metadata", {})
+    if meta.get("version"):
+        return str(meta["version"])
+    digest = hashlib.sha1()
+    with open(path / WEIGHTS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.name}-{digest.hexdigest()[:10]}"

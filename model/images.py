@@ -1,0 +1,112 @@
+"""Images and boxes in, tensors out: decoding, EXIF rotation, mode conversion, resizing, box checks.
+
+Every bad input stops here with an `ImageError` or a `BoxError` that says what is wrong, before any tensor work.
+Documented behaviour:
+- EXIF orientation is applied first; boxes are in pixels of the rotated (as displayed) image.
+- Grayscale, palette, 16-bit and float images are converted to 8-bit RGB (16-bit/float scaled by their max);
+  transparent images are composited on white.
+- The image is resized to the model's square input without keeping the aspect ratio (GPT4RoI's Resize with
+  keep_ratio=False); boxes are normalised by the image's width and height, so they follow the same distortion.
+- Boxes partly outside the image are clipped to it; a box with no area inside the image, an inverted or zero-size
+  box, or one that is not four finite numbers is an error naming the box's index.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from model.errors import BoxError, ImageError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused before they are decoded (decompression bombs)
+
+
+def load_image(data: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode bytes (or a path, or a PIL image) into an 8-bit RGB image with EXIF rotation applied."""
+    if isinstance(data, Image.Image):
+        image = data
+    else:
+        try:
+            raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else bytes(data)
+        except OSError as e:
+            raise ImageError(f"cannot read image file: {e}") from e
+        if not raw:
+            raise ImageError("empty image data")
+        try:
+            image = Image.open(io.BytesIO(raw))
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"image refused as a decompression bomb: {e}") from e
+        except Exception as e:  # PIL raises UnidentifiedImageError, SyntaxError, ValueError... on junk
+            raise ImageError(f"not a readable image ({type(e).__name__}: {e})") from e
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(f"image could not be decoded ({type(e).__name__}: {e})") from e
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        arr = arr / top * 255.0 if top > 0 else arr * 0
+        return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def pixel_values(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """[3, size, size] float tensor: bilinear resize to a square (aspect not kept), then CLIP normalisation."""
+    resized = image.resize((size, size), Image.Resampling.BICUBIC)
+    arr = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    return (arr - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> list[tuple[float, float, float, float]]:
+    """Validate pixel xyxy boxes and clip them to the image. Raises BoxError naming the first bad box."""
+    if boxes is None or len(boxes) == 0:
+        raise BoxError("no boxes given: at least one region is needed")
+    out = []
+    for i, box in enumerate(boxes):
+        try:
+            x1, y1, x2, y2 = (float(v) for v in box)
+        except (TypeError, ValueError) as e:
+            raise BoxError(f"box {i} is not four numbers x1, y1, x2, y2: {box!r}") from e
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise BoxError(f"box {i} has a non-finite coordinate: {box!r}")
+        if x2 <= x1 or y2 <= y1:
+            raise BoxError(f"box {i} is inverted or has zero size (need x2 > x1 and y2 > y1): {box!r}")
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+            raise BoxError(f"box {i} lies outside the {width}x{height} image: {box!r}")
+        out.append((cx1, cy1, cx2, cy2))
+    return out
+
+
+def normalise_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> torch.Tensor:
+    """[N, 4] xyxy in [0, 1] of the image (the same frame the resized model input uses)."""
+    t = torch.tensor([list(b) for b in boxes], dtype=torch.float32).reshape(-1, 4)
+    return t / torch.tensor([width, height, width, height], dtype=torch.float32)

@@ -1,0 +1,237 @@
+"""RegionScribeModel: vision tower + image projector + GPT4RoI region encoder + any HF causal LM.
+
+The LM is never subclassed or patched: `inputs_embeds` are built here (token embeddings with the `<im_patch>`
+positions replaced by projected image features and the `<bbox>` positions replaced, in order, by region tokens)
+and passed to the LM's ordinary forward. Checkpoints are HF-shaped: config.json, model.safetensors and the
+tokenizer files in one folder.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model.config import ModelConfig
+from model.errors import PlaceholderError
+from model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
+from model.tokenizer import SpecialIds, add_region_tokens
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def _hf_config(d: dict[str, Any]):
+    from transformers import AutoConfig
+
+    d = dict(d)
+    return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+def build_vision(config: ModelConfig, saved: dict[str, Any] | None = None) -> nn.Module:
+    from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
+
+    if config.vision_path and saved is None:
+        kind = AutoConfig.from_pretrained(config.vision_path).model_type
+        cls = SiglipVisionModel if "siglip" in kind else CLIPVisionModel
+        return cls.from_pretrained(config.vision_path)
+    if saved is not None:
+        hf = _hf_config(saved)
+    elif config.vision_type == "siglip":
+        from transformers import SiglipVisionConfig
+        hf = SiglipVisionConfig(**config.vision_config)
+    else:
+        from transformers import CLIPVisionConfig
+        hf = CLIPVisionConfig(**config.vision_config)
+    cls = SiglipVisionModel if "siglip" in hf.model_type else CLIPVisionModel
+    return cls(hf)
+
+
+def build_lm(config: ModelConfig, vocab_size: int, saved: dict[str, Any] | None = None) -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if config.lm_path and saved is None:
+        return AutoModelForCausalLM.from_pretrained(config.lm_path)
+    hf = _hf_config(saved) if saved is not None else LlamaConfig(vocab_size=vocab_size, **config.lm_config)
+    return AutoModelForCausalLM.from_config(hf)
+
+
+@dataclass
+class ImageFeatures:
+    levels: list[torch.Tensor]  # fused pyramid maps, finest first, [B, C, s, s]
+    image_tokens: torch.Tensor | None  # [B, N, lm_hidden] projected patch features, or None when switched off
+
+    def select(self, index: torch.Tensor) -> "ImageFeatures":
+        return ImageFeatures([lv.index_select(0, index) for lv in self.levels],
+                             None if self.image_tokens is None else self.image_tokens.index_select(0, index))
+
+
+class RegionScribeModel(nn.Module):
+    def __init__(self, config: ModelConfig, tokenizer, vision: nn.Module | None = None, lm: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        add_region_tokens(tokenizer)
+        self.ids = SpecialIds.of(tokenizer)
+        self.vision = vision if vision is not None else build_vision(config)
+        self.lm = lm if lm is not None else build_lm(config, len(tokenizer))
+        self._fit_embeddings()
+        vcfg = self.vision.config
+        vh, lh = vcfg.hidden_size, self.lm.config.hidden_size
+        self.grid = vcfg.image_size // vcfg.patch_size
+        if vcfg.image_size != config.image_size:
+            raise ValueError(f"vision tower expects {vcfg.image_size}px images, config says {config.image_size}")
+        self.level_indices = pyramid_layers(vcfg.num_hidden_layers + 1, config.select_layer, config.layer_stride,
+                                            config.num_levels)
+        self.projector = nn.Linear(vh, lh)
+        self.region_encoder = RegionEncoder(
+            vh, lh, config.image_size, config.num_levels, config.fuse_channels, config.num_fuse, config.gn_groups,
+            config.roi_output, config.roi_sampling_ratio, config.region_hidden, config.position_hidden)
+        if config.frozen_vision():
+            self.vision.requires_grad_(False)
+
+    def _fit_embeddings(self) -> None:
+        """Grow the LM's embeddings to the tokenizer; new rows start at the mean of the old ones (GPT4RoI)."""
+        emb = self.lm.get_input_embeddings()
+        old = emb.weight.shape[0]
+        if len(self.tokenizer) <= old:
+            return
+        self.lm.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for matrix in (self.lm.get_input_embeddings().weight, self.lm.get_output_embeddings().weight):
+                matrix[old:] = matrix[:old].mean(0, keepdim=True)
+
+    # ---------------------------------------------------------------------------------------------- visual side
+    @property
+    def n_image_tokens(self) -> int:
+        if not self.config.use_image_tokens:
+            return 0
+        return (self.grid // self.config.image_token_pool) ** 2
+
+    @property
+    def uses_region_features(self) -> bool:
+        return self.config.region_format == "features"
+
+    def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        frozen = self.config.frozen_vision()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            out = self.vision(pixel_values=pixel_values.to(self.vision.dtype), output_hidden_states=True)
+        hs = out.hidden_states
+        levels = self.region_encoder.pyramid([hs[i] for i in self.level_indices]) if self.uses_region_features else []
+        tokens = None
+        if self.config.use_image_tokens:
+            grid = patch_grid(hs[self.config.select_layer])
+            if self.config.image_token_pool > 1:
+                grid = F.avg_pool2d(grid, self.config.image_token_pool)
+            tokens = self.projector(grid.flatten(2).transpose(1, 2))
+        return ImageFeatures(levels, tokens)
+
+    def region_tokens(self, features: ImageFeatures, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image, normalised [N_i, 4] boxes -> [N_i, lm_hidden] region tokens."""
+        if not self.uses_region_features:  # coordinates-as-text baseline: boxes are in the text, no region tokens
+            return [b.new_zeros(0, self.lm.config.hidden_size) for b in boxes]
+        return self.region_encoder(features.levels, boxes)
+
+    # --------------------------------------------------------------------------------------------- text side
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None,
+              region_tokens: list[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with `<im_patch>` and `<bbox>` positions replaced (out of place, autograd-safe).
+
+        image_tokens: [B, N, H] for the rows of input_ids (rows without patches are skipped); region_tokens: one
+        [n_b, H] tensor per row, used in order of appearance of `<bbox>` in that row.
+        """
+        emb = self.lm.get_input_embeddings()(input_ids)
+        patch = input_ids == self.ids.im_patch
+        if patch.any():
+            counts = patch.sum(1)
+            rows = counts.nonzero().flatten()
+            if image_tokens is None or (counts[rows] != image_tokens.shape[1]).any():
+                raise PlaceholderError(f"image placeholders per row {counts.tolist()} do not match "
+                                       f"{None if image_tokens is None else image_tokens.shape[1]} image tokens")
+            emb = emb.masked_scatter(patch[..., None], image_tokens.index_select(0, rows).to(emb.dtype))
+        bbox = input_ids == self.ids.bbox
+        counts = bbox.sum(1).tolist()
+        given = [len(r) for r in region_tokens]
+        if counts != given:
+            raise PlaceholderError(f"<bbox> placeholders per row {counts} but region tokens per row {given}")
+        if sum(counts):
+            src = torch.cat([r for r in region_tokens if len(r)]).to(emb.dtype)
+            emb = emb.masked_scatter(bbox[..., None], src)
+        return emb
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere)."""
+        feats = self.encode_images(pixel_values)
+        regions = self.region_tokens(feats, boxes)
+        emb = self.embed(input_ids, feats.image_tokens, regions)
+        return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels).loss
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None,
+                        dtype: torch.dtype | None = None) -> None:
+        """config.json (architecture, exact sub-configs, training metadata) + model.safetensors + tokenizer."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        skip_vision = bool(self.config.vision_path) and self.config.frozen_vision()
+        state, seen = {}, set()
+        for name, tensor in self.state_dict().items():
+            if skip_vision and name.startswith("vision."):
+                continue
+            if tensor.data_ptr() in seen:  # tied weights are stored once
+                continue
+            seen.add(tensor.data_ptr())
+            t = tensor.detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            state[name] = t.contiguous().cpu()
+        save_file(state, str(path / WEIGHTS), metadata={"format": "pt"})
+        doc = {
+            "model_type": "regionscribe",
+            "model": self.config.to_dict(),
+            "vision": None if skip_vision else self.vision.config.to_dict(),
+            "lm": self.lm.config.to_dict(),
+            "metadata": metadata or {},
+        }
+        (path / CONFIG).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        self.tokenizer.save_pretrained(str(path))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> "RegionScribeModel":
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path} is not a regionscribe checkpoint (needs {CONFIG} and {WEIGHTS})")
+        doc = json.loads((path / CONFIG).read_text())
+        if doc.get("model_type") != "regionscribe":
+            raise ValueError(f"{path / CONFIG} is not a regionscribe config")
+        config = ModelConfig.from_dict(doc["model"])
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        vision = build_vision(config, saved=doc["vision"])
+        lm = build_lm(config, len(tokenizer), saved=doc["lm"])
+        model = cls(config, tokenizer, vision=vision, lm=lm)
+        state = load_file(str(path / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        allowed = {k for k in missing if k.startswith("vision.") and doc["vision"] is None}
+        tied = {k for k in missing if k.startswith("lm.") and getattr(model.lm.config, "tie_word_embeddings", False)}
+        bad = set(missing) - allowed - tied
+        if bad or unexpected:
+            raise ValueError(f"checkpoint {path} does not match its config: missing {sorted(bad)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        model.metadata = doc.get("metadata", {})
+        model.to(torch.float32 if config.dtype == "float32" else getattr(torch, config.dtype))
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    metadata: dict[str, Any] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.weight.device

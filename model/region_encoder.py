@@ -1,0 +1,129 @@
+"""GPT4RoI's region encoder: a multi-level pyramid from ViT depth, fused, RoI-aligned on every level.
+
+    hidden states of `num_levels` layers, `layer_stride` apart, ending at `select_layer`
+      -> patch grids [B, C, g, g], the shallower ones up-sampled x2, x4, ... (bilinear, align_corners=True)
+      -> fuse: coordinate channels + 1x1 conv per level, then `num_fuse` rounds of cross-level channel shuffle
+         (keep C/2, take C/4 from the next coarser and C/4 from the next finer level) with 3x3 conv + GN + ReLU
+      -> torchvision.ops.roi_align on EVERY level (aligned=True, fp32), not MultiScaleRoIAlign's one level per box
+      -> per-level 3x3 conv, sum, ReLU, flatten, Linear
+      -> + MLP of the normalised box (PVIT's position term)
+      -> Linear to the LM width: one token per box.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+
+def pyramid_layers(num_hidden_states: int, select_layer: int, layer_stride: int, num_levels: int) -> list[int]:
+    """Indices into `hidden_states` (0 = embeddings): GPT4RoI's `hs[select::-stride][::-1][-num_levels:]`."""
+    indices = list(range(num_hidden_states))[select_layer::-layer_stride][::-1][-num_levels:]
+    if len(indices) < num_levels:
+        raise ValueError(f"a tower with {num_hidden_states} hidden states cannot give {num_levels} levels "
+                         f"{layer_stride} apart ending at {select_layer}")
+    return indices
+
+
+def patch_grid(hidden: torch.Tensor) -> torch.Tensor:
+    """[B, T, C] ViT tokens (with or without a CLS token) -> [B, C, g, g]."""
+    b, t, c = hidden.shape
+    g = int(round(t ** 0.5))
+    if g * g != t:
+        g = int(round((t - 1) ** 0.5))
+        if g * g != t - 1:
+            raise ValueError(f"cannot arrange {t} tokens in a square patch grid")
+        hidden = hidden[:, 1:]
+    return hidden.transpose(1, 2).reshape(b, c, g, g)
+
+
+def _coords(x: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy]).expand(b, 2, h, w)
+
+
+class LevelFuse(nn.Module):
+    """GPT4RoI's MLVLFuseModule with nn layers (no mmcv)."""
+
+    def __init__(self, in_channels: int, channels: int, num_levels: int, num_fuse: int, gn_groups: int):
+        super().__init__()
+        self.num_levels = num_levels
+        self.input_convs = nn.ModuleList(nn.Conv2d(in_channels + 2, channels, 1) for _ in range(num_levels))
+        self.rounds = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.GroupNorm(gn_groups, channels),
+                          nn.ReLU())
+            for _ in range(num_fuse)
+        )
+
+    def forward(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        feats = [conv(torch.cat([x, _coords(x)], 1)) for conv, x in zip(self.input_convs, levels)]
+        c = feats[0].shape[1]
+        quarter = c // 4
+        remain = c - 2 * quarter
+        last = self.num_levels - 1
+        for block in self.rounds:
+            fused = []
+            for i, x in enumerate(feats):  # levels ordered finest (largest grid) to coarsest
+                size = x.shape[-2:]
+                coarser = feats[min(i + 1, last)][:, c - quarter:].float()
+                finer = feats[max(i - 1, 0)][:, remain:remain + quarter].float()
+                coarser = F.interpolate(coarser, size=size, mode="bilinear", align_corners=True).to(x.dtype)
+                finer = F.interpolate(finer, size=size, mode="bilinear", align_corners=True).to(x.dtype)
+                fused.append(block(torch.cat([x[:, :remain], coarser, finer], 1)))
+            feats = fused
+        return feats
+
+
+class RegionEncoder(nn.Module):
+    def __init__(self, vision_hidden: int, lm_hidden: int, image_size: int, num_levels: int, fuse_channels: int,
+                 num_fuse: int, gn_groups: int, roi_output: int, roi_sampling_ratio: int, region_hidden: int,
+                 position_hidden: int):
+        super().__init__()
+        self.image_size = image_size
+        self.roi_output = roi_output
+        self.sampling_ratio = roi_sampling_ratio
+        self.num_levels = num_levels
+        self.fuse = LevelFuse(vision_hidden, fuse_channels, num_levels, num_fuse, gn_groups)
+        self.level_convs = nn.ModuleList(nn.Conv2d(fuse_channels, fuse_channels, 3, padding=1)
+                                         for _ in range(num_levels))
+        self.flatten_linear = nn.Linear(fuse_channels * roi_output * roi_output, region_hidden)
+        self.position = nn.Sequential(
+            nn.Linear(4, position_hidden), nn.ReLU(), nn.LayerNorm(position_hidden),
+            nn.Linear(position_hidden, region_hidden), nn.ReLU(), nn.LayerNorm(region_hidden),
+        )
+        self.to_lm = nn.Linear(region_hidden, lm_hidden)
+
+    def pyramid(self, hidden_levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Selected hidden states (shallow to deep) -> fused feature maps, finest first."""
+        grids = [patch_grid(h) for h in hidden_levels]
+        n = len(grids)
+        ups = []
+        for k, g in enumerate(grids):  # shallowest is up-sampled the most: x2^(n-1-k)
+            scale = 2 ** (n - 1 - k)
+            if scale > 1:
+                size = (g.shape[-2] * scale, g.shape[-1] * scale)
+                g = F.interpolate(g.float(), size=size, mode="bilinear", align_corners=True).to(g.dtype)
+            ups.append(g)
+        return self.fuse(ups)
+
+    def forward(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """levels: fused maps [B, C, s, s]; boxes: per image [N_i, 4] normalised xyxy -> per image [N_i, lm_hidden]."""
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
+            return [levels[0].new_zeros(0, self.to_lm.out_features) for _ in boxes]
+        norm = torch.cat(boxes).to(torch.float32)
+        index = torch.cat([torch.full((n, 1), i, dtype=torch.float32) for i, n in enumerate(counts)]).to(norm.device)
+        rois = torch.cat([index, norm * self.image_size], 1)
+        pooled = 0
+        for conv, feat in zip(self.level_convs, levels):
+            scale = feat.shape[-1] / self.image_size
+            r = roi_align(feat.float(), rois, self.roi_output, spatial_scale=scale,
+                          sampling_ratio=self.sampling_ratio, aligned=True)
+            pooled = pooled + conv(r.to(feat.dtype))
+        x = self.flatten_linear(F.relu(pooled).flatten(1))
+        x = x + self.position(norm.to(x.dtype))
+        return list(self.to_lm(x).split(counts))
