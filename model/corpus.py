@@ -131,7 +131,7 @@ ATTRIBUTE_TEMPLATES = [
 RELATION_TEMPLATES: dict[str, list[str]] = {
     "horizontal": ["Is {a} left of or right of {b}?", "Is {a} to the left or to the right of {b}?"],
     "vertical": ["Is {a} above or below {b}?", "Is {a} higher or lower than {b}, above or below?"],
-    "size": ["Is {a} bigger or smaller than {b}?", "Compared with {b}, is {a} bigger or smaller?"],
+    "size": ["Is {a} bigger or smaller than {b}?", "Is {a} bigger than or smaller than {b}?"],
     "color": ["Does {a} have the same colour as {b}?", "Is {a} the same colour as or a different colour from {b}?"],
     "overlap": ["Does {a} overlap {b}?", "Is {a} overlapping or not overlapping {b}?"],
 }
