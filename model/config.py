@@ -37,13 +37,14 @@ class ModelConfig:
     position_hidden: int = 64  # hidden width of PVIT-style box position MLP (GPT4RoI: 256)
     # image-level tokens (LLaVA)
     use_image_tokens: bool = True
-    image_token_pool: int = 2  # average-pool the patch grid by this factor before the projector (1 = every patch)
+    image_token_grid: int | None = None  # adaptive-average-pool the patch grid to this side first (None = every patch)
     # how regions enter the LM: "features" (GPT4RoI region tokens) or "text" (coordinates written as text; baseline)
     region_format: str = "features"
     # causal LM: either a local HF path or a Llama config dict
     lm_path: str | None = None
     lm_config: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # peft LoraConfig kwargs for stage 2, e.g. {"r": 16, "target_modules": [...]}
+    system_prompt: str | None = None  # None: GPT4RoI's (LLaVA v0) system prompt
     max_length: int = 512
     dtype: str = "float32"  # compute dtype for the vision tower and LM ("bfloat16" on GPUs)
 
@@ -83,6 +84,8 @@ def tiny(**overrides: Any) -> ModelConfig:
             num_hidden_layers=6, num_attention_heads=4,
         ),
         image_size=112,
+        image_token_grid=4,  # 16 image tokens
+        system_prompt="A chat about the regions of a picture.",  # short: the tiny LM's cost is per token
         lm_config=dict(
             hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
@@ -100,7 +103,7 @@ def real(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
     cfg = ModelConfig(
         preset="real", vision_path=vision_path, lm_path=lm_path, image_size=224, select_layer=-2,
         num_levels=4, layer_stride=3, fuse_channels=256, num_fuse=3, gn_groups=32, roi_output=14,
-        region_hidden=1024, position_hidden=256, image_token_pool=1, max_length=2048, dtype="bfloat16",
+        region_hidden=1024, position_hidden=256, max_length=2048, dtype="bfloat16",
     )
     return dataclasses.replace(cfg, **overrides)
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from model import conversation as conv
 from model.asks import Asks, Box, Description, RegionDescription, Relation
+from model.errors import BoxError, PlaceholderError
 from model.generation import State, extend, greedy, last_logits, rank
 from model.images import check_boxes, load_image, normalise_boxes, pixel_values
 from model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
@@ -125,6 +126,31 @@ class RegionDescriber:
                 timings["answer"] = time.perf_counter() - t0
             return self._assemble(boxes, questions, answers_list, hit, timings)
 
+    @torch.no_grad()
+    def ask(self, image: Image.Image | bytes, boxes: list[Box],
+            questions: list[tuple[str, list[int], list[str] | None]], image_key: str | None = None) -> list:
+        """Free questions about regions, all answered in one batched pass over one image.
+
+        Each question is (text, region indices, candidates). The text mentions its regions as `region1 <bbox>`,
+        `region2 <bbox>`... in the order of its indices. With candidates the answer is [(candidate, probability)]
+        sorted by probability (log-likelihood ranking); without, it is (generated text, confidence).
+        """
+        with self._lock:
+            image = image if isinstance(image, Image.Image) else load_image(image)
+            w, h = image.size
+            boxes = check_boxes(boxes, w, h)
+            norm = normalise_boxes(boxes, w, h).to(self.model.device)
+            qs = []
+            for text, regions, candidates in questions:
+                if text.count(conv.BBOX) != len(regions):
+                    raise PlaceholderError(f"{text.count(conv.BBOX)} <bbox> in {text!r} but {len(regions)} regions")
+                if any(not 0 <= r < len(boxes) for r in regions):
+                    raise BoxError(f"question {text!r} names a region index outside 0..{len(boxes) - 1}")
+                qs.append(_Question("free", list(regions), text, list(candidates) if candidates else None))
+            enc, _ = self._encode_cached(image, image_key)
+            answers = self._answer(enc, norm, qs, max_new_tokens=48)
+            return [sorted(a, key=lambda kv: -kv[1]) if q.candidates else a for q, a in zip(qs, answers)]
+
     def _questions(self, n: int, boxes: list[Box], asks: Asks) -> list[_Question]:
         qs: list[_Question] = []
         for r in range(n):
@@ -177,7 +203,7 @@ class RegionDescriber:
         cfg = m.config
         pv = pixel_values(image, cfg.image_size, cfg.image_mean, cfg.image_std)[None].to(m.device)
         feats = m.encode_images(pv)
-        ids = torch.tensor([conv.prefix_ids(m.tokenizer, m.n_image_tokens)], device=m.device)
+        ids = torch.tensor([conv.prefix_ids(m.tokenizer, m.n_image_tokens, m.system)], device=m.device)
         emb = m.embed(ids, feats.image_tokens, [ids.new_zeros(0, 1)])
         state, _ = extend(m.lm, State.empty(1, m.device), emb, torch.tensor([ids.shape[1]], device=m.device))
         return _Encoded(feats, state)

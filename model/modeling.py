@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.config import ModelConfig
+from model.conversation import SYSTEM
 from model.errors import PlaceholderError
 from model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
 from model.tokenizer import SpecialIds, add_region_tokens
@@ -84,6 +85,7 @@ class RegionScribeModel(nn.Module):
         vcfg = self.vision.config
         vh, lh = vcfg.hidden_size, self.lm.config.hidden_size
         self.grid = vcfg.image_size // vcfg.patch_size
+        self.system = config.system_prompt or SYSTEM
         if vcfg.image_size != config.image_size:
             raise ValueError(f"vision tower expects {vcfg.image_size}px images, config says {config.image_size}")
         self.level_indices = pyramid_layers(vcfg.num_hidden_layers + 1, config.select_layer, config.layer_stride,
@@ -111,7 +113,7 @@ class RegionScribeModel(nn.Module):
     def n_image_tokens(self) -> int:
         if not self.config.use_image_tokens:
             return 0
-        return (self.grid // self.config.image_token_pool) ** 2
+        return (self.config.image_token_grid or self.grid) ** 2
 
     @property
     def uses_region_features(self) -> bool:
@@ -126,8 +128,8 @@ class RegionScribeModel(nn.Module):
         tokens = None
         if self.config.use_image_tokens:
             grid = patch_grid(hs[self.config.select_layer])
-            if self.config.image_token_pool > 1:
-                grid = F.avg_pool2d(grid, self.config.image_token_pool)
+            if self.config.image_token_grid:
+                grid = F.adaptive_avg_pool2d(grid, self.config.image_token_grid)
             tokens = self.projector(grid.flatten(2).transpose(1, 2))
         return ImageFeatures(levels, tokens)
 

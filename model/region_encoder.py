@@ -110,20 +110,20 @@ class RegionEncoder(nn.Module):
             ups.append(g)
         return self.fuse(ups)
 
+    def pool(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """RoIAlign of every box on every level: per level [sum N_i, C, out, out] (boxes normalised, per image)."""
+        norm = torch.cat(boxes).to(torch.float32)
+        index = torch.cat([torch.full((len(b), 1), i, dtype=torch.float32) for i, b in enumerate(boxes)])
+        rois = torch.cat([index.to(norm.device), norm * self.image_size], 1)
+        return [roi_align(feat.float(), rois, self.roi_output, spatial_scale=feat.shape[-1] / self.image_size,
+                          sampling_ratio=self.sampling_ratio, aligned=True) for feat in levels]
+
     def forward(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
         """levels: fused maps [B, C, s, s]; boxes: per image [N_i, 4] normalised xyxy -> per image [N_i, lm_hidden]."""
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
             return [levels[0].new_zeros(0, self.to_lm.out_features) for _ in boxes]
-        norm = torch.cat(boxes).to(torch.float32)
-        index = torch.cat([torch.full((n, 1), i, dtype=torch.float32) for i, n in enumerate(counts)]).to(norm.device)
-        rois = torch.cat([index, norm * self.image_size], 1)
-        pooled = 0
-        for conv, feat in zip(self.level_convs, levels):
-            scale = feat.shape[-1] / self.image_size
-            r = roi_align(feat.float(), rois, self.roi_output, spatial_scale=scale,
-                          sampling_ratio=self.sampling_ratio, aligned=True)
-            pooled = pooled + conv(r.to(feat.dtype))
+        pooled = sum(conv(r.to(feat.dtype)) for conv, r, feat in zip(self.level_convs, self.pool(levels, boxes), levels))
         x = self.flatten_linear(F.relu(pooled).flatten(1))
-        x = x + self.position(norm.to(x.dtype))
+        x = x + self.position(torch.cat(boxes).to(x.dtype))
         return list(self.to_lm(x).split(counts))

@@ -1,0 +1,39 @@
+# regionscribe: `make run` (the backend on the embedded default model) and `make test` (the whole suite).
+# Both create the project venv on first use; nothing needs to be installed by hand but Python 3.11.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast e2e train-default eval bench clean-venv
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/regionscribe run
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e"
+	$(MAKE) e2e
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+e2e: $(STAMP)
+	$(PY) -m pytest -q -m e2e
+
+# How the embedded default (model/default/) was produced: see README "The embedded default".
+train-default: $(STAMP)
+	$(VENV)/bin/regionscribe train --out model/default --seed 0 --stage1-steps 300 --stage2-steps 2500 \
+		--save-dtype float16 --version tiny-default-v1 --eval-scenes 200
+
+eval: $(STAMP)
+	$(VENV)/bin/regionscribe eval --json
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,133 @@
+"""`regionscribe`: thin command line over importable functions.
+
+    regionscribe train   two-stage tuning of a preset on the synthetic corpus -> an HF-shaped checkpoint
+    regionscribe eval    metrics of a checkpoint on a split of the synthetic corpus (--json)
+    regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
+    regionscribe serve   the web server (gunicorn) only
+    regionscribe worker  a long-lived, non-forking RQ worker (inference, or --queue training)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.training import StageConfig, TrainConfig, train
+
+    overrides = {}
+    if args.coords_as_text:
+        overrides["region_format"] = "text"
+    if args.no_image_tokens:
+        overrides["use_image_tokens"] = False
+    lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
+    cfg = TrainConfig(
+        out=args.out, preset=args.preset, init=args.init, seed=args.seed,
+        stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size),
+        stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
+        lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
+    )
+    result = train(cfg, progress=not args.quiet)
+    summary = {"checkpoint": str(result.path), "seconds": round(result.seconds, 1),
+               "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in result.history.items()}}
+    if args.eval_scenes:
+        from model.describer import RegionDescriber
+        from model.evaluation import evaluate
+
+        metrics = evaluate(RegionDescriber.from_pretrained(result.path), "test", args.eval_scenes,
+                           progress=not args.quiet)
+        (result.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        summary["metrics"] = metrics
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+    from model.evaluation import evaluate
+
+    describer = RegionDescriber.from_pretrained(args.checkpoint or DEFAULT_CHECKPOINT)
+    metrics = evaluate(describer, args.split, args.scenes, seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        for k, v in metrics.items():
+            if k != "counts":
+                print(f"{k:28s} {v}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from backend.runner import run_all
+
+    return run_all() or 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from backend.server import serve
+
+    return serve(host=args.host, port=args.port, workers=args.workers) or 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from backend.worker import run_worker
+
+    return run_worker(queues=args.queue, burst=args.burst) or 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regionscribe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="two-stage spatial instruction tuning on the synthetic corpus")
+    t.add_argument("--out", default="runs/tiny", help="checkpoint folder to write")
+    t.add_argument("--preset", default="tiny")
+    t.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh preset")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--stage1-steps", type=int, default=300)
+    t.add_argument("--stage2-steps", type=int, default=2500)
+    t.add_argument("--stage1-lr", type=float, default=1e-3)
+    t.add_argument("--stage2-lr", type=float, default=6e-4)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")
+    t.add_argument("--coords-as-text", action="store_true", help="baseline: boxes written as text, no region tokens")
+    t.add_argument("--no-image-tokens", action="store_true", help="switch off LLaVA image-level tokens")
+    t.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    t.add_argument("--version", default=None, help="model_version to record (default: preset + timestamp)")
+    t.add_argument("--eval-scenes", type=int, default=0, help="evaluate on this many test scenes afterwards")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the synthetic corpus")
+    e.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the embedded default)")
+    e.add_argument("--split", default="test", choices=["test", "val", "novel"])
+    e.add_argument("--scenes", type=int, default=200)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.set_defaults(func=_eval)
+
+    r = sub.add_parser("run", help="Redis + one worker + web server on the embedded default (make run)")
+    r.set_defaults(func=_run)
+
+    s = sub.add_parser("serve", help="the HTTP app under gunicorn")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=_serve)
+
+    w = sub.add_parser("worker", help="a long-lived non-forking RQ worker")
+    w.add_argument("--queue", action="append", default=None, help="queue name (repeatable; default: inference)")
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.set_defaults(func=_worker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

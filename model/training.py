@@ -1,0 +1,205 @@
+"""Two-stage spatial instruction tuning (GPT4RoI), with the whole loop on one screen.
+
+Stage 1 (align): the region encoder and the image projector learn with the LM frozen, on simple region->phrase
+pairs. A vision tower built from scratch (the tiny preset) trains too; a pretrained one stays frozen throughout.
+Stage 2 (end-to-end): region encoder, projector and LM (fully, or LoRA adapters via peft that are merged back
+before saving) on the full mix of captions, attributes, relations, multi-region reasoning and multi-turn dialogue.
+AdamW, linear warm-up then cosine decay, gradient clipping, accelerate for device placement.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from model.config import ModelConfig, preset as make_preset
+from model.data import batches
+from model.modeling import RegionScribeModel
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    lr: float
+    batch_size: int = 8
+    warmup: float = 0.05  # fraction of the steps
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/tiny"
+    preset: str = "tiny"
+    init: str | None = None  # start from this checkpoint instead of a fresh preset (the feedback loop does)
+    seed: int = 0
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=2500, lr=6e-4))
+    lora: dict[str, Any] | None = None  # e.g. {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]}
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"region_format": "text"}
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
+    version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    model: RegionScribeModel
+    history: dict[str, list[float]]
+    seconds: float
+
+
+def synthetic_stream(stage: int, seed: int, chunk: int = 64) -> Iterator:
+    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes)."""
+    from model.corpus import iter_samples, make_scenes
+
+    k = 0
+    while True:
+        scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
+        yield from iter_samples(scenes, stage, seed=seed * 7919 + k)
+        k += 1
+
+
+def new_model(cfg: TrainConfig) -> RegionScribeModel:
+    from model.corpus import vocabulary_text
+    from model.tokenizer import train_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    mcfg: ModelConfig = make_preset(cfg.preset, **cfg.model_overrides)
+    return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
+
+
+def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Parameter]:
+    model.requires_grad_(False)
+    parts = [model.region_encoder, model.projector]
+    if not model.config.frozen_vision():
+        parts.append(model.vision)
+    if stage == 2:
+        parts.append(model.lm)
+    for p in parts:
+        p.requires_grad_(True)
+    if stage == 2 and model.config.lora:
+        for n, p in model.lm.named_parameters():  # peft: only adapters in the LM
+            p.requires_grad_("lora_" in n)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def cosine_with_warmup(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: Iterable, weight_decay: float,
+              grad_clip: float, progress: bool = True, log: Callable[[str], None] | None = None) -> list[float]:
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    params = set_trainable(model, stage)
+    opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps)
+    model.train()
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    losses: list[float] = []
+    data = batches(accelerator.unwrap_model(model), samples, sc.batch_size)
+    bar = tqdm(range(sc.steps), desc=f"stage {stage}", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        batch = {k: ([b.to(accelerator.device) for b in v] if isinstance(v, list) else v.to(accelerator.device))
+                 for k, v in next(data).items()}
+        loss = model(**batch)
+        accelerator.backward(loss)
+        if grad_clip:
+            accelerator.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        if log and step % 100 == 0:
+            log(f"stage {stage} step {step} loss {losses[-1]:.4f}")
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    return losses
+
+
+def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
+          progress: bool = True, metadata: dict[str, Any] | None = None) -> TrainResult:
+    """Run both stages and save an HF-shaped checkpoint (plus loss_curve.png and train_config.json) to cfg.out.
+
+    Without data arguments the stages draw fresh samples from the synthetic corpus. Either stage may be skipped
+    with steps=0.
+    """
+    start = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = RegionScribeModel.from_pretrained(cfg.init) if cfg.init else new_model(cfg)
+    if cfg.lora:
+        model.config.lora = cfg.lora
+    history: dict[str, list[float]] = {"stage1": [], "stage2": []}
+    if cfg.stage1.steps:
+        data = stage1_data if stage1_data is not None else synthetic_stream(1, cfg.seed)
+        history["stage1"] = run_stage(model, 1, cfg.stage1, data, cfg.weight_decay, cfg.grad_clip, progress)
+    if cfg.stage2.steps:
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+            model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
+        data = stage2_data if stage2_data is not None else synthetic_stream(2, cfg.seed + 1)
+        history["stage2"] = run_stage(model, 2, cfg.stage2, data, cfg.weight_decay, cfg.grad_clip, progress)
+        if cfg.lora:
+            model.lm = model.lm.merge_and_unload()
+            model.config.lora = None
+    seconds = time.time() - start
+    out = Path(cfg.out)
+    version = cfg.version or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    meta = {
+        "version": version,
+        "preset": cfg.preset,
+        "train_config": cfg.to_dict(),
+        "train_seconds": round(seconds, 1),
+        "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in history.items()},
+        "data": "synthetic corpus (model/corpus.py) train split" if stage2_data is None else "caller-supplied",
+        **(metadata or {}),
+    }
+    model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
+    (out / "history.json").write_text(json.dumps(history))
+    plot_losses(history, out / "loss_curve.png", title=version)
+    return TrainResult(out, model, history, seconds)
+
+
+def plot_losses(history: dict[str, list[float]], path: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for name, losses in history.items():
+        if not losses:
+            continue
+        k = max(1, len(losses) // 100)
+        smooth = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, len(losses), k)]
+        ax.plot([offset + i * k for i in range(len(smooth))], smooth, label=name)
+        offset += len(losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
