@@ -1,0 +1,114 @@
+"""regionscribe's settings: every environment variable the backend reads, with its default, read once.
+
+`get_settings()` reads the environment the first time it is called and returns the same frozen `Settings` after
+that; `Settings.from_env(env)` builds one from any mapping (tests pass their own). Nothing else in backend/ reads
+os.environ for configuration.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from typing import Mapping
+
+# MODEL_DIR value that makes workers build an untrained tiny model (`RegionDescriber.from_config("tiny", seed=0)`)
+# instead of loading a checkpoint: fast, well-formed gibberish. Meant for tests and smoke runs.
+TINY_UNTRAINED = "tiny-untrained"
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things are -------------------------------------------------------------------------------------
+    redis_url: str | None = None  # REDIS_URL: Redis for the job queue and shared counters; unset → `make run` starts a private redis-server
+    model_dir: str | None = None  # MODEL_DIR: checkpoint the workers load; unset → the embedded default; "tiny-untrained" → an untrained tiny model (tests)
+    device: str | None = None  # DEVICE: torch device for the workers ("cuda", "cuda:1", "cpu"); unset → CUDA when available
+    cache_size: int = 64  # CACHE_SIZE: images whose features each worker keeps in its LRU cache
+
+    # --- Label Studio ---------------------------------------------------------------------------------------
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL: base URL of Label Studio, for /data/upload and /data/local-files images
+    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY: legacy token or personal access token; only ever sent to LABEL_STUDIO_URL's host
+
+    # --- HTTP server ------------------------------------------------------------------------------------------
+    host: str = "0.0.0.0"  # HOST: address the web server binds to
+    port: int = 9090  # PORT: port the web server listens on
+    web_workers: int = 2  # WEB_WORKERS: gunicorn worker processes (threads: WEB_THREADS each)
+    web_threads: int = 4  # WEB_THREADS: threads per gunicorn worker (a /predict mostly waits on Redis)
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER: when set with BASIC_AUTH_PASS, every route but /health needs HTTP Basic auth
+    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS: password for BASIC_AUTH_USER (secret: never logged)
+    max_request_bytes: int = 16 * 1024 * 1024  # MAX_REQUEST_BYTES: largest request body accepted (413 above)
+
+    # --- images ---------------------------------------------------------------------------------------------
+    image_root: str | None = None  # IMAGE_ROOT: local image files are read only under this folder; unset → local paths refused
+    allowed_hosts: tuple[str, ...] = ()  # ALLOWED_HOSTS: comma list of other http(s) hosts (host or host:port) images may come from
+    max_image_bytes: int = 32 * 1024 * 1024  # MAX_IMAGE_BYTES: largest image download or file accepted
+    max_image_pixels: int = 64_000_000  # MAX_IMAGE_PIXELS: largest decoded image (width*height); bigger ones are refused as bombs
+    fetch_timeout: float = 10.0  # FETCH_TIMEOUT: seconds for connecting to and reading from an image host
+    max_redirects: int = 3  # MAX_REDIRECTS: redirects followed (each one re-checked) when fetching an image
+
+    # --- queue ----------------------------------------------------------------------------------------------
+    inference_queue: str = "inference"  # INFERENCE_QUEUE: RQ queue name for describe jobs
+    training_queue: str = "training"  # TRAINING_QUEUE: RQ queue name for training runs (feedback loop)
+    predict_timeout: float = 60.0  # PREDICT_TIMEOUT: seconds a /predict waits for the workers before answering a per-task error (LS gives up at 100)
+    job_timeout: int = 120  # JOB_TIMEOUT: seconds a worker may spend on one job before rq stops it
+    result_ttl: int = 300  # RESULT_TTL: seconds a finished job's result stays in Redis
+    worker_heartbeat: float = 2.0  # WORKER_HEARTBEAT: seconds between a worker's liveness beats; 4 missed beats = dead (a waiting /predict then fails fast)
+
+    # --- model output -----------------------------------------------------------------------------------------
+    multiple_choice_threshold: float = 0.3  # MULTIPLE_CHOICE_THRESHOLD: choice="multiple" gets every value at least this probable (and the top one)
+    relation_threshold: float = 0.5  # RELATION_THRESHOLD: <Relations> labels at least this probable are sent
+    log_level: str = "INFO"  # LOG_LEVEL: Python logging level for the web server, worker and runner
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `env` (default: os.environ). Empty strings count as unset."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        kwargs: dict = {}
+        for f in fields(cls):
+            raw = get(f.name.upper())
+            if raw is None:
+                continue
+            default = f.default
+            if f.name == "allowed_hosts":
+                kwargs[f.name] = _list(raw)
+            elif isinstance(default, bool):
+                kwargs[f.name] = _bool(raw)
+            elif isinstance(default, int):
+                kwargs[f.name] = int(raw)
+            elif isinstance(default, float):
+                kwargs[f.name] = float(raw)
+            else:
+                kwargs[f.name] = raw
+        # Label Studio's own tools also accept these names
+        if "label_studio_url" not in kwargs and get("LABEL_STUDIO_HOST"):
+            kwargs["label_studio_url"] = get("LABEL_STUDIO_HOST")
+        if "label_studio_api_key" not in kwargs and get("LABEL_STUDIO_ACCESS_TOKEN"):
+            kwargs["label_studio_api_key"] = get("LABEL_STUDIO_ACCESS_TOKEN")
+        if kwargs.get("label_studio_url"):
+            kwargs["label_studio_url"] = kwargs["label_studio_url"].rstrip("/")
+        return cls(**kwargs)
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    def replace(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings.from_env()
