@@ -1,0 +1,243 @@
+"""Describe jobs: what the web process puts on the "inference" queue, what a worker does with it, and how the web
+process waits for the answers.
+
+A job carries one task: its id, its image reference, every box on it (Label Studio percent geometry with its region
+id and labels) and the `Asks`. The worker fetches and decodes the image, turns the boxes into pixels of the decoded
+(EXIF-rotated) image, describes all boxes in one batched pass, and returns a JSON-able dict. Boxes travel in percent,
+not pixels, because only the worker knows the decoded image's true size (Label Studio's original_width/height may
+be missing, or refer to the un-rotated file).
+
+Jobs and results are JSON-serialized (rq's JSONSerializer), never pickled, so a Redis shared with other software
+cannot make a worker unpickle code.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from model.asks import Asks
+from model.errors import RegionScribeError
+
+from .images import FetchError
+from .labeling import percent_box_to_pixels
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "backend.jobs.describe_job"
+
+
+# ------------------------------------------------------------------------------------------- the job payload
+
+
+def make_payload(task_id, image_ref: str, regions: list[dict], asks: Asks, interactive: bool) -> dict:
+    return {"task_id": task_id, "image": image_ref, "regions": regions, "asks": asdict(asks),
+            "interactive": interactive}
+
+
+# --------------------------------------------------------------------------------------- in the worker process
+
+_BYTES_CACHE: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+_BYTES_CACHE_SECONDS = 60.0  # an annotator drawing box after box on one image: fetch it once a minute
+_BYTES_CACHE_ITEMS = 8
+
+
+def _fetch_bytes(state, ref: str, task_id) -> bytes:
+    now = time.monotonic()
+    key = f"{task_id}|{ref}"
+    hit = _BYTES_CACHE.get(key)
+    if hit is not None and now - hit[0] < _BYTES_CACHE_SECONDS:
+        _BYTES_CACHE.move_to_end(key)
+        return hit[1]
+    data = state.fetcher.fetch(ref, task_id)
+    _BYTES_CACHE[key] = (now, data)
+    while len(_BYTES_CACHE) > _BYTES_CACHE_ITEMS:
+        _BYTES_CACHE.popitem(last=False)
+    return data
+
+
+def describe_job(payload: dict) -> dict:
+    """Runs in an inference worker. Input errors (image unreachable, not an image, bad box) come back as
+    {"error": ...}; anything else raises and rq records the job as failed."""
+    from model.images import load_image
+
+    from .worker import current
+
+    state = current()
+    started = time.perf_counter()
+    try:
+        data = _fetch_bytes(state, payload["image"], payload.get("task_id"))
+        image = load_image(data, max_pixels=state.settings.max_image_pixels)
+    except FileNotFoundError as exc:
+        return _error(state, "image", str(exc))
+    except (FetchError, RegionScribeError) as exc:
+        return _error(state, "image", str(exc))
+    width, height = image.size
+    boxes = []
+    for region in payload["regions"]:
+        x1, y1, x2, y2 = percent_box_to_pixels(region, width, height)
+        # at least one pixel, inside the image: a sliver or a box dragged past the edge is still a region
+        x1, y1 = min(x1, width - 1.0), min(y1, height - 1.0)
+        boxes.append((x1, y1, max(x2, x1 + 1.0), max(y2, y1 + 1.0)))
+    asks = Asks(**payload["asks"])
+    try:
+        description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest())
+    except RegionScribeError as exc:
+        return _error(state, "input", str(exc))
+    state.metrics.count("worker_jobs", outcome="ok")
+    state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
+    state.metrics.count("regions", len(boxes))
+    return {
+        "task_id": payload.get("task_id"),
+        "width": width,
+        "height": height,
+        "model_version": description.model_version,
+        "cache_hit": description.cache_hit,
+        "timings": {**description.timings, "job": time.perf_counter() - started},
+        "worker": state.name,
+        "worker_loads": state.loads,
+        "regions": [
+            {"id": region["id"], "box": list(d.box), "caption": d.caption, "caption_confidence": d.caption_confidence,
+             "detailed": d.detailed, "attributes": {k: [[v, p] for v, p in ranked] for k, ranked in d.attributes.items()},
+             "relation_text": d.relation_text, "relation_partner": d.relation_partner, "confidence": d.confidence}
+            for region, d in zip(payload["regions"], description.regions)
+        ],
+        "relations": [{"subject": r.subject, "object": r.object, "label": r.label, "score": r.score}
+                      for r in description.relations],
+    }
+
+
+def _error(state, kind: str, message: str) -> dict:
+    state.metrics.count("worker_jobs", outcome=f"{kind}_error")
+    return {"error": message, "error_kind": kind}
+
+
+# -------------------------------------------------------------------------------------- in the web process
+
+
+@dataclass
+class Outcome:
+    """What came back for one job: the worker's dict, or an error message for that task."""
+
+    value: dict | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.value is not None and "error" not in self.value
+
+    @property
+    def message(self) -> str:
+        return self.error or (self.value or {}).get("error", "")
+
+
+class NoWorkers(RuntimeError):
+    pass
+
+
+def inference_queue(connection: redis.Redis, settings: Settings) -> Queue:
+    return Queue(settings.inference_queue, connection=connection, serializer=JSONSerializer)
+
+
+def submit(queue: Queue, payloads: list[dict], settings: Settings) -> list[Job]:
+    """Enqueue one job per payload in one round trip."""
+    wait = max(1, math.ceil(settings.predict_timeout))
+    data = [Queue.prepare_data(JOB_FUNCTION, args=(p,), job_id=f"rs-{uuid.uuid4().hex}", timeout=settings.job_timeout,
+                               ttl=wait + 5, result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
+                               description=f"describe task {p.get('task_id')}") for p in payloads]
+    return queue.enqueue_many(data)
+
+
+def wait_for(connection: redis.Redis, jobs: list[Job], timeout: float, poll: float = 0.5) -> list[Outcome]:
+    """Block until every job has an outcome or `timeout` seconds pass; never longer. A job whose worker stops
+    beating (killed mid-job) gets an error as soon as that is noticed; jobs still waiting in the queue at the
+    deadline are cancelled so no worker spends time on them."""
+    from .worker import is_alive
+
+    deadline = time.monotonic() + timeout
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    pending = {job.id: i for i, job in enumerate(jobs)}
+    cursors = {Result.get_key(job.id): "0-0" for job in jobs}
+    next_check = time.monotonic() + poll
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        streams = {key: cursors[key] for key in (Result.get_key(jid) for jid in pending)}
+        block_ms = max(1, int(min(remaining, poll) * 1000))
+        for stream, entries in connection.xread(streams, block=block_ms) or []:
+            stream = stream.decode() if isinstance(stream, bytes) else stream
+            job_id = stream.rsplit(":", 1)[-1]
+            for result_id, fields in entries:
+                result_id = result_id.decode() if isinstance(result_id, bytes) else result_id
+                cursors[stream] = result_id
+                result = Result.restore(job_id, result_id, fields, connection=connection, serializer=JSONSerializer)
+                outcome = _outcome(result)
+                if outcome is not None and job_id in pending:
+                    outcomes[pending.pop(job_id)] = outcome
+        if pending and time.monotonic() >= next_check:
+            next_check = time.monotonic() + poll
+            _check_pending(connection, pending, outcomes, is_alive)
+    for job_id, i in pending.items():
+        outcomes[i] = Outcome(error=f"no answer from the inference workers within PREDICT_TIMEOUT={timeout:g} s "
+                                    "(workers busy, stopped or too slow for this load)")
+    if pending:
+        _cancel_queued(connection, list(pending))
+    return [o if o is not None else Outcome(error="no outcome") for o in outcomes]
+
+
+def _outcome(result: Result) -> Outcome | None:
+    if result.type == Result.Type.SUCCESSFUL:
+        value = result.return_value
+        if not isinstance(value, dict):
+            return Outcome(error="the worker returned an unexpected value")
+        return Outcome(value=value)
+    if result.type in (Result.Type.FAILED, Result.Type.MAX_RETRIES_EXCEEDED):
+        return Outcome(error=f"the worker failed on this task: {_last_line(result.exc_string)}")
+    if result.type == Result.Type.STOPPED:
+        return Outcome(error="the job was stopped before it finished")
+    return None  # RETRIED: wait for the next result
+
+
+def _check_pending(connection: redis.Redis, pending: dict[str, int], outcomes: list, is_alive) -> None:
+    pipe = connection.pipeline(transaction=False)
+    ids = list(pending)
+    for job_id in ids:
+        pipe.hmget(Job.key_for(job_id), "status", "worker_name")
+    for job_id, (status, worker_name) in zip(ids, pipe.execute()):
+        status = status.decode() if status else None
+        worker_name = worker_name.decode() if worker_name else None
+        if status is None:
+            outcomes[pending.pop(job_id)] = Outcome(error="the job disappeared from Redis (expired or deleted)")
+        elif status in (JobStatus.CANCELED.value, JobStatus.STOPPED.value):
+            outcomes[pending.pop(job_id)] = Outcome(error=f"the job was {status}")
+        elif status == JobStatus.STARTED.value and worker_name and not is_alive(connection, worker_name):
+            outcomes[pending.pop(job_id)] = Outcome(
+                error=f"the inference worker {worker_name} stopped while describing this task (killed or crashed); "
+                      "try again")
+
+
+def _cancel_queued(connection: redis.Redis, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        try:
+            job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+            if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                job.cancel()
+        except Exception as exc:  # the job may have expired or finished meanwhile
+            log.debug("could not cancel job %s: %s", job_id, exc)
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"

@@ -1,0 +1,185 @@
+"""The inference worker: a long-lived, non-forking RQ worker that loads the describer once and reuses it.
+
+    regionscribe worker   ==   backend.worker.run_worker(queues=["inference"], burst=False)
+
+Why non-forking: rq's default Worker forks a work horse per job, which would either reload the model per job or
+share CUDA state across a fork (which CUDA does not allow). `SimpleWorker` runs jobs in the worker process itself,
+so the model, its feature cache and the CUDA context live as long as the worker.
+
+Several workers may run against one Redis (one per GPU, or several on CPU): each loads its own model and takes
+jobs from the same queue. Each worker announces itself in Redis with a short-lived liveness key refreshed by a
+background thread (also while a job runs), so the web process can tell "busy" from "dead": a request whose job's
+worker stops beating gets a clear error within a few seconds instead of waiting for its timeout.
+
+A worker killed mid-job (SIGKILL, OOM) leaves its job in rq's StartedJobRegistry. rq 3's maintenance
+(`StartedJobRegistry.cleanup`, run by any live worker at start and then every `maintenance_interval`) moves it to
+the FailedJobRegistry with AbandonedJobError once its execution entry expires (job timeout + 60 s for SimpleWorker).
+The request that waited on it has long since answered with an error by then.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from .images import ImageFetcher
+from .metrics import Metrics
+from .settings import TINY_UNTRAINED, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+WORKER_KEY = "regionscribe:workers:{name}"  # liveness: JSON of pid/host/state/model_version, expires if not beaten
+MODEL_VERSION_KEY = "regionscribe:model_version"  # the model version the latest started worker serves
+MISSED_BEATS = 4  # a worker that has not beaten for this many WORKER_HEARTBEAT periods counts as dead
+
+LOADS = 0  # how many times this process loaded a describer (tests check it stays 1 per worker)
+
+
+def redis_connection(url: str, **kwargs) -> redis.Redis:
+    options = {"socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 30}
+    options.update(kwargs)
+    return redis.Redis.from_url(url, **options)
+
+
+def load_describer(settings: Settings):
+    """The describer the settings name: MODEL_DIR's checkpoint, the embedded default, or an untrained tiny model."""
+    global LOADS
+    from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+
+    started = time.perf_counter()
+    kwargs = {"cache_size": settings.cache_size, "relation_threshold": settings.relation_threshold}
+    if settings.model_dir == TINY_UNTRAINED:
+        describer = RegionDescriber.from_config("tiny", seed=0, **kwargs)
+    else:
+        describer = RegionDescriber.from_pretrained(settings.model_dir or DEFAULT_CHECKPOINT, device=settings.device,
+                                                    **kwargs)
+    LOADS += 1
+    log.info("model %s loaded in %.1f s", describer.model_version, time.perf_counter() - started)
+    return describer
+
+
+@dataclass
+class WorkerState:
+    """What a worker process keeps between jobs."""
+
+    settings: Settings
+    describer: object
+    fetcher: ImageFetcher
+    metrics: Metrics
+    name: str
+    loads: int
+
+
+_STATE: WorkerState | None = None
+_STATE_LOCK = threading.Lock()
+
+
+def current(connection: redis.Redis | None = None) -> WorkerState:
+    """This process's worker state, loading the model the first time (run_worker does it before taking jobs)."""
+    global _STATE
+    with _STATE_LOCK:
+        if _STATE is None:
+            settings = get_settings()
+            if connection is None and settings.redis_url:
+                connection = redis_connection(settings.redis_url)
+            describer = load_describer(settings)
+            _STATE = WorkerState(settings=settings, describer=describer, fetcher=ImageFetcher(settings),
+                                 metrics=Metrics(connection), name=f"in-process-{os.getpid()}", loads=LOADS)
+            Metrics(connection).count("model_loads")
+        return _STATE
+
+
+def live_workers(connection: redis.Redis) -> list[dict]:
+    """Every worker whose liveness key is fresh (beaten within MISSED_BEATS heartbeats)."""
+    keys = list(connection.scan_iter(match=WORKER_KEY.format(name="*"), count=500))
+    if not keys:
+        return []
+    values = connection.mget(keys)
+    return [json.loads(v) for v in values if v]
+
+
+def is_alive(connection: redis.Redis, name: str) -> bool:
+    return bool(connection.exists(WORKER_KEY.format(name=name)))
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, connection: redis.Redis, name: str, info: dict, every: float):
+        super().__init__(name="regionscribe-heartbeat", daemon=True)
+        self.connection, self.key, self.info = connection, WORKER_KEY.format(name=name), info
+        self.every = every
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        try:
+            self.connection.set(self.key, json.dumps(self.info), px=int(self.every * MISSED_BEATS * 1000))
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.beat()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            self.connection.delete(self.key)
+        except redis.RedisError:
+            pass
+
+
+def run_worker(queues: list[str] | None = None, burst: bool = False, settings: Settings | None = None,
+               name: str | None = None, max_jobs: int | None = None) -> bool:
+    """Serve describe jobs until stopped (SIGINT/SIGTERM finish the current job, then exit). Returns whether any job
+    was processed. `burst=True` stops when the queues are empty."""
+    global _STATE
+    from rq import Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        raise SystemExit("REDIS_URL is not set: point it at the Redis the web server uses (redis://host:6379/0)")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connection = redis_connection(settings.redis_url)
+    connection.ping()
+    name = name or f"regionscribe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    info = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "state": "loading",
+            "model_version": None, "started_at": time.time()}
+    heartbeat = _Heartbeat(connection, name, info, every=settings.worker_heartbeat)
+    heartbeat.beat()  # a loading worker counts as up: jobs queued meanwhile wait for it
+    heartbeat.start()
+    try:
+        describer = load_describer(settings)
+        metrics = Metrics(connection)
+        metrics.count("model_loads")
+        with _STATE_LOCK:
+            _STATE = WorkerState(settings=settings, describer=describer, fetcher=ImageFetcher(settings),
+                                 metrics=metrics, name=name, loads=LOADS)
+        info.update(state="ready", model_version=describer.model_version, loads=LOADS)
+        heartbeat.beat()
+        connection.set(MODEL_VERSION_KEY, describer.model_version)
+        rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer)
+                     for q in (queues or [settings.inference_queue])]
+        worker = SimpleWorker(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
+                              worker_ttl=60, maintenance_interval=60)
+        log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], _redacted(settings.redis_url))
+        return worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
+    finally:
+        heartbeat.stop()
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
