@@ -1,0 +1,198 @@
+"""The HTTP app Label Studio talks to (Flask 3; served by gunicorn, see backend.server).
+
+    GET  /health   under 1 s, no model work: Redis reachable? how many inference workers are up?
+    POST /setup    under 3 s: {"model_version": ...} (read from Redis or the checkpoint's config.json, never by loading)
+    POST /predict  batch (context null) or interactive (params.context.result holds the drawn boxes)
+    POST /webhook  annotation events; answers 201 at once (the feedback loop builds on it)
+    GET  /metrics  Prometheus text exposition
+
+With BASIC_AUTH_USER and BASIC_AUTH_PASS set, every route but /health needs HTTP Basic auth (Label Studio's only
+auth method towards ML backends). Request bodies above MAX_REQUEST_BYTES get 413.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+
+import redis
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .metrics import Metrics
+from .model_backend import QueueUnavailable, RegionScribeModel, read_model_version
+from .settings import Settings, get_settings
+from .worker import live_workers, redis_connection
+
+log = logging.getLogger(__name__)
+
+PROJECT_CONFIG_KEY = "regionscribe:project:{project}:label_config"  # the config /setup saw, for /predict without one
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    connection = redis_connection(settings.redis_url, socket_timeout=5) if settings.redis_url else None
+    metrics = Metrics(connection)
+    app.extensions["regionscribe"] = {"settings": settings, "redis": connection, "metrics": metrics}
+
+    def model(label_config: str | None, project: str | None = None) -> RegionScribeModel:
+        return RegionScribeModel(settings, connection, label_config, project=project, metrics=metrics)
+
+    # ------------------------------------------------------------------------------------------- around requests
+
+    @app.before_request
+    def _before():
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
+        if settings.basic_auth_enabled and request.endpoint != "health":
+            if not _authorized(settings):
+                return Response("authentication required\n", 401,
+                                {"WWW-Authenticate": 'Basic realm="regionscribe"', "Content-Type": "text/plain"})
+        return None
+
+    @app.after_request
+    def _after(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.observe_request(route, request.method, response.status_code, seconds)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return jsonify({"error": exc.name, "detail": exc.description}), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify({"error": "internal error", "request_id": g.get("request_id")}), 500
+
+    # ------------------------------------------------------------------------------------------------ routes
+
+    @app.get("/health")
+    def health():
+        body = {"status": "UP", "model_class": "RegionScribeModel", "redis": False, "workers": 0}
+        if connection is None:
+            body.update(status="DOWN", detail="REDIS_URL is not set")
+            return jsonify(body), 503
+        try:
+            connection.ping()
+            body["redis"] = True
+            workers = live_workers(connection)
+            body["workers"] = len(workers)
+            body["workers_ready"] = sum(1 for w in workers if w.get("state") == "ready")
+            body["model_version"] = read_model_version(connection, settings)
+        except redis.RedisError as exc:
+            body.update(status="DOWN", detail=f"Redis unreachable: {type(exc).__name__}")
+            return jsonify(body), 503
+        return jsonify(body)
+
+    @app.post("/setup")
+    def setup():
+        data = _json_body()
+        project = _project_id(data.get("project"))
+        schema = data.get("schema") if isinstance(data.get("schema"), str) else None
+        if schema and project and connection is not None:
+            try:
+                connection.set(PROJECT_CONFIG_KEY.format(project=project), schema, ex=30 * 24 * 3600)
+            except redis.RedisError:
+                pass
+        return jsonify(model(schema, project).setup())
+
+    @app.post("/predict")
+    def predict():
+        data = _json_body()
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            return jsonify({"error": "bad request", "detail": "'tasks' must be a non-empty list"}), 400
+        params = data.get("params") if isinstance(data.get("params"), dict) else {}
+        context = params.get("context", data.get("context"))
+        if context is not None and not isinstance(context, dict):
+            return jsonify({"error": "bad request", "detail": "'params.context' must be an object or null"}), 400
+        if context is not None and context.get("result") is not None and not isinstance(context.get("result"), list):
+            return jsonify({"error": "bad request", "detail": "'params.context.result' must be a list"}), 400
+        project = _project_id(data.get("project"))
+        label_config = data.get("label_config") if isinstance(data.get("label_config"), str) else None
+        if not label_config and project and connection is not None:
+            try:
+                stored = connection.get(PROJECT_CONFIG_KEY.format(project=project))
+                label_config = stored.decode() if stored else None
+            except redis.RedisError:
+                pass
+        if not label_config:
+            return jsonify({"error": "bad request", "detail": "no 'label_config' in the request and none saved by "
+                                                              "/setup for this project"}), 400
+        try:
+            results = model(label_config, project).predict(tasks, context)
+        except QueueUnavailable as exc:
+            return jsonify({"error": "service unavailable", "detail": str(exc)}), 503
+        return jsonify({"results": results})
+
+    @app.post("/webhook")
+    def webhook():
+        data = _json_body()
+        action = data.get("action")
+        if not isinstance(action, str) or not action:
+            return jsonify({"error": "bad request", "detail": "'action' is missing"}), 400
+        return jsonify(model(None).fit(action, data)), 201
+
+    @app.get("/metrics")
+    def metrics_route():
+        if connection is None:
+            return Response("# REDIS_URL is not set: no metrics\n", 503, mimetype="text/plain")
+        try:
+            gauges = _gauges(connection, settings)
+            text = metrics.render(gauges)
+        except redis.RedisError as exc:
+            return Response(f"# Redis unreachable: {type(exc).__name__}\n", 503, mimetype="text/plain")
+        return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    return app
+
+
+def _authorized(settings: Settings) -> bool:
+    auth = request.authorization
+    user = (auth.username or "") if auth is not None and auth.type == "basic" else ""
+    password = (auth.password or "") if auth is not None and auth.type == "basic" else ""
+    # compare both, always: no early exit that tells a right user name from a wrong one
+    ok_user = hmac.compare_digest(user.encode(), (settings.basic_auth_user or "").encode())
+    ok_pass = hmac.compare_digest(password.encode(), (settings.basic_auth_pass or "").encode())
+    return ok_user and ok_pass
+
+
+def _json_body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        from werkzeug.exceptions import BadRequest
+
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _project_id(value) -> str | None:
+    """Label Studio sends "<id>.<created_at timestamp>"; keep the id."""
+    if value is None:
+        return None
+    text = str(value).split(".", 1)[0]
+    return text if text.isdigit() else None
+
+
+def _gauges(connection: redis.Redis, settings: Settings) -> dict:
+    from .jobs import inference_queue
+
+    from rq.registry import FailedJobRegistry
+
+    queue = inference_queue(connection, settings)
+    workers = live_workers(connection)
+    version = read_model_version(connection, settings)
+    return {
+        "regionscribe_queue_depth": ("Jobs waiting in the queue.", [({"queue": queue.name}, queue.count)]),
+        "regionscribe_queue_failed_jobs": ("Jobs in rq's FailedJobRegistry (includes abandoned ones).",
+                                           [({"queue": queue.name}, FailedJobRegistry(queue=queue).count)]),
+        "regionscribe_workers_up": ("Inference workers whose heartbeat is fresh.", [({}, len(workers))]),
+        "regionscribe_model_info": ("The model version the workers serve.", [({"version": version}, 1)]),
+    }

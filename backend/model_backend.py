@@ -1,0 +1,187 @@
+"""The Label Studio ML-backend model, in label-studio-ml v2's shape: `predict(tasks, context)`, `fit(event, data)`,
+`model_version`. The HTTP routes call it; it never touches the model itself: jobs go to the inference workers through
+Redis, and this class turns their answers into Label Studio predictions.
+
+Per-task errors (image missing or unreadable, worker timeout, a prediction that fails validation) never fail the
+other tasks, and the answer always has one item per task:
+- batch mode: `{"model_version", "score": 0, "error": "..."}` with NO `result` key. Label Studio skips an item
+  without `result`, so nothing is stored and the task is predicted again next time (an empty `result` would be stored
+  as an empty prediction, and the skip rule would then never re-predict it).
+- interactive mode: `{"result": [], "model_version", "score": 0, "error": "..."}`: interactive answers are shown
+  as suggestions and never stored, and the editor expects a `result` list.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import redis
+
+from .jobs import Outcome, inference_queue, make_payload, submit, wait_for
+from .labeling import ConfigError, ProjectConfig
+from .metrics import Metrics
+from .settings import TINY_UNTRAINED, Settings
+from .worker import MODEL_VERSION_KEY, live_workers
+
+log = logging.getLogger(__name__)
+
+
+class QueueUnavailable(RuntimeError):
+    """Redis cannot be reached: the whole backend is down for predictions (the route answers 503)."""
+
+
+_VERSION_CACHE: dict[str, str] = {}
+
+
+def read_model_version(connection: redis.Redis | None, settings: Settings) -> str:
+    """The version the workers serve, announced in Redis; before any worker has started, the checkpoint's own
+    version from its config.json. Never loads the model."""
+    if connection is not None:
+        try:
+            value = connection.get(MODEL_VERSION_KEY)
+            if value:
+                return value.decode()
+        except redis.RedisError:
+            pass
+    if settings.model_dir == TINY_UNTRAINED:
+        return "tiny-untrained-0"
+    from model.describer import DEFAULT_CHECKPOINT, checkpoint_version
+
+    path = Path(settings.model_dir) if settings.model_dir else DEFAULT_CHECKPOINT
+    config = path / "config.json"
+    try:
+        stamp = f"{path}:{config.stat().st_mtime_ns}"
+    except OSError:
+        return "unknown"
+    if stamp not in _VERSION_CACHE:
+        try:
+            _VERSION_CACHE[stamp] = checkpoint_version(path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot read the checkpoint version under %s: %s", path, exc)
+            return "unknown"
+    return _VERSION_CACHE[stamp]
+
+
+class RegionScribeModel:
+    """One per request (cheap: the config parse is cached). `label_config` is the project's XML."""
+
+    def __init__(self, settings: Settings, connection: redis.Redis | None, label_config: str | None,
+                 project: str | None = None, metrics: Metrics | None = None):
+        self.settings = settings
+        self.connection = connection
+        self.label_config = label_config
+        self.project = project
+        self.metrics = metrics or Metrics(connection)
+
+    @property
+    def model_version(self) -> str:
+        return read_model_version(self.connection, self.settings)
+
+    def setup(self) -> dict:
+        """What /setup answers. A config regionscribe cannot fill is reported, not fatal: Label Studio shows it."""
+        answer = {"model_version": self.model_version}
+        if self.label_config:
+            try:
+                ProjectConfig.parse(self.label_config)
+            except ConfigError as exc:
+                answer["warning"] = str(exc)
+        return answer
+
+    # ----------------------------------------------------------------------------------------------- predict
+
+    def predict(self, tasks: list[dict], context: dict | None = None) -> list[dict]:
+        interactive = bool(isinstance(context, dict) and context.get("result"))
+        version = self.model_version
+
+        def error(message: str) -> dict:
+            item = {"model_version": version, "score": 0.0, "error": message}
+            if interactive:
+                item["result"] = []
+            return item
+
+        if not isinstance(tasks, list) or not tasks:
+            return []
+        try:
+            config = ProjectConfig.parse(self.label_config or "")
+        except ConfigError as exc:
+            return [error(str(exc)) for _ in tasks]
+
+        answers: list[dict | None] = [None] * len(tasks)
+        work: list[tuple[int, list, dict]] = []  # (task index, regions, payload)
+        asks = config.asks()
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                answers[i] = error("the task is not a JSON object")
+                continue
+            if interactive:
+                regions = config.regions_from_results(context["result"])
+            else:
+                regions, _source = config.regions_from_task(task)
+            if not regions:
+                answers[i] = error("no boxes to describe: draw a rectangle with "
+                                   f"{' or '.join(config.rectangles)} first" if interactive else
+                                   "no boxes on this task yet (no annotation, draft or prediction with rectangles)")
+                continue
+            ref = (task.get("data") or {}).get(config.image_key)
+            if not isinstance(ref, str) or not ref:
+                answers[i] = error(f"the task has no image under data.{config.image_key}")
+                continue
+            work.append((i, regions, make_payload(task.get("id"), ref, [r.to_job() for r in regions], asks,
+                                                  interactive)))
+
+        if work:
+            outcomes = self._run([payload for _, _, payload in work])
+            for (i, regions, _payload), outcome in zip(work, outcomes):
+                answers[i] = self._prediction(config, regions, outcome, interactive, version, error)
+        return [a if a is not None else error("not processed") for a in answers]
+
+    def _run(self, payloads: list[dict]) -> list[Outcome]:
+        if self.connection is None:
+            raise QueueUnavailable("REDIS_URL is not set: the backend has no queue to send work to")
+        try:
+            if not live_workers(self.connection):
+                return [Outcome(error="no inference worker is running: start one with `regionscribe worker` (same "
+                                      "REDIS_URL)")] * len(payloads)
+            queue = inference_queue(self.connection, self.settings)
+            started = time.perf_counter()
+            jobs = submit(queue, payloads, self.settings)
+            outcomes = wait_for(self.connection, jobs, self.settings.predict_timeout)
+            log.info("%d job(s) answered in %.3f s", len(jobs), time.perf_counter() - started)
+        except redis.RedisError as exc:
+            log.error("Redis error while predicting: %s", exc)
+            raise QueueUnavailable(f"the job queue (Redis) is unreachable: {type(exc).__name__}") from None
+        for outcome in outcomes:
+            self.metrics.count("jobs", outcome="ok" if outcome.ok else "error")
+        return outcomes
+
+    def _prediction(self, config: ProjectConfig, regions, outcome: Outcome, interactive: bool, version: str,
+                    error) -> dict:
+        if not outcome.ok:
+            log.warning("task error: %s", outcome.message)
+            return error(outcome.message)
+        try:
+            prediction = config.build_prediction(
+                regions, outcome.value, interactive=interactive,
+                multiple_threshold=self.settings.multiple_choice_threshold,
+                relation_threshold=self.settings.relation_threshold)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.exception("cannot turn the worker's answer into a prediction")
+            return error(f"the worker's answer could not be turned into a prediction: {exc}")
+        problems = config.validate(prediction)
+        if problems:
+            self.metrics.count("predictions_invalid")
+            log.error("prediction refused by validation, not sent: %s", "; ".join(problems[:5]))
+            return error("the prediction did not pass Label Studio's validation: " + "; ".join(problems[:3]))
+        return prediction
+
+    # ------------------------------------------------------------------------------------------------- fit
+
+    def fit(self, event: str, data: dict) -> dict:
+        """Webhook events. For now only logged (the feedback loop stores and trains on them)."""
+        annotation = data.get("annotation") if isinstance(data, dict) else None
+        task = data.get("task") if isinstance(data, dict) else None
+        log.info("webhook %s (task %s, annotation %s)", event, (task or {}).get("id") if isinstance(task, dict) else None,
+                 (annotation or {}).get("id") if isinstance(annotation, dict) else None)
+        self.metrics.count("webhooks", action=str(event)[:64])
+        return {"status": "ok", "event": event}
