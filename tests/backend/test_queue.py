@@ -1,0 +1,115 @@
+"""The RQ queue and the inference workers, against a real redis-server and real worker processes."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from backend.app import create_app
+from backend.jobs import inference_queue, make_payload, submit, wait_for
+from backend.worker import live_workers
+from model.asks import Asks
+
+BOX = {"x": 8, "y": 12, "width": 34, "height": 50, "rotation": 0, "labels": ["Object"]}
+BOX2 = {"x": 58, "y": 30, "width": 34, "height": 50, "rotation": 0, "labels": ["Object"]}
+
+
+def payload(image, *boxes, task_id=1):
+    regions = [{"id": f"r{i}", **b} for i, b in enumerate(boxes or (BOX,))]
+    return make_payload(task_id, image, regions, Asks(caption=True, attributes={"color": ["red", "blue"]}), True)
+
+
+def test_worker_loads_the_model_once_and_reuses_it(redis_client, make_settings, worker):
+    settings = make_settings()
+    queue = inference_queue(redis_client, settings)
+    jobs = submit(queue, [payload("scene.png", task_id=i) for i in range(4)], settings)
+    outcomes = wait_for(redis_client, jobs, timeout=30)
+    assert all(o.ok for o in outcomes), [o.message for o in outcomes]
+    assert {o.value["worker"] for o in outcomes} == {"test-worker-main"}
+    assert {o.value["worker_loads"] for o in outcomes} == {1}  # four jobs, one model load
+    info = json.loads(redis_client.get("regionscribe:workers:test-worker-main"))
+    assert info["state"] == "ready" and info["loads"] == 1 and info["model_version"] == "tiny-untrained-0"
+
+
+def test_second_box_on_the_same_image_hits_the_feature_cache(redis_client, make_settings, worker, image_root, h):
+    settings = make_settings()
+    queue = inference_queue(redis_client, settings)
+    fresh = image_root / f"fresh-{time.monotonic_ns()}.png"  # an image no earlier test has shown the worker
+    fresh.write_bytes(h.png_bytes(size=(50, 70), color=(10, 200, 30)))
+    first = wait_for(redis_client, submit(queue, [payload(fresh.name, BOX)], settings), timeout=30)[0]
+    second = wait_for(redis_client, submit(queue, [payload(fresh.name, BOX2)], settings), timeout=30)[0]
+    assert first.ok and second.ok
+    assert first.value["cache_hit"] is False and second.value["cache_hit"] is True
+    assert (second.value["width"], second.value["height"]) == (50, 70)
+
+
+def test_image_errors_come_back_as_task_errors_not_failed_jobs(redis_client, make_settings, worker):
+    settings = make_settings()
+    outcomes = wait_for(redis_client, submit(inference_queue(redis_client, settings),
+                                             [payload("nope.png"), payload("http://10.0.0.1/x.png")], settings), 30)
+    assert not outcomes[0].ok and "does not exist" in outcomes[0].message
+    assert not outcomes[1].ok and "not allowed" in outcomes[1].message
+
+
+def test_several_workers_share_one_queue(redis_client, make_settings, spawn_worker):
+    settings = make_settings(inference_queue="inference-shared")
+    workers = [spawn_worker(name, "inference-shared", wait=False) for name in ("shared-a", "shared-b")]
+    for w in workers:  # both load their model at the same time
+        w.wait_ready(redis_client)
+    slow = [payload(f"http://{settings.allowed_hosts[0]}/slow.png?s=0.6", task_id=i) for i in range(4)]
+    outcomes = wait_for(redis_client, submit(inference_queue(redis_client, settings), slow, settings), timeout=30)
+    assert all(o.ok for o in outcomes), [o.message for o in outcomes]
+    assert {o.value["worker"] for o in outcomes} == {"shared-a", "shared-b"}
+
+
+def test_predict_timeout_returns_a_clear_error_and_cancels_queued_jobs(make_settings, spawn_worker, redis_client, h):
+    spawn_worker("slow-worker", "inference-timeout")
+    settings = make_settings(inference_queue="inference-timeout", predict_timeout=1.0)
+    client = create_app(settings).test_client()
+    slow = f"http://{settings.allowed_hosts[0]}/slow.png?s=3"
+    tasks = [{"id": i, "data": {"image": slow}} for i in (1, 2)]
+    body = {"tasks": tasks, "label_config": h.config_xml("region_captioning"),
+            "params": {"context": {"result": [{"id": "u", "type": "rectanglelabels", "from_name": "bbox",
+                                               "to_name": "image", "value": {**BOX, "rectanglelabels": ["Object"]}}]}}}
+    started = time.perf_counter()
+    results = client.post("/predict", json=body).get_json()["results"]
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0
+    assert len(results) == 2
+    assert all("PREDICT_TIMEOUT=1 s" in r["error"] for r in results)
+    queue = inference_queue(redis_client, settings)
+    assert queue.count == 0  # the job still waiting behind the slow one was cancelled
+
+
+def test_a_worker_killed_mid_job_does_not_hang_the_request(make_settings, spawn_worker, redis_client, h):
+    victim = spawn_worker("victim-worker", "inference-kill")
+    settings = make_settings(inference_queue="inference-kill", predict_timeout=30.0)
+    client = create_app(settings).test_client()
+    body = {"tasks": [{"id": 1, "data": {"image": f"http://{settings.allowed_hosts[0]}/slow.png?s=20"}}],
+            "label_config": h.config_xml("region_captioning"),
+            "params": {"context": {"result": [{"id": "u", "type": "rectanglelabels", "from_name": "bbox",
+                                               "to_name": "image", "value": {**BOX, "rectanglelabels": ["Object"]}}]}}}
+    answer = {}
+
+    def request():
+        answer["results"] = client.post("/predict", json=body).get_json()["results"]
+
+    thread = threading.Thread(target=request)
+    started = time.perf_counter()
+    thread.start()
+    registry = inference_queue(redis_client, settings).started_job_registry
+    deadline = time.monotonic() + 10
+    while not registry.get_job_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job_id = registry.get_job_ids()[0].split(":")[0]
+    assert Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer).get_status() == JobStatus.STARTED
+    victim.kill()  # SIGKILL while the worker is fetching the image
+    thread.join(15)
+    assert not thread.is_alive(), "the request hung after the worker died"
+    assert time.perf_counter() - started < 10  # well before PREDICT_TIMEOUT=30
+    error = answer["results"][0]["error"]
+    assert "victim-worker" in error and "stopped while describing" in error
+    assert "victim-worker" not in {w["name"] for w in live_workers(redis_client)}
