@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["regionscribe"] = {"settings": settings, "redis": connection, "metrics": metrics}
 
     def model(label_config: str | None, project: str | None = None) -> RegionScribeModel:
-        return RegionScribeModel(settings, connection, label_config, project=project, metrics=metrics)
+        return RegionScribeModel(settings, connection, label_config, project=project, metrics=metrics,
+                                 request_id=g.get("request_id"))
 
     # ------------------------------------------------------------------------------------------- around requests
 

@@ -41,9 +41,10 @@ JOB_FUNCTION = "backend.jobs.describe_job"
 # ------------------------------------------------------------------------------------------- the job payload
 
 
-def make_payload(task_id, image_ref: str, regions: list[dict], asks: Asks, interactive: bool) -> dict:
+def make_payload(task_id, image_ref: str, regions: list[dict], asks: Asks, interactive: bool,
+                 request_id: str | None = None) -> dict:
     return {"task_id": task_id, "image": image_ref, "regions": regions, "asks": asdict(asks),
-            "interactive": interactive}
+            "interactive": interactive, "request_id": request_id}
 
 
 # --------------------------------------------------------------------------------------- in the worker process
@@ -79,9 +80,8 @@ def describe_job(payload: dict) -> dict:
     try:
         data = _fetch_bytes(state, payload["image"], payload.get("task_id"))
         image = load_image(data, max_pixels=state.settings.max_image_pixels)
-    except FileNotFoundError as exc:
-        return _error(state, "image", str(exc))
-    except (FetchError, RegionScribeError) as exc:
+    except (FileNotFoundError, FetchError, RegionScribeError) as exc:
+        log.info("request %s task %s: image error: %s", payload.get("request_id"), payload.get("task_id"), exc)
         return _error(state, "image", str(exc))
     width, height = image.size
     boxes = []
@@ -95,6 +95,9 @@ def describe_job(payload: dict) -> dict:
         description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest())
     except RegionScribeError as exc:
         return _error(state, "input", str(exc))
+    log.info("request %s task %s: %d region(s) in %.3f s (cache %s)", payload.get("request_id"),
+             payload.get("task_id"), len(boxes), time.perf_counter() - started,
+             "hit" if description.cache_hit else "miss")
     state.metrics.count("worker_jobs", outcome="ok")
     state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
     state.metrics.count("regions", len(boxes))
@@ -226,6 +229,24 @@ def _check_pending(connection: redis.Redis, pending: dict[str, int], outcomes: l
             outcomes[pending.pop(job_id)] = Outcome(
                 error=f"the inference worker {worker_name} stopped while describing this task (killed or crashed); "
                       "try again")
+            _record_abandoned(connection, job_id, worker_name)
+
+
+def _record_abandoned(connection: redis.Redis, job_id: str, worker_name: str) -> None:
+    """Move a job whose worker died to rq's FailedJobRegistry now, rather than when rq's own abandoned-job cleanup
+    gets to it (job timeout + 60 s later): no job is lost silently, and rq-dashboard shows it at once."""
+    from rq.job_lifecycle import record_job_failure
+
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        if job.get_status() != JobStatus.STARTED:
+            return
+        with connection.pipeline() as pipe:
+            record_job_failure(job, f"AbandonedJobError: worker {worker_name} stopped beating while running the job",
+                               pipe)
+            pipe.execute()
+    except Exception as exc:  # best effort: rq's cleanup will get it later anyway
+        log.warning("could not record job %s as failed: %s", job_id, exc)
 
 
 def _cancel_queued(connection: redis.Redis, job_ids: list[str]) -> None:

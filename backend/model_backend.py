@@ -67,8 +67,9 @@ class RegionScribeModel:
     """One per request (cheap: the config parse is cached). `label_config` is the project's XML."""
 
     def __init__(self, settings: Settings, connection: redis.Redis | None, label_config: str | None,
-                 project: str | None = None, metrics: Metrics | None = None):
+                 project: str | None = None, metrics: Metrics | None = None, request_id: str | None = None):
         self.settings = settings
+        self.request_id = request_id
         self.connection = connection
         self.label_config = label_config
         self.project = project
@@ -128,7 +129,7 @@ class RegionScribeModel:
                 answers[i] = error(f"the task has no image under data.{config.image_key}")
                 continue
             work.append((i, regions, make_payload(task.get("id"), ref, [r.to_job() for r in regions], asks,
-                                                  interactive)))
+                                                  interactive, request_id=self.request_id)))
 
         if work:
             outcomes = self._run([payload for _, _, payload in work])

@@ -7,7 +7,7 @@ os.environ for configuration.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Mapping
 
@@ -34,7 +34,7 @@ class Settings:
 
     # --- Label Studio ---------------------------------------------------------------------------------------
     label_studio_url: str | None = None  # LABEL_STUDIO_URL: base URL of Label Studio, for /data/upload and /data/local-files images
-    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY: legacy token or personal access token; only ever sent to LABEL_STUDIO_URL's host
+    label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY: legacy token or personal access token; only ever sent to LABEL_STUDIO_URL's host
 
     # --- HTTP server ------------------------------------------------------------------------------------------
     host: str = "0.0.0.0"  # HOST: address the web server binds to
@@ -42,7 +42,7 @@ class Settings:
     web_workers: int = 2  # WEB_WORKERS: gunicorn worker processes (threads: WEB_THREADS each)
     web_threads: int = 4  # WEB_THREADS: threads per gunicorn worker (a /predict mostly waits on Redis)
     basic_auth_user: str | None = None  # BASIC_AUTH_USER: when set with BASIC_AUTH_PASS, every route but /health needs HTTP Basic auth
-    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS: password for BASIC_AUTH_USER (secret: never logged)
+    basic_auth_pass: str | None = field(default=None, repr=False)  # BASIC_AUTH_PASS: password for BASIC_AUTH_USER (secret: never logged)
     max_request_bytes: int = 16 * 1024 * 1024  # MAX_REQUEST_BYTES: largest request body accepted (413 above)
 
     # --- images ---------------------------------------------------------------------------------------------
@@ -80,17 +80,20 @@ class Settings:
             raw = get(f.name.upper())
             if raw is None:
                 continue
-            default = f.default
-            if f.name == "allowed_hosts":
-                kwargs[f.name] = _list(raw)
-            elif isinstance(default, bool):
-                kwargs[f.name] = _bool(raw)
-            elif isinstance(default, int):
-                kwargs[f.name] = int(raw)
-            elif isinstance(default, float):
-                kwargs[f.name] = float(raw)
-            else:
-                kwargs[f.name] = raw
+            default = None if f.default is MISSING else f.default
+            try:
+                if f.name == "allowed_hosts":
+                    kwargs[f.name] = _list(raw)
+                elif isinstance(default, bool):
+                    kwargs[f.name] = _bool(raw)
+                elif isinstance(default, int):
+                    kwargs[f.name] = int(raw)
+                elif isinstance(default, float):
+                    kwargs[f.name] = float(raw)
+                else:
+                    kwargs[f.name] = raw
+            except ValueError:
+                raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
         # Label Studio's own tools also accept these names
         if "label_studio_url" not in kwargs and get("LABEL_STUDIO_HOST"):
             kwargs["label_studio_url"] = get("LABEL_STUDIO_HOST")

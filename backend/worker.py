@@ -11,10 +11,11 @@ jobs from the same queue. Each worker announces itself in Redis with a short-liv
 background thread (also while a job runs), so the web process can tell "busy" from "dead": a request whose job's
 worker stops beating gets a clear error within a few seconds instead of waiting for its timeout.
 
-A worker killed mid-job (SIGKILL, OOM) leaves its job in rq's StartedJobRegistry. rq 3's maintenance
-(`StartedJobRegistry.cleanup`, run by any live worker at start and then every `maintenance_interval`) moves it to
-the FailedJobRegistry with AbandonedJobError once its execution entry expires (job timeout + 60 s for SimpleWorker).
-The request that waited on it has long since answered with an error by then.
+A worker killed mid-job (SIGKILL, OOM) leaves its job in rq's StartedJobRegistry. The waiting /predict notices the
+missing heartbeat (4 × WORKER_HEARTBEAT), answers that task with an error and records the job as failed
+(FailedJobRegistry) at once. Without a waiting request, rq 3's own maintenance (`StartedJobRegistry.cleanup`, run by
+any live worker at start and then every `maintenance_interval`) does the same, but only once the job's execution
+entry expires: job timeout + 60 s for a SimpleWorker.
 """
 from __future__ import annotations
 

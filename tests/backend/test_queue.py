@@ -113,3 +113,7 @@ def test_a_worker_killed_mid_job_does_not_hang_the_request(make_settings, spawn_
     error = answer["results"][0]["error"]
     assert "victim-worker" in error and "stopped while describing" in error
     assert "victim-worker" not in {w["name"] for w in live_workers(redis_client)}
+    # not lost silently: the job is in rq's FailedJobRegistry already, not only after rq's own cleanup
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    assert job_id in inference_queue(redis_client, settings).failed_job_registry.get_job_ids()
