@@ -160,3 +160,15 @@ def test_decoded_images_are_rgb_and_exif_rotated(image_root, name, size):
 def test_data_uris(h):
     data = h.png_bytes()
     assert fetcher().fetch("data:image/png;base64," + base64.b64encode(data).decode()) == data
+
+
+def test_the_connected_address_is_checked_again(http_host, monkeypatch):
+    """DNS rebinding: even when the pre-connection check passes, a connection that lands on a non-public address is
+    closed before any request is sent."""
+    import backend.images as images
+
+    monkeypatch.setattr(images, "check_public_host", lambda host, port: None)  # pretend DNS said "public"
+    before = len(http_host.seen)
+    with pytest.raises(ForbiddenSource, match="connected to the non-public address 127.0.0.1"):
+        fetcher(allowed_hosts=("*",)).fetch(f"{http_host.url}/img.png")
+    assert len(http_host.seen) == before  # no request reached the server

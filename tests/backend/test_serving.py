@@ -80,3 +80,15 @@ def test_run_all_starts_redis_worker_and_web_and_stops_cleanly(tmp_path):
     redis_port = text.split("private Redis at redis://127.0.0.1:")[1].split("/")[0]
     children = subprocess.run(["pgrep", "-f", f"redis-server 127.0.0.1:{redis_port}"], capture_output=True)
     assert children.stdout.strip() == b"", "the private redis-server outlived run_all"
+
+
+def test_run_all_without_redis_says_how_to_install_it(monkeypatch, capsys):
+    import backend.runner as runner
+    from backend.settings import Settings
+
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runner.importlib.util, "find_spec", lambda name: None)
+    assert runner.find_redis_server() is None
+    assert runner.run_all(Settings(model_dir="tiny-untrained")) == 1
+    err = capsys.readouterr().err
+    assert "apt-get install redis-server" in err and "REDIS_URL" in err
