@@ -365,7 +365,7 @@ class ImageFetcher:
         raise FetchError(f"too many redirects (more than MAX_REDIRECTS={self.settings.max_redirects}) for the image")
 
     def _get(self, target: _Target) -> requests.Response:
-        headers = {"User-Agent": USER_AGENT, "Accept": "image/*"}
+        headers = {"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.8"}  # LS answers 406 to image/* alone
         if target.send_token and self.auth is not None:
             headers.update(self.auth.header())
         session = self._trusted if target.trusted else self._public

@@ -152,6 +152,10 @@ class _Handler(BaseHTTPRequestHandler):
             auth = self.headers.get("Authorization")
             if auth not in (f"Token {LEGACY_TOKEN}", f"Bearer {ACCESS}"):
                 return self._send(401, b'{"detail":"auth"}', "application/json")
+            accept = self.headers.get("Accept", "*/*")
+            if "*/*" not in accept and "application/json" not in accept:  # DRF's content negotiation, as in LS 1.23
+                return self._send(406, b'{"detail":"Could not satisfy the request Accept header."}',
+                                  "application/json")
             name = path.rsplit("/", 1)[-1]
             if name == "redirect-out.png":
                 return self._send(302, headers={"Location": query["to"][0]}, ctype="text/plain")
