@@ -551,7 +551,9 @@ def _make_turn(kind: str, scene: Scene, rng: random.Random, reg: _Regions) -> tu
         true_label = rels[axis]
         ask_true = rng.random() < 0.5
         label = true_label if ask_true else next(x for x in RELATION_AXES[axis] if x != true_label)
-        q = YESNO_TEMPLATE.format(a=reg.mention(i, objs[i]), label=LABEL_PHRASES[label], b=reg.mention(j, objs[j]))
+        # half the time the bare label, as a Label Studio <Relations> value arrives at inference ("same colour as")
+        phrase = LABEL_PHRASES[label] if rng.random() < 0.5 else label
+        q = YESNO_TEMPLATE.format(a=reg.mention(i, objs[i]), label=phrase, b=reg.mention(j, objs[j]))
         turn = Turn(q, "yes" if ask_true else "no", "yesno", ("yes", "no"), axis)
         return turn, ("relation", min(i, j), max(i, j), axis)
 
