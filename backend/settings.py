@@ -56,10 +56,17 @@ class Settings:
     # --- queue ----------------------------------------------------------------------------------------------
     inference_queue: str = "inference"  # INFERENCE_QUEUE: RQ queue name for describe jobs
     training_queue: str = "training"  # TRAINING_QUEUE: RQ queue name for training runs (feedback loop)
+    ingest_queue: str = "ingest"  # INGEST_QUEUE: RQ queue for ingest jobs (caching annotated images by content hash)
+    training_timeout: int = 3600  # TRAINING_TIMEOUT: seconds a training run may take before rq stops it
     predict_timeout: float = 60.0  # PREDICT_TIMEOUT: seconds a /predict waits for the workers before answering a per-task error (LS gives up at 100)
     job_timeout: int = 120  # JOB_TIMEOUT: seconds a worker may spend on one job before rq stops it
     result_ttl: int = 300  # RESULT_TTL: seconds a finished job's result stays in Redis
     worker_heartbeat: float = 2.0  # WORKER_HEARTBEAT: seconds between a worker's liveness beats; 4 missed beats = dead (a waiting /predict then fails fast)
+
+    # --- feedback loop: the store of corrected annotations and the retraining policy ---------------------------
+    data_dir: str = "./var"  # DATA_DIR: where the SQLite store (store.sqlite3) and the cached training images (images/) live
+    store_url: str | None = field(default=None, repr=False)  # STORE_URL (or DATABASE_URL): sqlite:///path or postgresql://user@host/db; unset → sqlite:///<DATA_DIR>/store.sqlite3
+    retrain_after: int = 50  # RETRAIN_AFTER: new or changed regions in a project that trigger a training run
 
     # --- model output -----------------------------------------------------------------------------------------
     multiple_choice_threshold: float = 0.3  # MULTIPLE_CHOICE_THRESHOLD: choice="multiple" gets every value at least this probable (and the top one)
@@ -99,6 +106,8 @@ class Settings:
             kwargs["label_studio_url"] = get("LABEL_STUDIO_HOST")
         if "label_studio_api_key" not in kwargs and get("LABEL_STUDIO_ACCESS_TOKEN"):
             kwargs["label_studio_api_key"] = get("LABEL_STUDIO_ACCESS_TOKEN")
+        if "store_url" not in kwargs and get("DATABASE_URL"):
+            kwargs["store_url"] = get("DATABASE_URL")
         if kwargs.get("label_studio_url"):
             kwargs["label_studio_url"] = kwargs["label_studio_url"].rstrip("/")
         return cls(**kwargs)
