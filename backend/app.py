@@ -135,11 +135,24 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/webhook")
     def webhook():
+        """Annotation events → the feedback store, written before the answer (201); START_TRAINING → the
+        retraining policy; other actions → 200 "Unknown event". A malformed payload gets 400 and writes nothing;
+        a store that cannot be reached gets 503 (Label Studio logs the failure)."""
+        from .ingest import BadEvent
+        from .store import StoreError
+
         data = _json_body()
         action = data.get("action")
         if not isinstance(action, str) or not action:
             return jsonify({"error": "bad request", "detail": "'action' is missing"}), 400
-        return jsonify(model(None).fit(action, data)), 201
+        try:
+            body = model(None).fit(action, data)
+        except BadEvent as exc:
+            return jsonify({"error": "bad request", "detail": str(exc)}), 400
+        except StoreError as exc:
+            log.error("webhook %s not stored: %s", action, exc)
+            return jsonify({"error": "service unavailable", "detail": f"the feedback store is unavailable: {exc}"}), 503
+        return jsonify(body), 200 if body.get("status") == "Unknown event" else 201
 
     @app.get("/metrics")
     def metrics_route():
@@ -190,10 +203,23 @@ def _gauges(connection: redis.Redis, settings: Settings) -> dict:
     queue = inference_queue(connection, settings)
     workers = live_workers(connection)
     version = read_model_version(connection, settings)
-    return {
+    gauges = {
         "regionscribe_queue_depth": ("Jobs waiting in the queue.", [({"queue": queue.name}, queue.count)]),
         "regionscribe_queue_failed_jobs": ("Jobs in rq's FailedJobRegistry (includes abandoned ones).",
                                            [({"queue": queue.name}, FailedJobRegistry(queue=queue).count)]),
         "regionscribe_workers_up": ("Inference workers whose heartbeat is fresh.", [({}, len(workers))]),
         "regionscribe_model_info": ("The model version the workers serve.", [({"version": version}, 1)]),
     }
+    try:
+        from .store import Store
+
+        rates = Store.shared(settings).edit_rate()
+        gauges["regionscribe_edit_rate"] = (
+            "Share of model-prefilled regions the annotators changed (caption or an attribute), by model version.",
+            [({"model_version": v}, round(r["rate"], 6)) for v, r in rates.items()])
+        gauges["regionscribe_prefilled_regions"] = (
+            "Live annotated regions a model version had pre-filled.",
+            [({"model_version": v}, r["regions"]) for v, r in rates.items()])
+    except Exception as exc:  # the store is optional for /metrics
+        log.warning("edit rate not available for /metrics: %s", exc)
+    return gauges

@@ -67,13 +67,24 @@ class RegionScribeModel:
     """One per request (cheap: the config parse is cached). `label_config` is the project's XML."""
 
     def __init__(self, settings: Settings, connection: redis.Redis | None, label_config: str | None,
-                 project: str | None = None, metrics: Metrics | None = None, request_id: str | None = None):
+                 project: str | None = None, metrics: Metrics | None = None, request_id: str | None = None,
+                 store=None):
         self.settings = settings
         self.request_id = request_id
         self.connection = connection
         self.label_config = label_config
         self.project = project
         self.metrics = metrics or Metrics(connection)
+        self._store = store
+
+    @property
+    def store(self):
+        """The feedback store (backend.store), opened once per process on first use."""
+        if self._store is None:
+            from .store import Store
+
+            self._store = Store.shared(self.settings)
+        return self._store
 
     @property
     def model_version(self) -> str:
@@ -135,13 +146,35 @@ class RegionScribeModel:
             outcomes = self._run([payload for _, _, payload in work])
             for (i, regions, _payload), outcome in zip(work, outcomes):
                 answers[i] = self._prediction(config, regions, outcome, interactive, version, error)
+            self._remember_suggestions(config, tasks, answers)
         return [a if a is not None else error("not processed") for a in answers]
+
+    def _remember_suggestions(self, config: ProjectConfig, tasks: list, answers: list) -> None:
+        """Keep what was suggested per (project, task, region id), so ingest can tell a confirmed suggestion from a
+        corrected one (the edit rate per model version). One store transaction; never fails the prediction."""
+        if not self.project:
+            return
+        try:
+            from .ingest import suggestions_from_prediction
+
+            items = []
+            for task, answer in zip(tasks, answers):
+                if not isinstance(answer, dict) or answer.get("error") or not answer.get("result"):
+                    continue
+                task_id = task.get("id") if isinstance(task, dict) else None
+                if isinstance(task_id, bool) or not isinstance(task_id, (int, str)) or not str(task_id).isdigit():
+                    continue
+                items += suggestions_from_prediction(answer, config, int(task_id))
+            if items:
+                self.store.record_suggestions(int(self.project), items)
+        except Exception as exc:  # the store is for learning; predictions go out regardless
+            log.warning("suggestions not remembered: %s", exc)
 
     def _run(self, payloads: list[dict]) -> list[Outcome]:
         if self.connection is None:
             raise QueueUnavailable("REDIS_URL is not set: the backend has no queue to send work to")
         try:
-            if not live_workers(self.connection):
+            if not live_workers(self.connection, self.settings.inference_queue):
                 return [Outcome(error="no inference worker is running: start one with `regionscribe worker` (same "
                                       "REDIS_URL)")] * len(payloads)
             queue = inference_queue(self.connection, self.settings)
@@ -179,10 +212,17 @@ class RegionScribeModel:
     # ------------------------------------------------------------------------------------------------- fit
 
     def fit(self, event: str, data: dict) -> dict:
-        """Webhook events. For now only logged (the feedback loop stores and trains on them)."""
+        """Webhook events (label-studio-ml v2's `fit(event, data)`): annotation events become records in the
+        feedback store (durable before this returns), START_TRAINING asks the retraining policy for a run. Nothing
+        slow happens here: images are cached by the ingest queue, training runs on the training queue.
+        Raises backend.ingest.BadEvent for a malformed payload; returns {"status": "Unknown event"} for actions
+        the feedback loop does not use."""
+        from .ingest import handle_event
+
         annotation = data.get("annotation") if isinstance(data, dict) else None
         task = data.get("task") if isinstance(data, dict) else None
         log.info("webhook %s (task %s, annotation %s)", event, (task or {}).get("id") if isinstance(task, dict) else None,
                  (annotation or {}).get("id") if isinstance(annotation, dict) else None)
         self.metrics.count("webhooks", action=str(event)[:64])
-        return {"status": "ok", "event": event}
+        payload = data if data.get("action") == event else {**data, "action": event}
+        return handle_event(self.settings, payload, store=self._store)

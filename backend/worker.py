@@ -97,13 +97,17 @@ def current(connection: redis.Redis | None = None) -> WorkerState:
         return _STATE
 
 
-def live_workers(connection: redis.Redis) -> list[dict]:
-    """Every worker whose liveness key is fresh (beaten within MISSED_BEATS heartbeats)."""
+def live_workers(connection: redis.Redis, queue: str | None = None) -> list[dict]:
+    """Every worker whose liveness key is fresh (beaten within MISSED_BEATS heartbeats); with `queue`, only those
+    serving it (workers that do not say which queues they serve count for every queue)."""
     keys = list(connection.scan_iter(match=WORKER_KEY.format(name="*"), count=500))
     if not keys:
         return []
     values = connection.mget(keys)
-    return [json.loads(v) for v in values if v]
+    workers = [json.loads(v) for v in values if v]
+    if queue is not None:
+        workers = [w for w in workers if "queues" not in w or queue in (w.get("queues") or [])]
+    return workers
 
 
 def is_alive(connection: redis.Redis, name: str) -> bool:
@@ -150,23 +154,26 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     connection = redis_connection(settings.redis_url)
     connection.ping()
     name = name or f"regionscribe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    queue_names = list(queues or [settings.inference_queue])
     info = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "state": "loading",
-            "model_version": None, "started_at": time.time()}
+            "model_version": None, "started_at": time.time(), "queues": queue_names}
     heartbeat = _Heartbeat(connection, name, info, every=settings.worker_heartbeat)
     heartbeat.beat()  # a loading worker counts as up: jobs queued meanwhile wait for it
     heartbeat.start()
     try:
-        describer = load_describer(settings)
-        metrics = Metrics(connection)
-        metrics.count("model_loads")
-        with _STATE_LOCK:
-            _STATE = WorkerState(settings=settings, describer=describer, fetcher=ImageFetcher(settings),
-                                 metrics=metrics, name=name, loads=LOADS)
-        info.update(state="ready", model_version=describer.model_version, loads=LOADS)
+        if settings.inference_queue in queue_names:  # a worker for other queues only (ingest) needs no model
+            describer = load_describer(settings)
+            metrics = Metrics(connection)
+            metrics.count("model_loads")
+            with _STATE_LOCK:
+                _STATE = WorkerState(settings=settings, describer=describer, fetcher=ImageFetcher(settings),
+                                     metrics=metrics, name=name, loads=LOADS)
+            info.update(state="ready", model_version=describer.model_version, loads=LOADS)
+            connection.set(MODEL_VERSION_KEY, describer.model_version)
+        else:
+            info.update(state="ready")
         heartbeat.beat()
-        connection.set(MODEL_VERSION_KEY, describer.model_version)
-        rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer)
-                     for q in (queues or [settings.inference_queue])]
+        rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in queue_names]
         worker = SimpleWorker(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
                               worker_ttl=60, maintenance_interval=60)
         log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], _redacted(settings.redis_url))

@@ -1,0 +1,216 @@
+"""/webhook end to end: the Flask app behind a real HTTP server, a real Redis, the store on SQLite and PostgreSQL,
+the ingest job run by a real `regionscribe worker --queue ingest` subprocess fetching from a fake Label Studio."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+import requests
+
+from backend.store import Store
+
+
+def post(server, payload, **kwargs):
+    data = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
+    return requests.post(f"{server.url}/webhook", data=data, headers={"Content-Type": "application/json"},
+                         timeout=10, **kwargs)
+
+
+def test_malformed_payloads_get_400_and_write_nothing(make_settings, serve, ls):
+    settings = make_settings()
+    server = serve(settings)
+    p, t, a = ls.new_id(), ls.new_id(), ls.new_id()
+    good = ls.annotation_event(p, t, a, ls.region("r1", caption="x"))
+    bad = {
+        "not json": "{nope",
+        "not an object": "[1, 2]",
+        "no action": {k: v for k, v in good.items() if k != "action"},
+        "no annotation": {k: v for k, v in good.items() if k != "annotation"},
+        "annotation not an object": {**good, "annotation": "17"},
+        "no annotation id": {**good, "annotation": {k: v for k, v in good["annotation"].items() if k != "id"}},
+        "result not a list": {**good, "annotation": {**good["annotation"], "result": {"id": "r1"}}},
+        "bad task id": {**good, "task": {**good["task"], "id": "seven"},
+                        "annotation": {**good["annotation"], "task": "seven"}},
+        "no project": {k: v for k, v in good.items() if k != "project"} | {
+            "annotation": {k: v for k, v in good["annotation"].items() if k != "project"},
+            "task": {k: v for k, v in good["task"].items() if k != "project"}},
+        "deleted without a list": {"action": "ANNOTATIONS_DELETED", "annotations": {"id": 1}, "project": {"id": p}},
+        "deleted with a bad id": {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": None}], "project": {"id": p}},
+        "training without project": {"action": "START_TRAINING"},
+    }
+    for name, payload in bad.items():
+        response = post(server, payload)
+        assert response.status_code == 400, (name, response.text)
+        body = response.json()
+        assert body.get("detail"), name
+    assert Store.shared(settings).events() == []
+    # the messages say what is wrong
+    assert "annotation.result" in post(server, bad["result not a list"]).json()["detail"]
+    assert "JSON object" in post(server, bad["not json"]).json()["detail"]
+
+
+def test_unknown_actions_get_200(make_settings, serve, ls):
+    settings = make_settings()
+    server = serve(settings)
+    for action in ("PROJECT_UPDATED", "TASKS_CREATED", "ANNOTATION_DELETED"):  # singular: not what LS sends
+        response = post(server, {"action": action, "project": {"id": 1}})
+        assert response.status_code == 200 and response.json()["status"] == "Unknown event"
+    assert Store.shared(settings).events() == []
+
+
+def test_created_is_stored_before_the_201_and_answers_fast(make_settings, serve, ls):
+    settings = make_settings()
+    server = serve(settings)
+    p, t = ls.new_id(), ls.new_id()
+    post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("warm", caption="x")))  # first request opens things
+    seconds = []
+    for i in range(20):
+        a = ls.new_id()
+        started = time.perf_counter()
+        response = post(server, ls.annotation_event(p, t, a, ls.region("r", caption=f"caption {i}", color="red")))
+        seconds.append(time.perf_counter() - started)
+        assert response.status_code == 201, response.text
+        assert response.json()["result"]["outcome"] == "applied"
+        # durable before the answer: a fresh handle (another process would see the same) has it
+        fresh = Store.open(settings.store_url, images_dir=settings.data_dir)
+        assert [r.caption for r in fresh.records(p) if r.annotation_id == a] == [f"caption {i}"]
+        fresh.close()
+    assert max(seconds) < 1.0, seconds
+    assert sorted(seconds)[len(seconds) // 2] < 0.25, seconds
+
+
+def test_ingest_worker_caches_the_image_by_content_hash(make_settings, serve, spawn_worker, redis_client, fake_ls,
+                                                        ls, wait):
+    settings = make_settings()
+    server = serve(settings)
+    p, t = ls.new_id(), ls.new_id()
+    path = f"/data/upload/{p}/{t}-photo.jpg"
+    data = ls.exif_jpeg(size=(80, 40), orientation=6)  # displayed (and decoded) as 40x80
+    fake_ls.files[path] = data
+    a = ls.new_id()
+    response = post(server, ls.annotation_event(p, t, a, ls.region("r1", x=25, y=50, w=50, h=25, caption="green"),
+                                                image=path))
+    assert response.status_code == 201 and response.json()["image"] == "queued"
+    # a second annotation of the same image while the job waits: no second job
+    b = ls.new_id()
+    assert post(server, ls.annotation_event(p, t, b, ls.region("r2", caption="also green"), image=path)).ok
+    worker = spawn_worker(settings, [settings.ingest_queue]).wait_ready(redis_client)
+    store = Store.shared(settings)
+    records = wait(lambda: (lambda rs: rs if all(r.image_sha256 for r in rs) and len(rs) == 2 else None)(
+        store.records(p)))
+    sha = hashlib.sha256(data).hexdigest()
+    assert {r.image_sha256 for r in records} == {sha}
+    cached = store.image_path(sha)
+    assert cached is not None and cached.name == f"{sha}.jpg" and cached.read_bytes() == data
+    assert cached.parent == store.images_dir and str(cached).startswith(settings.data_dir)
+    r1 = next(r for r in records if r.region_id == "r1")
+    assert (r1.image_width, r1.image_height) == (40, 80) and r1.image_path == cached
+    assert r1.pixel_box == pytest.approx((10.0, 40.0, 30.0, 60.0))  # from the decoded size, not LS's 640x480
+    assert sum(1 for seen in fake_ls.seen if seen == path) == 1  # fetched once
+    # a later annotation of a cached image is filled at ingest time, without a job
+    c = ls.new_id()
+    later = post(server, ls.annotation_event(p, t, c, ls.region("r3", caption="third"), image=path)).json()
+    assert "image" not in later
+    assert [r.image_sha256 for r in store.records(p) if r.annotation_id == c] == [sha]
+    worker.stop()
+
+
+def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serve, own_redis, fake_ls, ls):
+    from backend.ingest import fetch_missing_images
+
+    settings = make_settings(redis_url=own_redis.url, retrain_after=1)
+    server = serve(settings)
+    p, t = ls.new_id(), ls.new_id()
+    path = f"/data/upload/{p}/{t}.png"
+    fake_ls.files[path] = ls.png(size=(100, 50))
+    assert post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("before", caption="x"), image=path)).ok
+    own_redis.kill()
+    started = time.perf_counter()
+    a = ls.new_id()
+    response = post(server, ls.annotation_event(p, t, a, ls.region("during", caption="redis is down"), image=path))
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 201 and elapsed < 1.0, (response.text, elapsed)
+    body = response.json()
+    assert body["image"] == "deferred" and body["training"]["evaluated"] is False
+    training = post(server, {"action": "START_TRAINING", "project": {"id": p}})
+    assert training.status_code == 201  # the request is kept in the store
+    store = Store.shared(settings)
+    assert store.training_requested(p)
+    assert {r.region_id for r in store.records(p)} == {"before", "during"}
+    assert all(r.image_sha256 is None for r in store.records(p))
+    # Redis comes back empty (its queued jobs are gone): nothing recorded is lost, the next event works
+    own_redis.start()
+    assert post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("after", caption="y"), image=path)).ok
+    assert {r.region_id for r in store.records(p)} == {"before", "during", "after"}
+    summary = fetch_missing_images(store, settings)
+    assert summary == {"fetched": 1, "failed": {}}
+    assert all(r.image_sha256 and r.image_path and r.image_width == 100 for r in store.records(p))
+    assert fetch_missing_images(store, settings) == {"fetched": 0, "failed": {}}
+
+
+def test_sweep_records_failures_and_retries(make_settings, fake_ls, ls):
+    from backend.ingest import fetch_missing_images, handle_event
+
+    settings = make_settings(redis_url=None)
+    store = Store.shared(settings)
+    p, t = ls.new_id(), ls.new_id()
+    path = f"/data/upload/{p}/missing.png"
+    handle_event(settings, ls.annotation_event(p, t, ls.new_id(), ls.region("r", caption="x"), image=path))
+    summary = fetch_missing_images(store, settings)
+    assert summary["fetched"] == 0 and "404" in summary["failed"][path]
+    assert store.cached_image(path)["attempts"] == 1
+    fake_ls.files[path] = ls.png()
+    assert fetch_missing_images(store, settings) == {"fetched": 1, "failed": {}}
+    fake_ls.files[f"/data/upload/{p}/junk.png"] = b"<html>login page</html>"
+    handle_event(settings, ls.annotation_event(p, t, ls.new_id(), ls.region("j", caption="x"),
+                                               image=f"/data/upload/{p}/junk.png"))
+    assert "not a readable image" in fetch_missing_images(store, settings)["failed"][f"/data/upload/{p}/junk.png"]
+
+
+def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
+    from backend.store import Suggestion
+
+    settings = make_settings()
+    server = serve(settings)
+    p, t = ls.new_id(), ls.new_id()
+    Store.shared(settings).record_suggestions(p, [Suggestion(t, "s1", "tiny-v7", caption="a red square"),
+                                                  Suggestion(t, "s2", "tiny-v7", caption="a blue circle")])
+    post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("s1", caption="a red square")
+                                     + ls.region("s2", caption="a green circle")))
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert 'regionscribe_edit_rate{model_version="tiny-v7"} 0.5' in text
+    assert 'regionscribe_prefilled_regions{model_version="tiny-v7"} 2' in text
+
+
+def test_predict_remembers_what_it_suggested(make_settings, ls):
+    """The hook in RegionScribeModel.predict: the prediction sent to Label Studio is read back like an annotation
+    and kept per (project, task, region id); then an annotation that keeps it counts as confirmed."""
+    from backend.labeling import ProjectConfig
+    from backend.model_backend import RegionScribeModel
+
+    settings = make_settings()
+    p, t = ls.new_id(), ls.new_id()
+    config = ProjectConfig.parse(ls.XML)
+    regions = config.regions_from_results(ls.region("r1") + ls.region("r2", x=50))
+    answer = {"width": 640, "height": 480, "model_version": "tiny-v9", "relations": [], "regions": [
+        {"id": "r1", "caption": "a red square", "confidence": 0.9, "attributes": {
+            "color": [["red", 0.9], ["blue", 0.1]], "shape family": [["square", 0.8]]}},
+        {"id": "r2", "caption": "a blue circle", "confidence": 0.8, "attributes": {"color": [["blue", 0.7]]}}]}
+    prediction = config.build_prediction(regions, answer, interactive=True)
+    model = RegionScribeModel(settings, None, ls.XML, project=str(p))
+    model._remember_suggestions(config, [{"id": t, "data": {"image": "/x.png"}}, {"id": t + 1}],
+                                [prediction, {"error": "no boxes", "result": []}])
+    store = Store.shared(settings)
+    got = store.suggestions(p, t)
+    assert got["r1"].caption == "a red square" and got["r1"].model_version == "tiny-v9"
+    assert got["r1"].attributes == {"color": ["red"], "shape_family": [["polygon", "square"]]}
+    assert store.suggestions(p, t + 1) == {}
+    from backend.ingest import handle_event
+
+    accepted = [dict(item, origin="prediction") for item in prediction["result"]]
+    accepted[-1] = {**accepted[-1], "value": {**accepted[-1]["value"], "choices": ["green"]}}  # r2's colour fixed
+    handle_event(settings.replace(redis_url=None), ls.annotation_event(p, t, ls.new_id(), accepted))
+    assert {r.region_id: r.changed for r in store.records(p)} == {"r1": False, "r2": True}
+    assert store.edit_rate(project_id=p)["tiny-v9"]["rate"] == 0.5
