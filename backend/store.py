@@ -466,21 +466,17 @@ class Store:
                 raise StoreError(f"no file in the SQLite URL {url!r} (sqlite:///relative or sqlite:////absolute)")
             self.path: Path | None = Path(path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            default_images = self.path.parent / "images"
         elif url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
             self.dialect = "postgresql"
             self.path = None
             self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
-            default_images = None
         else:
             raise StoreError(f"unsupported store URL {_redacted(url)!r}: use sqlite:///path or postgresql://...")
         if images_dir is None:
-            if default_images is None:
-                from .settings import get_settings
+            from .settings import get_settings
 
-                default_images = Path(get_settings().data_dir) / "images"
-            images_dir = default_images
-        self.images_dir = Path(images_dir)
+            images_dir = Path(get_settings().data_dir) / "images"
+        self.images_dir = Path(images_dir)  # cached training images: <images_dir>/<sha256>.<ext>
         self._pool: queue.LifoQueue = queue.LifoQueue()
         self._pid = os.getpid()
         self._closed = False
@@ -489,14 +485,12 @@ class Store:
 
     @classmethod
     def open(cls, url: str | None = None, images_dir: str | Path | None = None) -> "Store":
-        """Open (and migrate) the store at `url`; defaults from the settings (STORE_URL / DATABASE_URL / DATA_DIR)."""
-        if url is None or images_dir is None:
+        """Open (and migrate) the store at `url`; defaults from the settings: STORE_URL / DATABASE_URL, else
+        sqlite:///<DATA_DIR>/store.sqlite3; images under <DATA_DIR>/images."""
+        if url is None:
             from .settings import get_settings
 
-            settings = get_settings()
-            url = url or default_url(settings)
-            if images_dir is None and not url.startswith("sqlite:///"):
-                images_dir = Path(settings.data_dir) / "images"
+            url = default_url(get_settings())
         store = cls(url, images_dir)
         store.migrate()
         return store
@@ -505,12 +499,12 @@ class Store:
     def shared(cls, settings) -> "Store":
         """This process's store for `settings` (opened once per process and URL; safe after fork)."""
         url = default_url(settings)
-        images = str(Path(settings.data_dir) / "images") if not url.startswith("sqlite:///") else ""
+        images = str(Path(settings.data_dir) / "images")
         key = (os.getpid(), url, images)
         with cls._shared_lock:
             store = cls._shared.get(key)
             if store is None or store._closed:
-                store = cls.open(url, images or None)
+                store = cls.open(url, images)
                 cls._shared[key] = store
             return store
 
