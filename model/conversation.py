@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from PIL import Image
+
 from model.errors import PlaceholderError
 from model.tokenizer import BBOX, IM_END, IM_PATCH, IM_START
 
@@ -26,6 +28,36 @@ SYSTEM = ("A chat between a curious human and an artificial intelligence assista
           "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 IMAGE_PREFIX = "The <image> provides an overview of the picture.\n"
 IGNORE = -100
+
+
+@dataclass
+class Turn:
+    """One human question and its assistant answer.
+
+    For the ranking kinds ("attribute", "relation", "yesno") `candidates` lists the allowed answers and `key` names
+    the attribute ("color", ...) or the relation axis ("horizontal", ...).
+    """
+
+    question: str
+    answer: str
+    kind: str
+    candidates: tuple[str, ...] | None = None
+    key: str | None = None
+
+
+@dataclass
+class Sample:
+    """A conversation about one image; `boxes[k]` (pixel xyxy) is the box of the (k+1)-th `<bbox>`."""
+
+    image: Image.Image
+    boxes: list[tuple[float, float, float, float]]
+    turns: list[Turn]
+    scene_id: str
+
+    def __post_init__(self) -> None:
+        n = sum(turn.question.count(BBOX) for turn in self.turns)
+        if n != len(self.boxes):
+            raise PlaceholderError(f"{n} {BBOX} placeholders but {len(self.boxes)} boxes")
 
 
 @dataclass

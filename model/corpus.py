@@ -24,6 +24,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from model.conversation import Sample, Turn
+
 __all__ = [
     "COLORS", "WITHHELD_COLOR", "WITHHELD_COLOR_RGB", "SHAPES", "WITHHELD_SHAPE", "TEXTURES", "SIZES",
     "SIZE_RANGES", "ATTRIBUTES", "ATTRIBUTE_WORDS", "ATTRIBUTE_VALUES", "BASE_VALUES", "RELATION_AXES",
@@ -168,36 +170,7 @@ class Scene:
         return self.image.size
 
 
-@dataclass
-class Turn:
-    """One human question and its assistant answer.
-
-    For the ranking kinds ("attribute", "relation", "yesno") `candidates` lists the allowed answers and `key` names
-    the attribute ("color", ...) or the relation axis ("horizontal", ...).
-    """
-
-    question: str
-    answer: str
-    kind: str
-    candidates: tuple[str, ...] | None = None
-    key: str | None = None
-
-
 TURN_KINDS = ("phrase", "caption", "detailed", "attribute", "relation", "yesno", "relation_text", "multi")
-
-
-@dataclass
-class Sample:
-    """A conversation about one image; `boxes[k]` is the box of the (k+1)-th `<bbox>` in the conversation."""
-
-    image: Image.Image
-    boxes: list[Box]
-    turns: list[Turn]
-    scene_id: str
-
-    def __post_init__(self) -> None:
-        n = sum(turn.question.count(BBOX) for turn in self.turns)
-        assert n == len(self.boxes), f"{n} {BBOX} placeholders but {len(self.boxes)} boxes"
 
 
 # -------------------------------------------------------------------------------------------------- geometry
