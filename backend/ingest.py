@@ -464,13 +464,14 @@ def replay(source: Store, target: Store, after_id: int = 0) -> int:
 # -------------------------------------------------------------------------------------------------- images
 
 
-_FETCHERS: dict[int, object] = {}
+_FETCHERS: dict[tuple[int, Settings], object] = {}
 
 
 def _fetcher(settings: Settings):
+    """One ImageFetcher per process and settings (it keeps HTTP sessions and Label Studio's access token)."""
     from .images import ImageFetcher
 
-    key = os.getpid()
+    key = (os.getpid(), settings)
     if key not in _FETCHERS:
         _FETCHERS[key] = ImageFetcher(settings)
     return _FETCHERS[key]

@@ -41,7 +41,7 @@ import random
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,6 +197,9 @@ REGION_COLUMNS = (
     "completed_by_email", "created_at", "updated_at", "lead_time", "prefilled_by", "changed", "has_content",
     "content_digest", "change_seq", "deleted", "deleted_at", "ground_truth", "was_cancelled", "stored_at",
 )
+
+
+_NO_LOCK = nullcontext()
 
 
 class StoreError(RuntimeError):
@@ -480,6 +483,9 @@ class Store:
         self._pool: queue.LifoQueue = queue.LifoQueue()
         self._pid = os.getpid()
         self._closed = False
+        # SQLite has one writer at a time; threads of one process queue on this lock instead of polling the file
+        # lock (SQLite's busy handler sleeps in growing steps, which starves some waiters for seconds under load)
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ open / close
 
@@ -595,14 +601,15 @@ class Store:
                 with self._connection() as conn:
                     tx = _Cursorish(conn, self.dialect)
                     if self.dialect == "sqlite":
-                        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                        try:
-                            result = fn(tx)
-                            conn.execute("COMMIT")
-                        except BaseException:
-                            if conn.in_transaction:
-                                conn.execute("ROLLBACK")
-                            raise
+                        with self._write_lock if write else _NO_LOCK:
+                            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                            try:
+                                result = fn(tx)
+                                conn.execute("COMMIT")
+                            except BaseException:
+                                if conn.in_transaction:
+                                    conn.execute("ROLLBACK")
+                                raise
                         return result
                     with conn.transaction():
                         return fn(tx)

@@ -142,8 +142,17 @@ def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serv
     assert all(r.image_sha256 is None for r in store.records(p))
     # Redis comes back empty (its queued jobs are gone): nothing recorded is lost, the next event works
     own_redis.start()
-    assert post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("after", caption="y"), image=path)).ok
+    after = post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("after", caption="y"), image=path))
+    assert after.ok and after.json()["training"]["enqueued"]  # the request kept while Redis was down
     assert {r.region_id for r in store.records(p)} == {"before", "during", "after"}
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    import redis
+
+    client = redis.Redis.from_url(own_redis.url)
+    assert [j.args for j in Queue(settings.training_queue, connection=client, serializer=JSONSerializer).get_jobs()
+            ] == [[p]]
     summary = fetch_missing_images(store, settings)
     assert summary == {"fetched": 1, "failed": {}}
     assert all(r.image_sha256 and r.image_path and r.image_width == 100 for r in store.records(p))
