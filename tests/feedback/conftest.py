@@ -311,7 +311,8 @@ def env_for(settings: Settings) -> dict:
     env = dict(os.environ)
     env.update({
         "REDIS_URL": settings.redis_url or "", "STORE_URL": settings.store_url or "", "DATA_DIR": settings.data_dir,
-        "LABEL_STUDIO_URL": settings.label_studio_url or "", "LABEL_STUDIO_API_KEY": settings.label_studio_api_key or "",
+        "LABEL_STUDIO_URL": settings.label_studio_url or "",
+        "LABEL_STUDIO_API_KEY": settings.label_studio_api_key or "",
         "INGEST_QUEUE": settings.ingest_queue, "TRAINING_QUEUE": settings.training_queue,
         "RETRAIN_AFTER": str(settings.retrain_after), "MODEL_DIR": "tiny-untrained", "WORKER_HEARTBEAT": "0.25",
         "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",

@@ -57,8 +57,10 @@ def test_relation_text_and_config_roles(store, ls):
     common = {"to_name": "image", "original_width": 100, "original_height": 100}
     g = {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": 0}
     result = [
-        {"id": "a", "from_name": "bbox", "type": "rectanglelabels", **common, "value": {**g, "rectanglelabels": ["Object"]}},
-        {"id": "a", "from_name": "relation_text", "type": "textarea", **common, "value": {**g, "text": ["left of b"]}},
+        {"id": "a", "from_name": "bbox", "type": "rectanglelabels", **common,
+         "value": {**g, "rectanglelabels": ["Object"]}},
+        {"id": "a", "from_name": "relation_text", "type": "textarea", **common,
+         "value": {**g, "text": ["left of b"]}},
         {"id": "a", "from_name": "caption", "type": "textarea", **common, "value": {**g, "text": ["a cup"]}},
     ]
     apply(store, ls.annotation_event(p, t, a, result, label_config=ls.RELATIONS_XML))
@@ -308,3 +310,26 @@ def test_settings_name_the_store():
     assert default_url(s) == "postgresql://u:pw@db/rs" and "pw" not in repr(s)
     s = Settings.from_env({"DATABASE_URL": "postgresql://a/b", "STORE_URL": "sqlite:////x.db", "RETRAIN_AFTER": "7"})
     assert (s.store_url, s.retrain_after, s.ingest_queue) == ("sqlite:////x.db", 7, "ingest")
+
+
+def test_raw_events_replay_into_a_new_store(store, tmp_path, ls):
+    from backend.ingest import replay
+
+    p, t, a, b = ls.new_id(), ls.new_id(), ls.new_id(), ls.new_id()
+    for event in (ls.annotation_event(p, t, a, ls.region("r1", caption="v2 ✓"), updated=2,
+                                      action="ANNOTATION_UPDATED"),
+                  ls.annotation_event(p, t, a, ls.region("r1", caption="v1") + ls.region("r2", caption="x"),
+                                      updated=1),
+                  ls.annotation_event(p, t, b, ls.region("k", caption="gone")),
+                  ls.deleted_event(p, [b]),
+                  {"action": "START_TRAINING", "project": {"id": p}}):
+        apply(store, event)
+    target = Store.open(f"sqlite:///{tmp_path / 'replayed.sqlite3'}", images_dir=tmp_path / "images")
+    assert replay(store, target) == 5
+    def fields(s):
+        return [(r.annotation_id, r.region_id, r.caption, r.deleted) for r in s.records(p, include_deleted=True)]
+
+    assert fields(target) == fields(store) == [(a, "r1", "v2 ✓", False), (b, "k", "gone", True)]
+    assert target.snapshot(p).id == store.snapshot(p).id
+    assert replay(store, target) == 5 and fields(target) == fields(store)  # replaying again changes nothing
+    target.close()

@@ -223,3 +223,24 @@ def test_predict_remembers_what_it_suggested(make_settings, ls):
     handle_event(settings.replace(redis_url=None), ls.annotation_event(p, t, ls.new_id(), accepted))
     assert {r.region_id: r.changed for r in store.records(p)} == {"r1": False, "r2": True}
     assert store.edit_rate(project_id=p)["tiny-v9"]["rate"] == 0.5
+
+
+def test_the_config_saved_by_setup_reads_results_when_the_payload_has_none(make_settings, serve, ls):
+    settings = make_settings()
+    server = serve(settings)
+    p, t, a = ls.new_id(), ls.new_id(), ls.new_id()
+    setup = requests.post(f"{server.url}/setup", json={"project": f"{p}.1714564800", "schema": ls.RELATIONS_XML},
+                          timeout=10)
+    assert setup.ok
+    g = {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": 0}
+    result = [{"id": "q", "from_name": "bbox", "to_name": "image", "type": "rectanglelabels",
+               "value": {**g, "rectanglelabels": ["Object"]}},
+              {"id": "q", "from_name": "relation_text", "to_name": "image", "type": "textarea",
+               "value": {**g, "text": ["next to the cup"]}},  # first, but the config says it is the relation text
+              {"id": "q", "from_name": "caption", "to_name": "image", "type": "textarea",
+               "value": {**g, "text": ["a spoon"]}}]
+    assert post(server, ls.annotation_event(p, t, a, result, label_config=None)).status_code == 201
+    store = Store.shared(settings)
+    record = store.records(p)[0]
+    assert (record.caption, record.relation_text) == ("a spoon", "next to the cup")
+    assert store.label_config(p) == ls.RELATIONS_XML  # kept for the trainer
