@@ -73,9 +73,10 @@ def describe_job(payload: dict) -> dict:
     {"error": ...}; anything else raises and rq records the job as failed."""
     from model.images import load_image
 
-    from .worker import current
+    from .worker import current, refresh_model
 
     state = current()
+    refresh_model(state, state.metrics.connection)
     started = time.perf_counter()
     try:
         data = _fetch_bytes(state, payload["image"], payload.get("task_id"))

@@ -67,6 +67,12 @@ class Settings:
     data_dir: str = "./var"  # DATA_DIR: where the SQLite store (store.sqlite3) and the cached training images (images/) live
     store_url: str | None = field(default=None, repr=False)  # STORE_URL (or DATABASE_URL): sqlite:///path or postgresql://user@host/db; unset → sqlite:///<DATA_DIR>/store.sqlite3
     retrain_after: int = 50  # RETRAIN_AFTER: new or changed regions in a project that trigger a training run
+    registry_dir: str | None = None  # REGISTRY_DIR: model versions (one folder each) and the `current` pointer; unset → <DATA_DIR>/registry
+    retrain_stage1_steps: int = 30  # RETRAIN_STAGE1_STEPS: stage-1 (align, LM frozen) steps of a feedback run
+    retrain_stage2_steps: int = 300  # RETRAIN_STAGE2_STEPS: stage-2 (end-to-end) steps of a feedback run
+    replay_ratio: float = 1.0  # REPLAY_RATIO: replayed base (synthetic) samples per correction sample, so old skills stay
+    promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points a candidate may lose on the base test split and still become current
+    promotion_base_scenes: int = 60  # PROMOTION_BASE_SCENES: base test scenes scored for the promotion gate
 
     # --- model output -----------------------------------------------------------------------------------------
     multiple_choice_threshold: float = 0.3  # MULTIPLE_CHOICE_THRESHOLD: choice="multiple" gets every value at least this probable (and the top one)
@@ -111,6 +117,10 @@ class Settings:
         if kwargs.get("label_studio_url"):
             kwargs["label_studio_url"] = kwargs["label_studio_url"].rstrip("/")
         return cls(**kwargs)
+
+    @property
+    def registry_path(self) -> str:
+        return self.registry_dir or os.path.join(self.data_dir, "registry")
 
     @property
     def basic_auth_enabled(self) -> bool:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WORKER_KEY = "regionscribe:workers:{name}"  # liveness: JSON of pid/host/state/model_version, expires if not beaten
 MODEL_VERSION_KEY = "regionscribe:model_version"  # the model version the latest started worker serves
+CURRENT_KEY = "regionscribe:model:current"  # JSON {"version", "path"}: the registry's current version (training job)
 MISSED_BEATS = 4  # a worker that has not beaten for this many WORKER_HEARTBEAT periods counts as dead
 
 LOADS = 0  # how many times this process loaded a describer (tests check it stays 1 per worker)
@@ -49,18 +50,31 @@ def redis_connection(url: str, **kwargs) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def load_describer(settings: Settings):
-    """The describer the settings name: MODEL_DIR's checkpoint, the embedded default, or an untrained tiny model."""
+def announced_model(connection: redis.Redis | None) -> dict | None:
+    """The registry's current version as the training job announced it ({"version", "path"}), if any."""
+    if connection is None:
+        return None
+    try:
+        raw = connection.get(CURRENT_KEY)
+    except redis.RedisError:
+        return None
+    return json.loads(raw) if raw else None
+
+
+def load_describer(settings: Settings, connection: redis.Redis | None = None):
+    """The describer to serve: the announced current version of the registry when there is one, else MODEL_DIR's
+    checkpoint or the embedded default; MODEL_DIR=tiny-untrained always gives an untrained tiny model."""
     global LOADS
     from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
 
     started = time.perf_counter()
     kwargs = {"cache_size": settings.cache_size, "relation_threshold": settings.relation_threshold}
+    announced = announced_model(connection)
     if settings.model_dir == TINY_UNTRAINED:
         describer = RegionDescriber.from_config("tiny", seed=0, **kwargs)
     else:
-        describer = RegionDescriber.from_pretrained(settings.model_dir or DEFAULT_CHECKPOINT, device=settings.device,
-                                                    **kwargs)
+        path = announced["path"] if announced else (settings.model_dir or DEFAULT_CHECKPOINT)
+        describer = RegionDescriber.from_pretrained(path, device=settings.device, **kwargs)
     LOADS += 1
     log.info("model %s loaded in %.1f s", describer.model_version, time.perf_counter() - started)
     return describer
@@ -95,6 +109,21 @@ def current(connection: redis.Redis | None = None) -> WorkerState:
                                  metrics=Metrics(connection), name=f"in-process-{os.getpid()}", loads=LOADS)
             Metrics(connection).count("model_loads")
         return _STATE
+
+
+def refresh_model(state: "WorkerState", connection: redis.Redis | None) -> bool:
+    """Between jobs: reload when the announced current version differs from the one loaded. Jobs queued meanwhile
+    just wait for this job; none is dropped. Returns whether a reload happened."""
+    announced = announced_model(connection)
+    if not announced or state.settings.model_dir == TINY_UNTRAINED:
+        return False
+    if announced["version"] == state.describer.model_version:
+        return False
+    started = time.perf_counter()
+    state.describer.reload(announced["path"])
+    state.metrics.count("model_reloads")
+    log.info("reloaded model %s in %.1f s", state.describer.model_version, time.perf_counter() - started)
+    return True
 
 
 def live_workers(connection: redis.Redis, queue: str | None = None) -> list[dict]:
@@ -162,7 +191,7 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     heartbeat.start()
     try:
         if settings.inference_queue in queue_names:  # a worker for other queues only (ingest) needs no model
-            describer = load_describer(settings)
+            describer = load_describer(settings, connection)
             metrics = Metrics(connection)
             metrics.count("model_loads")
             with _STATE_LOCK:

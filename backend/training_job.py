@@ -1,0 +1,193 @@
+"""The training job of the feedback loop, run by `regionscribe worker --queue training`.
+
+    run_training(project_id)
+      1. fetch any image not cached yet, snapshot the project's live region records, mark the run started
+      2. split the annotated images (by image) into train and held-out corrections
+      3. two-stage tuning from the current version: corrections mixed with replayed synthetic data (old skills)
+      4. evaluate candidate and current on the base test split and on the held-out corrections
+      5. promotion gate: not worse on the base split beyond PROMOTION_TOLERANCE points, and at least as good on the
+         held-out corrections; otherwise the candidate is kept as "rejected" with its metrics
+      6. publish atomically into the registry; if accepted, announce the new current version in Redis so inference
+         workers reload it between jobs
+
+A crash at any step leaves the current version serving: the candidate lives in a staging folder until published.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+def announce(connection, version: str, path: str | Path) -> None:
+    """Tell every inference worker (they look between jobs) and /setup which version is current."""
+    from .worker import CURRENT_KEY, MODEL_VERSION_KEY
+
+    connection.set(CURRENT_KEY, json.dumps({"version": version, "path": str(path)}))
+    connection.set(MODEL_VERSION_KEY, version)
+
+
+def records_to_images(records: Iterable) -> list:
+    """Store records -> model AnnotatedImage items, one per cached image; regions without a cached image are
+    skipped (the sweep fetches them for the next run)."""
+    from model.annotations import AnnotatedImage, RegionAnnotation
+    from model.images import load_image
+
+    by_image: dict[str, list] = {}
+    for rec in records:
+        if rec.image_sha256 and rec.image_path is not None and rec.pixel_box is not None:
+            by_image.setdefault(rec.image_sha256, []).append(rec)
+    items = []
+    for sha, recs in sorted(by_image.items()):
+        image = load_image(Path(recs[0].image_path).read_bytes())
+        index = {r.region_id: i for i, r in enumerate(recs)}
+        regions = []
+        for r in recs:
+            attributes = {}
+            for name, values in (r.attributes or {}).items():
+                flat = [v[-1] if isinstance(v, (list, tuple)) else v for v in values]  # taxonomy path -> leaf
+                if flat:
+                    attributes[name] = [str(v) for v in flat]
+            relations = [(index[rel["to"]], label) for rel in (r.relations or []) if rel.get("to") in index
+                         for label in rel.get("labels") or []]
+            regions.append(RegionAnnotation(tuple(r.pixel_box), r.caption or None, attributes, relations))
+        items.append(AnnotatedImage(image, regions, sha))
+    return items
+
+
+def split_by_image(items: list, heldout_fraction: float = 0.2) -> tuple[list, list]:
+    """Deterministic split on the image hash; with fewer than 5 images everything trains."""
+    if len(items) < 5:
+        return items, []
+    cut = int(round(heldout_fraction * 1000))
+    held = [it for it in items if int(hashlib.sha256(it.key.encode()).hexdigest()[:8], 16) % 1000 < cut]
+    train = [it for it in items if it not in held]
+    return (train, held) if train and held else (items, [])
+
+
+def mixed(corrections: list, replay: Iterator, ratio: float, seed: int, stage: int) -> Iterator:
+    """Endless samples: corrections (reshuffled each pass) interleaved with replayed base data at `ratio`
+    replay samples per correction sample."""
+    from model.annotations import training_samples
+
+    rng = random.Random(seed)
+    epoch = 0
+    while True:
+        samples = list(training_samples(corrections, seed=seed + epoch)) if corrections else []
+        if stage == 1:  # stage 1 aligns on simple region -> phrase pairs: captions only
+            samples = [s for s in samples if all(t.kind == "caption" for t in s.turns)] or samples
+        rng.shuffle(samples)
+        if not samples:
+            yield next(replay)
+            continue
+        credit = 0.0
+        for s in samples:
+            yield s
+            credit += ratio
+            while credit >= 1:
+                yield next(replay)
+                credit -= 1
+        epoch += 1
+
+
+def base_score(metrics: dict) -> float:
+    """One number for 'old skills': the mean of attribute and relation accuracies on the base test split."""
+    keys = [k for k in metrics if k.startswith("attribute:")] + ["relation"]
+    values = [metrics[k] for k in keys if isinstance(metrics.get(k), (int, float))]
+    return sum(values) / len(values) if values else 0.0
+
+
+def heldout_score(metrics: dict) -> float:
+    """Held-out corrections: mean attribute accuracy and caption exact match (as a percentage)."""
+    values = [v for k, v in metrics.items() if k.startswith("attribute:") and isinstance(v, (int, float))]
+    if isinstance(metrics.get("caption:exact_match"), (int, float)):
+        values.append(100.0 * metrics["caption:exact_match"])
+    return sum(values) / len(values) if values else 0.0
+
+
+def vocabularies(items: list) -> dict[str, list[str]]:
+    """Candidate answers per attribute word: every value seen, plus the synthetic corpus' values for its words."""
+    from model.corpus import ATTRIBUTE_VALUES
+
+    vocab: dict[str, set[str]] = {}
+    for it in items:
+        for reg in it.regions:
+            for word, values in reg.attributes.items():
+                vocab.setdefault(word, set()).update(values)
+    return {w: sorted(v | set(ATTRIBUTE_VALUES.get(w, []))) for w, v in vocab.items()}
+
+
+def evaluate_pair(candidate, current, heldout: list, vocab: dict, base_scenes: int) -> dict:
+    from model.annotations import eval_samples
+    from model.evaluation import evaluate, evaluate_samples
+
+    out = {}
+    for name, describer in (("candidate", candidate), ("current", current)):
+        base = evaluate(describer, "test", base_scenes, seed=1)
+        held = evaluate_samples(describer, eval_samples(heldout, vocab)) if heldout else {}
+        out[name] = {"base": base, "heldout": held, "base_score": round(base_score(base), 2),
+                     "heldout_score": round(heldout_score(held), 2) if held else None}
+    return out
+
+
+def run_training(project_id, settings=None) -> dict:
+    """One feedback training run for a project. Returns a summary (also stored in the version's manifest)."""
+    from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+    from model.registry import Registry
+    from model.training import StageConfig, TrainConfig, synthetic_stream, train
+
+    from .ingest import fetch_missing_images
+    from .settings import get_settings
+    from .store import Store
+    from .worker import redis_connection
+
+    settings = settings or get_settings()
+    started = time.time()
+    store = Store.shared(settings)
+    registry = Registry(settings.registry_path, base=settings.model_dir or DEFAULT_CHECKPOINT)
+    fetch_missing_images(store, settings)
+    snapshot = store.snapshot(project_id)
+    store.mark_training_started(project_id, snapshot.id)
+    items = records_to_images(snapshot.records)
+    train_items, heldout = split_by_image(items)
+    current = registry.current()
+    version = f"p{project_id}-{time.strftime('%Y%m%d-%H%M%S')}-{snapshot.id[:6]}"
+    log.info("training %s from %s on %d images (%d held out), %d regions", version, current.version,
+             len(train_items), len(heldout), sum(len(i.regions) for i in items))
+    staged = registry.staging_dir()
+    seed = int(snapshot.id[:6], 16) if snapshot.id else 0
+    cfg = TrainConfig(out=str(staged), init=str(current.path), seed=seed, version=version,
+                      stage1=StageConfig(steps=settings.retrain_stage1_steps, lr=3e-4),
+                      stage2=StageConfig(steps=settings.retrain_stage2_steps, lr=3e-4))
+    s1 = mixed(train_items, synthetic_stream(1, seed), settings.replay_ratio, seed, stage=1)
+    s2 = mixed(train_items, synthetic_stream(2, seed + 1), settings.replay_ratio, seed + 1, stage=2)
+    result = train(cfg, stage1_data=s1, stage2_data=s2, progress=False,
+                   metadata={"parent": current.version, "project": str(project_id), "snapshot": snapshot.id})
+    vocab = vocabularies(items)
+    candidate = RegionDescriber(result.model, version)
+    serving = RegionDescriber.from_pretrained(current.path)
+    scores = evaluate_pair(candidate, serving, heldout, vocab, settings.promotion_base_scenes)
+    cand, cur = scores["candidate"], scores["current"]
+    base_drop = cur["base_score"] - cand["base_score"]
+    better_heldout = (cand["heldout_score"] is None or cur["heldout_score"] is None
+                      or cand["heldout_score"] >= cur["heldout_score"])
+    accepted = base_drop <= settings.promotion_tolerance and better_heldout
+    summary = {
+        "project": str(project_id), "version": version, "parent": current.version, "snapshot": snapshot.id,
+        "regions": sum(len(i.regions) for i in items), "images": len(items), "heldout_images": len(heldout),
+        "accepted": accepted, "base_drop": round(base_drop, 2), "scores": scores,
+        "train_seconds": round(result.seconds, 1), "total_seconds": round(time.time() - started, 1),
+    }
+    (staged / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    published = registry.publish(staged, version, accepted, summary)
+    if accepted and settings.redis_url:
+        announce(redis_connection(settings.redis_url), version, published.path)
+    summary["total_seconds"] = round(time.time() - started, 1)
+    log.info("version %s %s (base drop %.2f, held-out %s vs %s)", version,
+             "accepted" if accepted else "rejected", base_drop, cand["heldout_score"], cur["heldout_score"])
+    return summary
