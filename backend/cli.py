@@ -5,6 +5,7 @@
     regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
     regionscribe serve   the web server (gunicorn) only
     regionscribe worker  a long-lived, non-forking RQ worker (inference, or --queue training)
+    regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
 """
 from __future__ import annotations
 
@@ -76,6 +77,12 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(queues=args.queue, burst=args.burst) or 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from backend.doctor import main as doctor
+
+    return doctor(json_output=args.json, load=args.load, timeout=args.timeout, backend_url=args.backend)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="regionscribe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,6 +128,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--queue", action="append", default=None, help="queue name (repeatable; default: inference)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(func=_worker)
+
+    d = sub.add_parser("doctor", help="check Redis, the store, the registry, the model, workers and Label Studio")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.add_argument("--load", action="store_true", help="also load the model the workers would serve and time it")
+    d.add_argument("--timeout", type=float, default=5.0, help="seconds for each network call")
+    d.add_argument("--backend", default=None, metavar="URL", help="also check a running web server's /health")
+    d.set_defaults(func=_doctor)
     return p
 
 
