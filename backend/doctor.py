@@ -390,7 +390,7 @@ def check_label_studio(settings: Settings, timeout: float) -> list[Check]:
     try:
         header = auth.header()
     except FetchError as exc:
-        checks.append(Check("label_studio.auth", FAIL, f"the {kind} in LABEL_STUDIO_API_KEY was refused: {exc}",
+        checks.append(Check("label_studio.auth", FAIL, str(exc),
                             "create a new personal access token in Label Studio (Account & Settings) and put it in "
                             "LABEL_STUDIO_API_KEY; an expired or revoked one cannot be exchanged"))
         return checks
@@ -413,8 +413,9 @@ def check_label_studio(settings: Settings, timeout: float) -> list[Check]:
                "LABEL_STUDIO_API_KEY")
         if kind == "legacy token":
             fix = ("check the token (Account & Settings → Legacy Token). Label Studio 1.23 refuses legacy tokens "
-                   "unless they are enabled for the organisation (started once with --enable-legacy-api-token, or "
-                   "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true); a personal access token works either way")
+                   "unless the organisation allows them (its access-token settings; an organisation created while "
+                   "Label Studio ran with --enable-legacy-api-token or LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true "
+                   "allows them); a personal access token works either way")
         checks.append(Check("label_studio.auth", FAIL,
                             f"Label Studio refused the {kind} in LABEL_STUDIO_API_KEY (HTTP {response.status_code})",
                             fix))

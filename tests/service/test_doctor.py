@@ -130,7 +130,8 @@ def test_wrong_token(settings, heartbeats, h, kind, capsys):
         assert "Label Studio refused the legacy token in LABEL_STUDIO_API_KEY (HTTP 401)" in out
         assert "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true" in out
     else:
-        assert "the personal access token in LABEL_STUDIO_API_KEY was refused" in out
+        assert "Label Studio refused the personal access token in LABEL_STUDIO_API_KEY (POST /api/token/refresh/ → " \
+               "HTTP 401)" in out
         assert "create a new personal access token" in out
 
 
