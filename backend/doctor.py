@@ -296,7 +296,8 @@ def _load(settings: Settings, path: Path | None, check: Check) -> Check:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception as exc:
-        fix = "see the error; a CUDA out-of-memory error means the GPU is too small or busy (DEVICE, one worker per GPU)"
+        fix = ("see the error; a CUDA out-of-memory error means the GPU is too small or busy (DEVICE, one worker "
+               "per GPU)")
         return Check("model", FAIL, check.detail + f"; loading it failed: {_error(exc)}", fix)
     check.detail += f"; loaded on {device} in {loaded:.1f} s, one box described in {1000 * described:.0f} ms"
     return check

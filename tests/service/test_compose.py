@@ -230,7 +230,7 @@ def test_every_setting_can_be_passed_to_the_project_services(compose):
     for s in project_services(compose).values():
         passed |= set(env_of(s))
     missing = SETTINGS - passed
-    assert not missing, f"settings docker-compose.yml does not pass through (add to x-regionscribe-env): {sorted(missing)}"
+    assert not missing, f"settings docker-compose.yml does not pass (add to x-regionscribe-env): {sorted(missing)}"
 
 
 def test_settings_parse_and_mounts_match(compose):

@@ -106,7 +106,7 @@ def test_redis_down(settings, capsys):
     down = f"redis://127.0.0.1:{free_port()}/0"
     assert main(settings=settings.replace(redis_url=down), timeout=1) == 1
     out = capsys.readouterr().out
-    assert f"FAIL  redis" in out and f"cannot reach Redis at {down}: ConnectionError" in out
+    assert "FAIL  redis" in out and f"cannot reach Redis at {down}: ConnectionError" in out
     assert "fix: is Redis running and reachable from here?" in out
     checks = by_name(run_checks(settings.replace(redis_url=down), timeout=1, env={}))
     assert checks["workers"].status == SKIP
@@ -148,7 +148,7 @@ def test_missing_checkpoint(settings, tmp_path, capsys):
     missing = tmp_path / "no-such-checkpoint"
     assert main(settings=settings.replace(model_dir=str(missing))) == 1
     out = capsys.readouterr().out
-    assert f"FAIL  model" in out and f"MODEL_DIR at {missing}: missing the folder" in out
+    assert "FAIL  model" in out and f"MODEL_DIR at {missing}: missing the folder" in out
     assert "point MODEL_DIR at a folder written by `regionscribe train`" in out
     half = tmp_path / "half"
     half.mkdir()
@@ -173,7 +173,8 @@ def test_announced_version_not_on_this_machine(settings, redis_client, tmp_path)
 def test_broken_registry_pointer(settings, registry):
     (registry.root / "current").write_text("v-gone\n")
     checks = by_name(run_checks(settings, env={}))
-    assert checks["registry"].status == FAIL and "'v-gone', which is not a complete version" in checks["registry"].detail
+    assert checks["registry"].status == FAIL
+    assert "'v-gone', which is not a complete version" in checks["registry"].detail
 
 
 def test_no_inference_worker(settings, heartbeats):
@@ -200,7 +201,8 @@ def test_no_secret_is_ever_printed(settings, heartbeats, capsys):
     all_workers(heartbeats, settings)
     down = free_port()
     secret = settings.replace(label_studio_api_key="Zz-api-key-Secret-1", basic_auth_user="u",
-                              basic_auth_pass="Zz-basic-Secret-2", redis_url=f"redis://:Zz-redis-Secret-3@127.0.0.1:{down}/0")
+                              basic_auth_pass="Zz-basic-Secret-2",
+                              redis_url=f"redis://:Zz-redis-Secret-3@127.0.0.1:{down}/0")
     for as_json in (False, True):
         main(json_output=as_json, settings=secret, timeout=1)
         out = capsys.readouterr().out
