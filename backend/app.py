@@ -83,9 +83,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         try:
             connection.ping()
             body["redis"] = True
-            workers = live_workers(connection)
+            workers = live_workers(connection, settings.inference_queue)  # the ones that can answer /predict
             body["workers"] = len(workers)
             body["workers_ready"] = sum(1 for w in workers if w.get("state") == "ready")
+            body["training_workers"] = len(live_workers(connection, settings.training_queue))
             body["model_version"] = read_model_version(connection, settings)
         except redis.RedisError as exc:
             body.update(status="DOWN", detail=f"Redis unreachable: {type(exc).__name__}")

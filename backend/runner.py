@@ -1,5 +1,6 @@
-"""`make run`: everything on one machine, in the foreground: a private Redis (when REDIS_URL is unset), one
-inference worker and the web server. Prints the URL to paste into Label Studio; Ctrl-C or SIGTERM stops all three,
+"""`make run`: everything on one machine, in the foreground: a private Redis (when REDIS_URL is unset), an
+inference worker (which also caches annotated images: the ingest queue), a training worker (feedback runs never
+block predictions) and the web server. Prints the URL to paste into Label Studio; Ctrl-C or SIGTERM stops them all,
 web first, Redis last.
 """
 from __future__ import annotations
@@ -128,7 +129,13 @@ def run_all(settings: Settings | None = None) -> int:
             print(f"regionscribe: private Redis at {url} ({binary}; nothing is persisted)")
         python = sys.executable
         children["worker"] = subprocess.Popen(
-            [python, "-c", "from backend.worker import run_worker; run_worker()"], env=env, start_new_session=True)
+            [python, "-c", "from backend.worker import run_worker; from backend.settings import get_settings as g; "
+                           "s = g(); run_worker(queues=[s.inference_queue, s.ingest_queue])"],
+            env=env, start_new_session=True)
+        children["trainer"] = subprocess.Popen(  # its own process: a training run never blocks predictions
+            [python, "-c", "from backend.worker import run_worker; from backend.settings import get_settings as g; "
+                           "run_worker(queues=[g().training_queue])"],
+            env=env, start_new_session=True)
         children["web"] = subprocess.Popen(
             [python, "-c", "from backend.server import serve; serve()"], env=env, start_new_session=True)
         local = f"http://127.0.0.1:{settings.port}"
@@ -157,6 +164,7 @@ with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false. Ctrl-C stops eve
         print("regionscribe: stopping", file=sys.stderr)
         _stop(children.get("web"), "web server")
         _stop(children.get("worker"), "worker", timeout=max(10.0, settings.job_timeout / 4))
+        _stop(children.get("trainer"), "training worker")
         _stop(redis_process, "redis-server")
         for s, handler in previous.items():
             signal.signal(s, handler)
