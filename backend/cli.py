@@ -25,9 +25,11 @@ def _train(args: argparse.Namespace) -> int:
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     cfg = TrainConfig(
         out=args.out, preset=args.preset, init=args.init, seed=args.seed,
+        stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
         stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size),
         stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
         lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
+        visual_lr_scale=args.visual_lr_scale,
     )
     result = train(cfg, progress=not args.quiet)
     summary = {"checkpoint": str(result.path), "seconds": round(result.seconds, 1),
@@ -93,11 +95,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny")
     t.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh preset")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--stage1-steps", type=int, default=300)
-    t.add_argument("--stage2-steps", type=int, default=2500)
+    t.add_argument("--stage0-steps", type=int, default=400,
+                   help="vision pretraining steps (only for a tower built from scratch, as in the tiny preset)")
+    t.add_argument("--stage0-lr", type=float, default=1e-3)
+    t.add_argument("--stage1-steps", type=int, default=50)
+    t.add_argument("--stage2-steps", type=int, default=2200)
     t.add_argument("--stage1-lr", type=float, default=1e-3)
     t.add_argument("--stage2-lr", type=float, default=6e-4)
     t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--visual-lr-scale", type=float, default=0.05,
+                   help="learning-rate factor of region encoder and projector in stages 1-2")
     t.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")
     t.add_argument("--coords-as-text", action="store_true", help="baseline: boxes written as text, no region tokens")
     t.add_argument("--no-image-tokens", action="store_true", help="switch off LLaVA image-level tokens")

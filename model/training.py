@@ -43,8 +43,13 @@ class TrainConfig:
     lora: dict[str, Any] | None = None  # e.g. {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]}
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"region_format": "text"}
     weight_decay: float = 0.0
-    grad_clip: float = 0.0  # 0 = off. Clipping the global norm starves the region module: the LM's gradients dominate
-    visual_lr_scale: float = 3.0  # region module, projector and a from-scratch vision tower learn this much faster
+    grad_clip: float = 1.0  # 0 = off
+    # after stage 0 the region encoder is pretrained: early gradients through a still-random LM would scramble it
+    # (measured: shape 16% -> 90% on val at the same budget when scaled down 20x)
+    visual_lr_scale: float = 0.05
+    # stage 0 (only for a vision tower built from scratch, i.e. the tiny preset): what CLIP's pretraining is to
+    # GPT4RoI. The tower and region encoder learn to tell region attributes apart, then the tower is frozen.
+    stage0: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3, batch_size=16))
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     version: str | None = None
 
@@ -78,6 +83,73 @@ def new_model(cfg: TrainConfig) -> RegionScribeModel:
     torch.manual_seed(cfg.seed)
     mcfg: ModelConfig = make_preset(cfg.preset, **cfg.model_overrides)
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
+
+
+def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progress: bool = True) -> list[float]:
+    """Stage 0 for a from-scratch tower: region-attribute classification on synthetic scenes (colour, shape, size,
+    texture from each box's region token) and pairwise relations (left/right, above/below, bigger/smaller, same
+    colour, overlapping from the two tokens of an ordered pair), through linear heads thrown away afterwards; then
+    the tower is frozen.
+
+    GPT4RoI starts from a CLIP tower pretrained on 400 M image-text pairs; no weights can be downloaded here, so the
+    tiny preset pretrains its own tower on the corpus' train split (never val/test/novel scenes).
+    """
+    from tqdm import tqdm
+
+    from model.corpus import BASE_VALUES, RELATION_AXES, make_scenes, relations
+    from model.images import normalise_boxes, pixel_values
+
+    cfg = model.config
+    width = model.lm.config.hidden_size
+    names = list(BASE_VALUES)
+    axes = list(RELATION_AXES)
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(BASE_VALUES[n])) for n in names)
+    pair_heads = torch.nn.ModuleList(torch.nn.Linear(2 * width, 2) for _ in axes)
+    model.requires_grad_(False)
+    params = [*model.vision.parameters(), *model.region_encoder.parameters(), *heads.parameters(),
+              *pair_heads.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=sc.lr, betas=(0.9, 0.98))
+    sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps)
+    model.train()
+    losses = []
+    ce = torch.nn.functional.cross_entropy
+    for step in tqdm(range(sc.steps), desc="stage 0 (vision)", disable=not progress, dynamic_ncols=True):
+        scenes = make_scenes("train", sc.batch_size, seed=seed * 1_000_003 + 500_000 + step)
+        pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])
+        boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size) for s in scenes]
+        tokens = torch.cat(model.region_tokens(model.encode_images(pv.to(model.device)),
+                                               [b.to(model.device) for b in boxes]))
+        loss = 0
+        for head, name in zip(heads, names):
+            target = torch.tensor([BASE_VALUES[name].index(getattr(o, name)) for s in scenes for o in s.objects])
+            loss = loss + ce(head(tokens), target.to(tokens.device))
+        pairs: dict[str, tuple[list[int], list[int], list[int]]] = {a: ([], [], []) for a in axes}
+        offset = 0
+        for s in scenes:
+            for i, a in enumerate(s.objects):
+                for j, b in enumerate(s.objects):
+                    if i != j:
+                        for axis, label in relations(a, b, s.image.size).items():
+                            pairs[axis][0].append(offset + i)
+                            pairs[axis][1].append(offset + j)
+                            pairs[axis][2].append(RELATION_AXES[axis].index(label))
+            offset += len(s.objects)
+        for head, axis in zip(pair_heads, axes):
+            left, right, target = pairs[axis]
+            if target:
+                both = torch.cat([tokens[left], tokens[right]], 1)
+                loss = loss + ce(head(both), torch.tensor(target, device=tokens.device))
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    model.config.freeze_vision = True
+    model.vision.requires_grad_(False)
+    model.eval()
+    return losses
 
 
 def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Parameter]:
@@ -155,7 +227,9 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     model = RegionScribeModel.from_pretrained(cfg.init) if cfg.init else new_model(cfg)
     if cfg.lora:
         model.config.lora = cfg.lora
-    history: dict[str, list[float]] = {"stage1": [], "stage2": []}
+    history: dict[str, list[float]] = {"stage0": [], "stage1": [], "stage2": []}
+    if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision():
+        history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
     if cfg.stage1.steps:
         data = stage1_data if stage1_data is not None else synthetic_stream(1, cfg.seed)
         history["stage1"] = run_stage(model, 1, cfg.stage1, data, cfg.weight_decay, cfg.grad_clip, progress,
