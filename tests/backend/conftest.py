@@ -221,7 +221,7 @@ def worker_env(redis_url: str, image_root, http_host, queue: str = "inference", 
         "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "IMAGE_ROOT": str(image_root),
         "ALLOWED_HOSTS": http_host.hostport, "LABEL_STUDIO_URL": http_host.url, "LABEL_STUDIO_API_KEY": LEGACY_TOKEN,
         "INFERENCE_QUEUE": queue, "WORKER_HEARTBEAT": "0.25", "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DATA_DIR": str(Path(image_root).parent / "worker-data"),
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -291,9 +291,12 @@ def spawn_worker(redis_url, redis_client, image_root, http_host):
 
 
 @pytest.fixture
-def make_settings(redis_url, image_root, http_host):
+def make_settings(redis_url, image_root, http_host, tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("data"))  # the store /predict writes suggestions to: never ./var
+
     def make(**changes) -> Settings:
         base = Settings(redis_url=redis_url, model_dir="tiny-untrained", image_root=str(image_root),
+                        data_dir=data_dir,
                         allowed_hosts=(http_host.hostport,), label_studio_url=http_host.url,
                         label_studio_api_key=LEGACY_TOKEN, predict_timeout=20.0)
         return base.replace(**changes)
