@@ -10,8 +10,8 @@ If Label Studio cannot be installed (no network for pip) the tests FAIL with pip
 A second backend (own worker and queue, same Redis) uses a personal access token instead of the legacy token; it
 starts only for the test that needs it. When a test fails, the tail of every service's log is attached to the report.
 
-Knobs (environment): E2E_MODEL_DIR (worker checkpoint; default tiny-untrained), E2E_RELATION_THRESHOLD (default 0:
-every <Relations> label is sent), E2E_BACKEND_SRC (another checkout's backend/ and model/ to run, e.g. to try a fix),
+Knobs (environment): E2E_MODEL_DIR (worker checkpoint; default: the embedded model/default), E2E_RELATION_THRESHOLD
+(default 0: every <Relations> label is sent), E2E_BACKEND_SRC (another checkout's backend/ and model/ to run, e.g. to try a fix),
 E2E_LS_START_TIMEOUT (240 s), E2E_LS_INSTALL_TIMEOUT (1200 s), E2E_BACKEND_START_TIMEOUT (120 s); LSVENV and PYTHON
 are passed on to scripts/labelstudio.sh.
 """
@@ -297,12 +297,12 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
     stops the returned processes."""
     web_port = free_port()
     env = _clean_env(
-        REDIS_URL=redis_url, MODEL_DIR=os.environ.get("E2E_MODEL_DIR", "tiny-untrained"),
+        REDIS_URL=redis_url, MODEL_DIR=os.environ.get("E2E_MODEL_DIR", ""),  # empty: the embedded default
         LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=api_key, INFERENCE_QUEUE=queue,
         ALLOWED_HOSTS="", IMAGE_ROOT="", DEVICE="cpu", LOG_LEVEL="INFO", WORKER_HEARTBEAT="0.5",
         PREDICT_TIMEOUT="60", HOST="127.0.0.1", PORT=str(web_port), WEB_WORKERS="1", WEB_THREADS="4",
-        # every relation label counts as predicted, so <Relations> results travel through Label Studio even from
-        # the untrained model (whose relation scores sit far below the default 0.5)
+        # every relation label counts as predicted, so <Relations> results always travel through Label Studio,
+        # whatever the model thinks of this pair
         RELATION_THRESHOLD=os.environ.get("E2E_RELATION_THRESHOLD", "0"),
         OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(BACKEND_SRC), PYTHONUNBUFFERED="1",
     )
