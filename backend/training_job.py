@@ -162,6 +162,7 @@ def run_training(project_id, settings=None) -> dict:
     staged = registry.staging_dir()
     seed = int(snapshot.id[:6], 16) if snapshot.id else 0
     cfg = TrainConfig(out=str(staged), init=str(current.path), seed=seed, version=version,
+                      visual_lr_scale=settings.retrain_visual_lr_scale,
                       stage1=StageConfig(steps=settings.retrain_stage1_steps, lr=3e-4),
                       stage2=StageConfig(steps=settings.retrain_stage2_steps, lr=3e-4))
     s1 = mixed(train_items, synthetic_stream(1, seed), settings.replay_ratio, seed, stage=1)
