@@ -119,8 +119,11 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
         scenes = make_scenes("train", sc.batch_size, seed=seed * 1_000_003 + 500_000 + step)
         pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])
         boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size) for s in scenes]
-        tokens = torch.cat(model.region_tokens(model.encode_images(pv.to(model.device)),
-                                               [b.to(model.device) for b in boxes]))
+        feats = model.encode_images(pv.to(model.device))
+        if not feats.levels:  # coordinates-as-text baseline: the tower is pretrained the same way, for fairness
+            hs = model.vision(pixel_values=pv.to(model.device), output_hidden_states=True).hidden_states
+            feats.levels = model.region_encoder.pyramid([hs[i] for i in model.level_indices])
+        tokens = torch.cat(model.region_encoder(feats.levels, [b.to(model.device) for b in boxes]))
         loss = 0
         for head, name in zip(heads, names):
             target = torch.tensor([BASE_VALUES[name].index(getattr(o, name)) for s in scenes for o in s.objects])
