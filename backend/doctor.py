@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .settings import TINY_UNTRAINED, Settings
+from .settings import TINY_UNTRAINED, Settings, redacted_url
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 MIN_REDIS = (6, 0, 6)
@@ -49,12 +49,6 @@ class Check:
     seconds: float = 0.0
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 def _secrets(settings: Settings | None, env) -> list[str]:
@@ -94,7 +88,7 @@ def check_redis(settings: Settings, timeout: float):
                      "`regionscribe run` starts a private one when it is unset"), None
     from .worker import redis_connection
 
-    where = _redacted(settings.redis_url)
+    where = redacted_url(settings.redis_url)
     connection = redis_connection(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                   health_check_interval=0, retry_on_timeout=False)
     try:
@@ -145,16 +139,16 @@ def check_store(settings: Settings) -> Check:
         else:
             fix = ("is PostgreSQL up and reachable from here, does the database exist, are the user and password in "
                    "STORE_URL right? (psycopg 3 must be installed: pip install 'psycopg[binary]')")
-        return Check("store", FAIL, f"cannot open the store {_redacted(url)}: {_error(exc)}", fix)
+        return Check("store", FAIL, f"cannot open the store {redacted_url(url)}: {_error(exc)}", fix)
     try:
         version = store.schema_version()
         projects = len(store.projects())
     except Exception as exc:
-        return Check("store", FAIL, f"the store {_redacted(url)} opened but cannot be read: {_error(exc)}",
+        return Check("store", FAIL, f"the store {redacted_url(url)} opened but cannot be read: {_error(exc)}",
                      "check the database's permissions; restore it from a backup if it is damaged")
     finally:
         store.close()
-    detail = (f"{store.dialect} store {_redacted(url)}{' (created now)' if created else ''}: schema version "
+    detail = (f"{store.dialect} store {redacted_url(url)}{' (created now)' if created else ''}: schema version "
               f"{version}, {projects} project(s)")
     try:
         images.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ import base64
 import ipaddress
 import json
 import logging
-import os
 import socket
 import threading
 import time

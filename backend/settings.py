@@ -10,6 +10,7 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Mapping
+from urllib.parse import urlsplit
 
 # MODEL_DIR value that makes workers build an untrained tiny model (`RegionDescriber.from_config("tiny", seed=0)`)
 # instead of loading a checkpoint: fast, well-formed gibberish. Meant for tests and smoke runs.
@@ -129,6 +130,15 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+
+def redacted_url(url: str) -> str:
+    """A URL with its password replaced by ***, for logs and reports (Redis, PostgreSQL)."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
 
 
 @lru_cache(maxsize=1)

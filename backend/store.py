@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import urlsplit
+
+from .settings import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -399,12 +400,6 @@ def default_url(settings) -> str:
     return f"sqlite:///{Path(settings.data_dir) / 'store.sqlite3'}"
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 # --------------------------------------------------------------------------------------------------- adapter
@@ -474,7 +469,7 @@ class Store:
             self.path = None
             self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         else:
-            raise StoreError(f"unsupported store URL {_redacted(url)!r}: use sqlite:///path or postgresql://...")
+            raise StoreError(f"unsupported store URL {redacted_url(url)!r}: use sqlite:///path or postgresql://...")
         if images_dir is None:
             from .settings import get_settings
 
@@ -533,7 +528,7 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({_redacted(self.url)!r})"
+        return f"Store({redacted_url(self.url)!r})"
 
     # ---------------------------------------------------------------------------------------- connections
 
@@ -554,7 +549,7 @@ class Store:
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise StoreError(f"cannot connect to {_redacted(self.url)}: {str(exc).strip().splitlines()[0]}") from None
+            raise StoreError(f"cannot connect to {redacted_url(self.url)}: {str(exc).strip().splitlines()[0]}") from None
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -643,7 +638,7 @@ class Store:
                         tx.execute(statement)
                 tx.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                            (version, name, time.time()))
-                log.info("store %s: applied migration %d (%s)", _redacted(self.url), version, name)
+                log.info("store %s: applied migration %d (%s)", redacted_url(self.url), version, name)
                 current = version
             return current
 

