@@ -6,6 +6,7 @@
     regionscribe serve   the web server (gunicorn) only
     regionscribe worker  a long-lived, non-forking RQ worker (inference, or --queue training)
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
+    regionscribe export  curated region-text datasets from the feedback store (conversations, vg, coco, hf)
 """
 from __future__ import annotations
 
@@ -85,6 +86,29 @@ def _doctor(args: argparse.Namespace) -> int:
     return doctor(json_output=args.json, load=args.load, timeout=args.timeout, backend_url=args.backend)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from backend.export import ExportError, ExportFilters, ExportOptions, export, parse_formats, parse_split
+    from backend.store import Store, StoreError
+
+    try:
+        filters = ExportFilters(
+            projects=tuple(args.project or ()), annotators=tuple(args.annotator or ()),
+            model_versions=tuple(args.model_version or ()), prefilled=args.prefilled, since=args.since,
+            until=args.until, min_caption_length=args.min_caption_length, ground_truth_only=args.ground_truth_only,
+            dedup=not args.keep_duplicates)
+        options = ExportOptions(formats=parse_formats(",".join(args.format)), images=args.images,
+                                split=parse_split(args.split), seed=args.seed, filters=filters,
+                                overwrite=args.overwrite, chunk_size=args.chunk_size)
+        with Store.open(args.store) as store:
+            manifest = export(store, args.out, options, progress=not args.quiet)
+    except (ExportError, StoreError) as exc:
+        print(f"regionscribe export: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, "selection_id": manifest["selection_id"], "counts": manifest["counts"]},
+                     indent=2, ensure_ascii=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="regionscribe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +166,32 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=5.0, help="seconds for each network call")
     d.add_argument("--backend", default=None, metavar="URL", help="also check a running web server's /health")
     d.set_defaults(func=_doctor)
+
+    x = sub.add_parser("export", help="write a curated region-text dataset from the feedback store")
+    x.add_argument("--format", action="append", required=True, metavar="FORMATS",
+                   help="conversations, vg, coco, hf (comma list or repeated)")
+    x.add_argument("--out", required=True, help="folder to create (written beside it, renamed at the end)")
+    x.add_argument("--images", default="reference", choices=["reference", "copy"],
+                   help="copy the cached images into OUT/images, or reference them (default)")
+    x.add_argument("--split", default="1", help="train,val,test fractions by image (default 1: all train)")
+    x.add_argument("--seed", type=int, default=0, help="seed of the split")
+    x.add_argument("--project", type=int, action="append", help="project id (repeatable)")
+    x.add_argument("--annotator", action="append", help="annotator user id or e-mail (repeatable)")
+    x.add_argument("--model-version", action="append", help="only regions this model version pre-filled (repeatable)")
+    x.add_argument("--prefilled", choices=["any", "changed", "confirmed", "no"],
+                   help="pre-filled regions a human changed or confirmed (any), only changed, only confirmed, or "
+                        "regions written without a suggestion (no)")
+    x.add_argument("--since", help="annotations updated at or after this ISO date/time (UTC)")
+    x.add_argument("--until", help="annotations updated before this ISO date/time (UTC)")
+    x.add_argument("--min-caption-length", type=int, default=0, help="characters; drops shorter or no captions")
+    x.add_argument("--ground-truth-only", action="store_true", help="only annotations marked ground truth")
+    x.add_argument("--keep-duplicates", action="store_true",
+                   help="keep identical regions (same image, box to the pixel and text); dropped by default")
+    x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    x.add_argument("--store", default=None, metavar="URL", help="store URL (default: STORE_URL/DATABASE_URL/DATA_DIR)")
+    x.add_argument("--chunk-size", type=int, default=1000, help="rows read from the store at a time")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=_export)
     return p
 
 
