@@ -4,6 +4,7 @@
     POST /setup    under 3 s: {"model_version": ...} (read from Redis or the checkpoint's config.json, never by loading)
     POST /predict  batch (context null) or interactive (params.context.result holds the drawn boxes)
     POST /webhook  annotation events; answers 201 at once (the feedback loop builds on it)
+    POST /export   a curated dataset from the store, written under <DATA_DIR>/exports/<name> (backend.export)
     GET  /metrics  Prometheus text exposition
 
 With BASIC_AUTH_USER and BASIC_AUTH_PASS set, every route but /health needs HTTP Basic auth (Label Studio's only
@@ -154,6 +155,24 @@ def create_app(settings: Settings | None = None) -> Flask:
             log.error("webhook %s not stored: %s", action, exc)
             return jsonify({"error": "service unavailable", "detail": f"the feedback store is unavailable: {exc}"}), 503
         return jsonify(body), 200 if body.get("status") == "Unknown event" else 201
+
+    @app.post("/export")
+    def export_route():
+        """A dataset export (backend.export) written server-side under <DATA_DIR>/exports/<name>, never returned
+        in the answer: 201 with its name, counts and selection id; 400 for bad options or an empty selection
+        (nothing written), 409 for an existing name, 503 when the store is unavailable."""
+        from .export import ExportError, ExportExists, export_to_data_dir
+        from .store import StoreError
+
+        try:
+            body = export_to_data_dir(settings, _json_body())
+        except ExportExists as exc:
+            return jsonify({"error": "conflict", "detail": str(exc)}), 409
+        except ExportError as exc:
+            return jsonify({"error": "bad request", "detail": str(exc)}), 400
+        except StoreError as exc:
+            return jsonify({"error": "service unavailable", "detail": f"the feedback store is unavailable: {exc}"}), 503
+        return jsonify(body), 201
 
     @app.get("/metrics")
     def metrics_route():
