@@ -760,8 +760,7 @@ def _write(store: Store, root: Path, options: ExportOptions, progress: bool,
                               "splits": {s: {"images": 0, "regions": 0} for s in splits}}
     missing: list[str] = []
     missing_count = 0
-    selection = hashlib.sha256()
-    next_region = 0
+    collect = _Collector(store, filters, since, until, counts)
     next_image = 0
     try:
         for name in formats:
@@ -781,61 +780,16 @@ def _write(store: Store, root: Path, options: ExportOptions, progress: bool,
             bar = tqdm(total=total, unit="region", desc="export", disable=not progress, mininterval=0.5)
             read_since_callback = 0
             for key, group in _groups(rows):
-                regions: list[_Region] = []
-                kept: dict[str, _Region] = {}
-                alias: dict[tuple[int, str], int] = {}
-                first = None
-                for row in group:
-                    counts["regions_read"] += 1
-                    read_since_callback += 1
-                    rec = store._record(row)
-                    if first is None:
-                        first = (rec, row)
-                    if since is not None or until is not None:
-                        stamp = parse_time_us(rec.updated_at) or parse_time_us(rec.created_at)
-                        if stamp is None or (since is not None and stamp < since) or \
-                                (until is not None and stamp >= until):
-                            counts["skipped"]["date_range"] += 1
-                            continue
-                    if filters.min_caption_length and len((rec.caption or "").strip()) < filters.min_caption_length:
-                        counts["skipped"]["caption_length"] += 1
-                        continue
-                    if rec.pixel_box is None:
-                        counts["skipped"]["no_image_size"] += 1
-                        continue
-                    box = tuple(float(v) for v in rec.pixel_box)
-                    relations = [(rec.annotation_id, rel) for rel in rec.relations or []]
-                    dkey = _dedup_key(rec, box) if filters.dedup else None
-                    if dkey is not None and dkey in kept:
-                        twin = kept[dkey]
-                        alias[(rec.annotation_id, rec.region_id)] = twin.id
-                        twin.raw_relations += relations
-                        counts["duplicates"] += 1
-                        continue
-                    next_region += 1
-                    reg = _Region(next_region, rec, box, relations)
-                    regions.append(reg)
-                    alias[(rec.annotation_id, rec.region_id)] = reg.id
-                    if dkey is not None:
-                        kept[dkey] = reg
-                    selection.update(f"{rec.annotation_id}\t{rec.region_id}\t{rec.updated_at or ''}\n".encode())
+                before = collect.read
+                regions, first = collect.image_regions(group)
+                read_since_callback += collect.read - before
                 if read_since_callback >= options.chunk_size:
                     bar.update(read_since_callback)
                     if callback is not None:
-                        callback(counts["regions_read"])
+                        callback(collect.read)
                     read_since_callback = 0
                 if not regions:
                     continue
-                for reg in regions:
-                    seen = set()
-                    for annotation_id, rel in reg.raw_relations:
-                        target = alias.get((annotation_id, str(rel.get("to"))))
-                        if target is None or target == reg.id:
-                            continue  # the other region is not exported (filtered out, no content, deleted)
-                        for label in rel.get("labels") or [""]:
-                            if (target, label) not in seen:
-                                seen.add((target, label))
-                                reg.relations.append((target, str(label), rel.get("direction")))
                 rec0, row0 = first
                 width = rec0.image_width or row0.get("original_width")
                 height = rec0.image_height or row0.get("original_height")
@@ -864,7 +818,8 @@ def _write(store: Store, root: Path, options: ExportOptions, progress: bool,
             bar.update(read_since_callback)
             bar.close()
             if callback is not None:
-                callback(counts["regions_read"])
+                callback(collect.read)
+        counts["regions_read"] = collect.read
         if missing_count:
             raise ExportError(
                 f"{missing_count} image(s) of the selection are not in the image cache ({store.images_dir}), e.g. "
@@ -898,13 +853,84 @@ def _write(store: Store, root: Path, options: ExportOptions, progress: bool,
         "split": {"by": "image", "seed": options.seed, "fractions": dict(zip(SPLITS, fractions)),
                   "method": "sha256('<seed>:<image sha256>') as a uniform number against the cumulative fractions"},
         "store": {"url": _redacted(store.url), "dialect": store.dialect, **state},
-        "selection_id": selection.hexdigest()[:24],
+        "selection_id": collect.selection.hexdigest()[:24],
         "selection_id_of": "sha256 of (annotation id, region id, updated_at) of every exported region, in export "
                            "order",
         "counts": counts,
     }
     _write_manifest(root, head)
     return head
+
+
+class _Collector:
+    """One image's rows → its exported regions: the filters applied in Python (date range, caption length), rows
+    without a pixel box skipped, identical regions merged (the first kept; relations of the others move to it),
+    export ids given, and relations resolved to export ids (a relation to a region not exported is dropped)."""
+
+    def __init__(self, store: Store, filters: ExportFilters, since: int | None, until: int | None, counts: dict):
+        self.store, self.filters, self.since, self.until = store, filters, since, until
+        self.skipped = counts["skipped"]
+        self.counts = counts
+        self.read = 0
+        self.next_region = 0
+        self.selection = hashlib.sha256()  # of (annotation id, region id, updated_at) of what is exported
+
+    def _wanted(self, rec) -> bool:
+        if self.since is not None or self.until is not None:
+            stamp = parse_time_us(rec.updated_at) or parse_time_us(rec.created_at)
+            if stamp is None or (self.since is not None and stamp < self.since) or \
+                    (self.until is not None and stamp >= self.until):
+                self.skipped["date_range"] += 1
+                return False
+        if self.filters.min_caption_length and \
+                len((rec.caption or "").strip()) < self.filters.min_caption_length:
+            self.skipped["caption_length"] += 1
+            return False
+        if rec.pixel_box is None:
+            self.skipped["no_image_size"] += 1
+            return False
+        return True
+
+    def image_regions(self, rows: Iterable[dict]) -> tuple[list[_Region], tuple | None]:
+        """(regions, (record, row) of the first one: the image's size and file)."""
+        regions: list[_Region] = []
+        kept: dict[str, _Region] = {}
+        alias: dict[tuple[int, str], int] = {}  # (annotation id, LS region id) → export id (twins included)
+        first = None
+        for row in rows:
+            self.read += 1
+            rec = self.store._record(row)
+            if not self._wanted(rec):
+                continue
+            box = tuple(float(v) for v in rec.pixel_box)
+            relations = [(rec.annotation_id, rel) for rel in rec.relations or []]
+            dkey = _dedup_key(rec, box) if self.filters.dedup else None
+            if dkey is not None and dkey in kept:
+                twin = kept[dkey]
+                alias[(rec.annotation_id, rec.region_id)] = twin.id
+                twin.raw_relations += relations
+                self.counts["duplicates"] += 1
+                continue
+            if first is None:
+                first = (rec, row)
+            self.next_region += 1
+            reg = _Region(self.next_region, rec, box, relations)
+            regions.append(reg)
+            alias[(rec.annotation_id, rec.region_id)] = reg.id
+            if dkey is not None:
+                kept[dkey] = reg
+            self.selection.update(f"{rec.annotation_id}\t{rec.region_id}\t{rec.updated_at or ''}\n".encode())
+        for reg in regions:
+            seen = set()
+            for annotation_id, rel in reg.raw_relations:
+                target = alias.get((annotation_id, str(rel.get("to"))))
+                if target is None or target == reg.id:
+                    continue  # the other region is not exported (filtered out, no content, deleted)
+                for label in rel.get("labels") or [""]:
+                    if (target, label) not in seen:
+                        seen.add((target, label))
+                        reg.relations.append((target, str(label), rel.get("direction")))
+        return regions, first
 
 
 def _groups(rows: Iterator[dict]) -> Iterator[tuple[str, Iterator[dict]]]:

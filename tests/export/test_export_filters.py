@@ -108,3 +108,20 @@ def test_split_by_image_is_disjoint_and_deterministic_per_seed(any_store, tmp_pa
     assert split_of("abc", 1, (0.6, 0.2, 0.2)) == split_of("abc", 1, (0.6, 0.2, 0.2))
     with pytest.raises(ExportError, match="bad split"):
         export(any_store, tmp_path / "bad", ExportOptions(formats=("vg",), split=(-1.0, 1.0, 1.0)))
+
+
+def test_regions_without_a_size_are_skipped_and_counted(sqlite_store, tmp_path, lab):
+    """A region whose image is not cached and whose result has no original_width/height has no pixel box: it is
+    skipped (counted), and the image's size comes from a region that has one."""
+    p, t, image = lab.new_id(), lab.new_id(), "/data/upload/1/nosize.png"
+    sizeless = lab.region("a", 10, 10, 20, 20, caption="no size")
+    for result in sizeless:
+        del result["original_width"], result["original_height"]
+    lab.apply(sqlite_store, lab.event(p, t, lab.new_id(), sizeless, image=image))
+    lab.apply(sqlite_store, lab.event(p, t, lab.new_id(), lab.region("b", 10, 10, 20, 20, caption="sized",
+                                                                     size=(300, 200)), image=image, updated=1))
+    manifest = export(sqlite_store, tmp_path / "out", ExportOptions(formats=("coco",)))
+    assert manifest["counts"]["skipped"]["no_image_size"] == 1 and manifest["counts"]["regions"] == 1
+    coco = json.loads((tmp_path / "out" / "coco" / "train.json").read_text())
+    assert [(i["width"], i["height"]) for i in coco["images"]] == [(300, 200)]
+    assert coco["annotations"][0]["bbox"] == [30.0, 20.0, 60.0, 40.0]
