@@ -136,8 +136,8 @@ def test_hugging_face_parquet_loads_with_datasets(exported, tmp_path, monkeypatc
 
     store, filled, out, manifest = exported
     want = expected(store)
-    ds = datasets.load_dataset("parquet", data_files={"train": str(out / "hf" / "data" / "train-*.parquet")},
-                               cache_dir=str(tmp_path / "hf-cache"))["train"]
+    # the folder as a Hub repository would hold it: data/<split>-00000-of-00001.parquet, splits found by name
+    ds = datasets.load_dataset(str(out / "hf"), cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert isinstance(ds.features["image"], datasets.Image) and len(ds) == 4
     got = {}
     for row in ds:
