@@ -30,7 +30,15 @@ Streaming. Records are read in one read-only transaction (a consistent snapshot)
 PostgreSQL and a stepped statement on SQLite, ordered by image, `chunk_size` rows at a time; each image's regions
 are turned into output and written at once (JSON arrays are written incrementally, parquet in row groups), so
 memory does not grow with the dataset. Everything is written into a hidden folder beside `out` and renamed into
-place at the end: a failed export leaves nothing behind.
+place at the end: a failed export leaves nothing behind (a killed process leaves its `.<out>.partial-*` folder).
+
+Split. By image: sha256("<seed>:<image sha256>") as a uniform number against the cumulative fractions, so an image
+never lands in two splits, the same seed gives the same split, and an image keeps its split whatever else is
+exported (split sizes are therefore close to, not exactly, the fractions). An image not cached yet is keyed by its
+reference until it is.
+
+HTTP. POST /export takes the same options as JSON and writes under <DATA_DIR>/exports/<name> only (see
+`export_to_data_dir`); the dataset never travels in the answer.
 """
 from __future__ import annotations
 
