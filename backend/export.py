@@ -54,8 +54,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import urlsplit
 
+from .settings import redacted_url
 from .store import Store, _Cursorish, parse_time_us
 
 FORMATS = ("conversations", "vg", "coco", "hf")
@@ -79,15 +79,6 @@ BBOX = "<bbox>"
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def _redacted(url: str) -> str:
-    """The store URL without its password (for the manifest)."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 class ExportError(ValueError):
@@ -860,7 +851,7 @@ def _write(store: Store, root: Path, options: ExportOptions, progress: bool,
                                 "model's raw suggestions"},
         "split": {"by": "image", "seed": options.seed, "fractions": dict(zip(SPLITS, fractions)),
                   "method": "sha256('<seed>:<image sha256>') as a uniform number against the cumulative fractions"},
-        "store": {"url": _redacted(store.url), "dialect": store.dialect, **state},
+        "store": {"url": redacted_url(store.url), "dialect": store.dialect, **state},
         "selection_id": collect.selection.hexdigest()[:24],
         "selection_id_of": "sha256 of (annotation id, region id, updated_at) of every exported region, in export "
                            "order",
