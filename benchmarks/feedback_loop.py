@@ -135,10 +135,10 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
         for task, scene in enumerate(scenes, start=1):
             path = images / f"scene-{task}.png"
             scene.image.save(path)
-            result = [r for k, obj in enumerate(scene.objects)
-                      for r in region_results(f"t{task}r{k}", obj, scene.image.size)]
+            results = [r for k, obj in enumerate(scene.objects)
+                       for r in region_results(f"t{task}r{k}", obj, scene.image.size)]
             annotation += 1
-            r = requests.post(f"{base}/webhook", json=annotation_event(1, task, annotation, str(path), result),
+            r = requests.post(f"{base}/webhook", json=annotation_event(1, task, annotation, str(path), results),
                               timeout=5)
             r.raise_for_status()
         last_correction = time.monotonic()
