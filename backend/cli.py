@@ -5,6 +5,8 @@
     regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
     regionscribe serve   the web server (gunicorn) only
     regionscribe worker  a long-lived, non-forking RQ worker (inference, or --queue training)
+    regionscribe versions  the model registry's versions with their metrics
+    regionscribe report  an HTML page with the metrics across versions and the edit rate per model version
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
     regionscribe export  curated region-text datasets from the feedback store (conversations, vg, coco, hf)
 """
@@ -109,6 +111,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions(args: argparse.Namespace) -> int:
+    from backend.reporting import format_table, version_rows, versions_json
+
+    print(versions_json() if args.json else format_table(version_rows()))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from backend.reporting import write_report
+
+    result = write_report(args.out)
+    print(f"wrote {result['path']} ({result['versions']} versions)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="regionscribe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +162,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=_eval)
+
+    v = sub.add_parser("versions", help="the model registry's versions with their metrics")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_versions)
+
+    rp = sub.add_parser("report", help="an HTML page: metrics across versions and the edit rate per model version")
+    rp.add_argument("--out", default="regionscribe-report.html")
+    rp.set_defaults(func=_report)
 
     r = sub.add_parser("run", help="Redis + one worker + web server on the embedded default (make run)")
     r.set_defaults(func=_run)

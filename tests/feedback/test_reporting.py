@@ -1,0 +1,34 @@
+import json
+
+from backend.reporting import format_table, version_rows, write_report
+from backend.settings import Settings
+from model.registry import Registry
+
+
+def _checkpoint(path, version):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "regionscribe", "metadata": {"version": version}}))
+    (path / "model.safetensors").write_bytes(b"x")
+
+
+def test_versions_and_report(tmp_path):
+    base = tmp_path / "base"
+    _checkpoint(base, "base-1")
+    settings = Settings(data_dir=str(tmp_path / "data"), model_dir=str(base))
+    assert [r["version"] for r in version_rows(settings)] == ["base-1"]  # nothing promoted yet: the base serves
+    registry = Registry(settings.registry_path, base=base)
+    for name, accepted, score in (("v2", True, 91.5), ("v3", False, 80.0)):
+        staged = registry.staging_dir()
+        _checkpoint(staged, name)
+        registry.publish(staged, name, accepted, {"parent": "base-1", "regions": 40, "base_drop": 0.5,
+                                                  "scores": {"candidate": {"base_score": score,
+                                                                           "heldout_score": 70.0}}})
+    rows = version_rows(settings)
+    assert [(r["version"], r["status"], r["current"]) for r in rows] == [("v2", "accepted", True),
+                                                                          ("v3", "rejected", False)]
+    assert rows[0]["base_score"] == 91.5
+    table = format_table(rows)
+    assert "v3" in table and "rejected" in table
+    out = write_report(str(tmp_path / "report.html"), settings)
+    page = (tmp_path / "report.html").read_text()
+    assert out["versions"] == 2 and "data:image/png;base64," in page and "v2" in page and "edit rate" in page
