@@ -88,16 +88,19 @@ def _stop(process: subprocess.Popen | None, name: str, timeout: float = 10.0) ->
         process.wait(5)
 
 
-def _wait_healthy(url: str, processes: dict, timeout: float, should_stop) -> bool:
+def wait_ready(url: str, processes, timeout: float, workers: int = 1, should_stop=lambda: False) -> bool:
+    """Poll /health until Redis is up and `workers` inference workers are ready. False when a process in
+    `processes` (a dict or list of Popen) exits, the time runs out, or `should_stop()` says so."""
     import requests
 
+    procs = list(processes.values()) if isinstance(processes, dict) else list(processes)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not should_stop():
-        if any(p.poll() is not None for p in processes.values()):
+        if any(p.poll() is not None for p in procs):
             return False
         try:
             body = requests.get(f"{url}/health", timeout=1).json()
-            if body.get("redis") and body.get("workers_ready", 0) >= 1:
+            if body.get("redis") and body.get("workers_ready", 0) >= workers:
                 return True
         except (requests.RequestException, ValueError):
             pass
@@ -139,7 +142,7 @@ def run_all(settings: Settings | None = None) -> int:
         children["web"] = subprocess.Popen(
             [python, "-c", "from backend.server import serve; serve()"], env=env, start_new_session=True)
         local = f"http://127.0.0.1:{settings.port}"
-        if _wait_healthy(local, children, timeout=180, should_stop=lambda: stopping):
+        if wait_ready(local, children, timeout=180, should_stop=lambda: stopping):
             host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
             print(f"""
 regionscribe is up. In Label Studio: Project → Settings → Model → Connect Model, URL:

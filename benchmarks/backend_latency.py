@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis  # noqa: E402
+from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
 from model.corpus import make_scenes  # noqa: E402
 
 CONFIG = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
@@ -84,15 +84,7 @@ def main() -> None:
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/health", timeout=1).json().get("workers_ready", 0) >= 1:
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.3)
-        else:
+        if not wait_ready(base, [worker, web], timeout=180):
             raise SystemExit("backend did not become healthy")
         session = requests.Session()
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis  # noqa: E402
+from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
 
 CONFIG = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 
@@ -121,14 +121,8 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
     }
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/health", timeout=1).json().get("workers_ready", 0) >= 1:
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.3)
+        if not wait_ready(base, procs, timeout=180):
+            raise RuntimeError("the backend did not become healthy; see " + str(work))
         result["version_served_before"] = requests.post(f"{base}/setup", json={"schema": CONFIG, "project": "1.0"},
                                                         timeout=5).json()["model_version"]
         annotation = 0

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis  # noqa: E402
+from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -148,20 +148,6 @@ def drive(base: str, config: str, images: list, annotators: int, seconds: float,
     return out
 
 
-def wait_ready(base: str, workers: int, processes: list[subprocess.Popen], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in processes):
-            raise RuntimeError("a worker or the web server exited while starting")
-        try:
-            if requests.get(f"{base}/health", timeout=1).json().get("workers_ready", 0) >= workers:
-                return
-        except (requests.RequestException, ValueError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the backend did not report {workers} ready worker(s) within {timeout:.0f} s")
-
-
 def run(annotators: int = 32, seconds: float = 60.0, workers: int = 2, model_dir: str | None = None,
         baseline_seconds: float = 10.0, images: int = 8, config_name: str = "region_captioning",
         think: float = 1.0, web_workers: int = 2, web_threads: int = 16, seed: int = 0,
@@ -199,7 +185,8 @@ def run(annotators: int = 32, seconds: float = 60.0, workers: int = 2, model_dir
         for i in range(workers):
             spawn(f"from backend.worker import run_worker; run_worker(name='load-worker-{i}')", f"worker{i}")
         spawn("from backend.server import serve; serve()", "web")
-        wait_ready(base, workers, processes, start_timeout)
+        if not wait_ready(base, processes, start_timeout, workers=workers):
+            raise RuntimeError(f"the backend did not report {workers} ready worker(s) within {start_timeout:.0f} s")
         model_version = requests.get(f"{base}/health", timeout=5).json().get("model_version")
         # warm-up: every image once, so that neither run pays the first-forward allocation
         for i, image in enumerate(image_list):
