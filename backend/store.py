@@ -28,7 +28,9 @@ digest, with a delivery count) for audit and replay.
 Pending count. Each project has a change counter; every accepted write that adds or changes a region's content
 stamps it with the next value (`change_seq`). `snapshot()` records the counter value it saw; `mark_training_started`
 moves the project's watermark there; `pending_count` counts live trainable regions stamped above the watermark, so
-events that arrive while a run is going count toward the next run.
+events that arrive while a run is going count toward the next run. A run that never completes (`training_failed`:
+its worker was killed, it raised) gives its count back: the watermark returns to the newest snapshot of a run that did
+not fail, and a training request it had satisfied is pending again.
 """
 from __future__ import annotations
 
@@ -181,6 +183,14 @@ CREATE TABLE training_runs (
     max_seq {BIGINT} NOT NULL,
     started_at {REAL} NOT NULL
 );
+"""),
+    # a run's outcome, so a run that never completes (its worker killed, an exception) gives its count back
+    (2, "training run outcome", """
+ALTER TABLE training_runs ADD COLUMN job_id TEXT;
+ALTER TABLE training_runs ADD COLUMN cleared_request_at {REAL};
+ALTER TABLE training_runs ADD COLUMN finished_at {REAL};
+ALTER TABLE training_runs ADD COLUMN outcome TEXT;
+CREATE INDEX training_runs_project ON training_runs (project_id, id)
 """),
 ]
 
@@ -929,26 +939,84 @@ class Store:
             "AND r.change_seq > p.trained_seq AND r.deleted = 0 AND r.was_cancelled = 0 AND r.has_content = 1",
             (int(project_id),)), write=False) or 0)
 
-    def mark_training_started(self, project_id: int, snapshot_id: str) -> None:
+    def mark_training_started(self, project_id: int, snapshot_id: str, job_id: str | None = None) -> int:
         """A training run started on `snapshot_id` (from `snapshot()`): what it holds no longer counts as pending,
-        and a training request made before that snapshot is satisfied. Raises KeyError for an unknown snapshot."""
+        and a training request made before that snapshot is satisfied. Returns the run's id (for
+        `training_completed`). `job_id`, the queue job running it, lets `training_failed` give the count back when
+        the run never completes. Raises KeyError for an unknown snapshot."""
         pid = int(project_id)
 
-        def write(tx: _Cursorish) -> None:
+        def write(tx: _Cursorish) -> int:
             snap = tx.one("SELECT max_seq, created_at FROM snapshots WHERE project_id = ? AND snapshot_id = ?",
                           (pid, snapshot_id))
             if snap is None:
                 raise KeyError(f"no snapshot {snapshot_id!r} for project {pid}: take it with store.snapshot()")
+            requested = tx.scalar("SELECT train_requested_at FROM projects WHERE project_id = ?" + tx.for_update,
+                                  (pid,))
+            cleared = requested if requested is not None and requested <= snap["created_at"] else None
             now = time.time()
             tx.execute("UPDATE projects SET trained_seq = CASE WHEN trained_seq > ? THEN trained_seq ELSE ? END, "
                        "training_started_at = ?, last_snapshot_id = ? WHERE project_id = ?",
                        (snap["max_seq"], snap["max_seq"], now, snapshot_id, pid))
             tx.execute("UPDATE projects SET train_requested_at = NULL WHERE project_id = ? AND "
                        "train_requested_at <= ?", (pid, snap["created_at"]))
-            tx.execute("INSERT INTO training_runs (project_id, snapshot_id, max_seq, started_at) VALUES (?, ?, ?, ?)",
-                       (pid, snapshot_id, snap["max_seq"], now))
+            row = tx.one("INSERT INTO training_runs (project_id, snapshot_id, max_seq, started_at, job_id, "
+                         "cleared_request_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                         (pid, snapshot_id, snap["max_seq"], now, job_id, cleared))
+            return int(row["id"])
+
+        return self._run(write)
+
+    def training_completed(self, run_id: int, outcome: str = "completed") -> None:
+        """The run finished and published its candidate (`outcome`: "accepted", "rejected"): it stays counted. Its
+        watermark is applied again, in case the run had been given up as failed meanwhile (its job lost with a
+        Redis restart while it kept training)."""
+
+        def write(tx: _Cursorish) -> None:
+            run = tx.one("SELECT project_id, max_seq FROM training_runs WHERE id = ?", (int(run_id),))
+            if run is None:
+                raise KeyError(f"no training run {run_id}")
+            tx.execute("UPDATE training_runs SET finished_at = ?, outcome = ? WHERE id = ?",
+                       (time.time(), str(outcome)[:500], int(run_id)))
+            tx.execute("UPDATE projects SET trained_seq = CASE WHEN trained_seq > ? THEN trained_seq ELSE ? END "
+                       "WHERE project_id = ?", (run["max_seq"], run["max_seq"], run["project_id"]))
 
         self._run(write)
+
+    def open_training_run(self, project_id: int) -> dict | None:
+        """The project's newest run that started under a queue job and has not finished (completed or failed), or
+        None."""
+        return self._run(lambda tx: tx.one(
+            "SELECT * FROM training_runs WHERE project_id = ? AND job_id IS NOT NULL AND finished_at IS NULL "
+            "ORDER BY id DESC LIMIT 1", (int(project_id),)), write=False)
+
+    def training_failed(self, project_id: int, job_id: str, reason: str = "failed") -> bool:
+        """The run of `job_id` will never complete (its worker died, it raised, it was stopped): close it as failed
+        and give its count back. The project's watermark returns to the newest snapshot a run that did not fail has
+        taken (so every region the failed run had taken is pending again, and events during it stay pending), and
+        a training request it had satisfied is pending again unless a later run took it. Returns whether an open
+        run of that job was found (False: none, or already closed: idempotent)."""
+        pid = int(project_id)
+
+        def write(tx: _Cursorish) -> bool:
+            tx.scalar("SELECT trained_seq FROM projects WHERE project_id = ?" + tx.for_update, (pid,))
+            run = tx.one("SELECT id, cleared_request_at FROM training_runs WHERE project_id = ? AND job_id = ? AND "
+                         "finished_at IS NULL ORDER BY id DESC LIMIT 1", (pid, str(job_id)))
+            if run is None:
+                return False
+            tx.execute("UPDATE training_runs SET finished_at = ?, outcome = ? WHERE id = ?",
+                       (time.time(), f"failed: {reason}"[:500], run["id"]))
+            kept = "project_id = ? AND (outcome IS NULL OR outcome NOT LIKE ?)"  # a parameter: no literal % in SQL
+            watermark = tx.scalar(f"SELECT MAX(max_seq) FROM training_runs WHERE {kept}", (pid, "failed%"))
+            tx.execute("UPDATE projects SET trained_seq = ? WHERE project_id = ?", (int(watermark or 0), pid))
+            later = tx.scalar(f"SELECT COUNT(*) FROM training_runs WHERE {kept} AND id > ?",
+                              (pid, "failed%", run["id"]))
+            if run["cleared_request_at"] is not None and not later:
+                tx.execute("UPDATE projects SET train_requested_at = ? WHERE project_id = ? AND "
+                           "train_requested_at IS NULL", (run["cleared_request_at"], pid))
+            return True
+
+        return self._run(write)
 
     def training_runs(self, project_id: int) -> list[dict]:
         return self._run(lambda tx: tx.all("SELECT * FROM training_runs WHERE project_id = ? ORDER BY id",

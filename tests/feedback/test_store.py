@@ -252,6 +252,39 @@ def test_training_request_is_durable_until_a_later_snapshot_starts(store, ls):
     assert [e["action"] for e in store.events()] == ["START_TRAINING"]
 
 
+def test_a_run_that_never_completes_gives_its_count_and_request_back(store, ls):
+    p, t = ls.new_id(), ls.new_id()
+    for n in range(3):
+        apply(store, ls.annotation_event(p, t, ls.new_id(), ls.region("r", caption=f"c{n}")))
+    apply(store, {"action": "START_TRAINING", "project": {"id": p}})
+    snap = store.snapshot(p)
+    store.mark_training_started(p, snap.id, job_id="job-1")
+    assert store.pending_count(p) == 0 and not store.training_requested(p)
+    assert store.open_training_run(p)["job_id"] == "job-1"
+    apply(store, ls.annotation_event(p, t, ls.new_id(), ls.region("during", caption="during the run")))
+    # the worker is killed: the run's regions and its request are pending again, the event during it too
+    assert store.training_failed(p, "job-1", "worker gone")
+    assert store.pending_count(p) == 4 and store.training_requested(p)
+    assert store.open_training_run(p) is None
+    assert store.training_failed(p, "job-1") is False  # idempotent: reported twice, given back once
+    assert store.pending_count(p) == 4
+    assert [r["outcome"] for r in store.training_runs(p)] == ["failed: worker gone"]
+    # the next run completes: its snapshot holds everything, nothing is pending after it
+    snap2 = store.snapshot(p)
+    run = store.mark_training_started(p, snap2.id, job_id="job-2")
+    assert len(snap2.records) == 4 and store.pending_count(p) == 0 and not store.training_requested(p)
+    store.training_completed(run, "accepted")
+    assert store.training_failed(p, "job-2") is False  # a completed run is never given back
+    assert store.pending_count(p) == 0
+    # a failed run after a completed one goes back to the completed one's watermark, not to zero
+    apply(store, ls.annotation_event(p, t, ls.new_id(), ls.region("next", caption="next")))
+    store.mark_training_started(p, store.snapshot(p).id, job_id="job-3")
+    assert store.pending_count(p) == 0
+    assert store.training_failed(p, "job-3", "raised")
+    assert store.pending_count(p) == 1 and not store.training_requested(p)
+    assert [r["outcome"] for r in store.training_runs(p)] == ["failed: worker gone", "accepted", "failed: raised"]
+
+
 def test_migrations_are_recorded_and_safe_under_concurrent_openers(store_url, tmp_path):
     errors, stores = [], []
 
@@ -269,8 +302,8 @@ def test_migrations_are_recorded_and_safe_under_concurrent_openers(store_url, tm
     assert not errors
     s = stores[0]
     rows = s._run(lambda tx: tx.all("SELECT version, name FROM schema_version ORDER BY version"), write=False)
-    assert rows == [{"version": 1, "name": "initial schema"}]
-    assert s.schema_version() == 1
+    assert rows == [{"version": 1, "name": "initial schema"}, {"version": 2, "name": "training run outcome"}]
+    assert s.schema_version() == 2
     for each in stores:
         each.close()
 
