@@ -13,8 +13,16 @@ the training worker's code). At most one run per project: the id of the project'
 processes. A run counts as active while its rq job is queued/deferred/scheduled, or started on a worker whose
 liveness key is fresh (a killed training worker frees the project at once, not after rq's job timeout). A trigger that
 arrives while a run is active enqueues nothing: its regions stay pending (the count only restarts at
-`mark_training_started`) and the request flag stays set, and the run's rq callbacks (`training_finished`, on success,
-failure or stop) evaluate the project again, so they lead to the next run.
+`mark_training_started`) and the request flag stays set, and the run's success callback (`training_finished`)
+evaluates the project again, so it leads to the next run.
+
+A run that never completes gives its count back. The run records its rq job id with `mark_training_started`; when
+the job fails or is stopped (`training_failed` callback), or when an evaluation finds that the store's open run
+belongs to a job that is no longer running (`reclaim`: its worker stopped beating, e.g. SIGKILL or OOM, or the job is
+gone from Redis), `store.training_failed` closes the run as failed and moves the project's watermark back: the
+regions the run had taken, and a request it had satisfied, count toward the next run again. A failed run is not
+retried at once (a run that fails every time would loop): the next webhook event, START_TRAINING, or a training
+worker starting (`sweep`) evaluates the project again.
 
 Every webhook event that changed records calls `Policy.evaluate`; START_TRAINING calls it after setting the request.
 With Redis down nothing is lost: the count and the request are in the store, and the next evaluation enqueues.
@@ -37,7 +45,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 TRAINING_FUNCTION = "backend.training_job.run_training"
-FINISHED_CALLBACK = "backend.policy.training_finished"
+FINISHED_CALLBACK = "backend.policy.training_finished"  # on success
+FAILED_CALLBACK = "backend.policy.training_failed"  # on failure (also rq's abandoned-job cleanup) and on stop
 JOB_KEY = "regionscribe:training:{project}:job"  # id of the project's current (or last) training job
 MUTEX_KEY = "regionscribe:training:{project}:mutex"
 MUTEX_MS = 5000
@@ -60,18 +69,18 @@ class Policy:
 
     # ------------------------------------------------------------------------------------------------ state
 
-    def active_job(self, project_id: int) -> Job | None:
-        """The project's queued or running training job, or None."""
-        job_id = self.connection.get(JOB_KEY.format(project=int(project_id)))
-        if not job_id:
-            return None
+    def _fetch(self, job_id: str) -> Job | None:
         try:
-            job = Job.fetch(job_id.decode(), connection=self.connection, serializer=JSONSerializer)
+            return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
             return None
+
+    def _running(self, job: Job, project_id: int) -> bool:
+        """Whether the job is queued, or started on a live worker. A started job whose worker stopped beating is
+        recorded as failed, and its run gives its count back."""
         status = job.get_status(refresh=False)
         if status in _ACTIVE:
-            return job
+            return True
         if status == JobStatus.STARTED:
             from .worker import is_alive
 
@@ -79,9 +88,38 @@ class Policy:
                 log.warning("training job %s of project %s: worker %s is gone; the run counts as failed", job.id,
                             project_id, job.worker_name)
                 self._record_abandoned(job)
-                return None
-            return job
-        return None
+                self.store.training_failed(project_id, job.id, f"worker {job.worker_name} stopped beating")
+                return False
+            return True
+        return False
+
+    def active_job(self, project_id: int) -> Job | None:
+        """The project's queued or running training job, or None."""
+        job_id = self.connection.get(JOB_KEY.format(project=int(project_id)))
+        if not job_id:
+            return None
+        job = self._fetch(job_id.decode())
+        return job if job is not None and self._running(job, int(project_id)) else None
+
+    def reclaim(self, project_id: int) -> str | None:
+        """When the store still counts a run of the project as going but its job is no longer running (its worker
+        was killed, or the job is gone from Redis), close that run as failed so its count goes back. Returns that
+        job's id, or None. Cheap when no run is open (one indexed read of the store)."""
+        run = self.store.open_training_run(project_id)
+        if run is None:
+            return None
+        job = self._fetch(run["job_id"])
+        if job is not None and self._running(job, project_id):
+            return None
+        if job is not None and job.get_status(refresh=False) == JobStatus.FINISHED:
+            self.store.training_completed(run["id"], "completed")  # returned without closing its run itself
+            return None
+        status = None if job is None else job.get_status(refresh=False)
+        reason = "its job is gone from Redis" if job is None else f"its job is {getattr(status, 'value', status)}"
+        if self.store.training_failed(project_id, run["job_id"], reason):
+            log.warning("training run %s of project %s never completed (%s); its regions count toward the next run",
+                        run["job_id"], project_id, reason)
+        return run["job_id"]
 
     def _record_abandoned(self, job: Job) -> None:
         from rq.job_lifecycle import record_job_failure
@@ -125,6 +163,7 @@ class Policy:
         active. Returns what was decided: {"due", "pending", "reason", "enqueued": job id or None,
         "active": job id or None}."""
         project_id = int(project_id)
+        self.reclaim(project_id)
         due, reason, pending = self.due(project_id)
         answer = {"due": due, "pending": pending, "reason": reason, "enqueued": None, "active": None}
         if not due:
@@ -142,32 +181,53 @@ class Policy:
         key = JOB_KEY.format(project=project_id)
         self.connection.set(key, job_id)  # first: a callback of a very fast run finds its own id
         try:
-            callback = Callback(FINISHED_CALLBACK, timeout=60)
+            failed = Callback(FAILED_CALLBACK, timeout=60)
             self.queue().enqueue_call(
                 function, args=(project_id,), job_id=job_id, timeout=self.settings.training_timeout,
                 result_ttl=7 * 24 * 3600, failure_ttl=30 * 24 * 3600, description=f"train project {project_id}",
                 meta={"project_id": project_id, "reason": reason, "requested_at": time.time()},
-                on_success=callback, on_failure=callback, on_stopped=callback)
+                on_success=Callback(FINISHED_CALLBACK, timeout=60), on_failure=failed, on_stopped=failed)
         except Exception:
             self.connection.delete(key)
             raise
         log.info("training run %s enqueued for project %s (%s)", job_id, project_id, reason)
         return job_id
 
-    def finished(self, project_id: int, job_id: str, function: str = TRAINING_FUNCTION) -> dict:
-        """A training run ended (any outcome): free the project, then evaluate it again (events that arrived during
-        the run, or a request made during it, lead to the next run)."""
+    def finished(self, project_id: int, job_id: str, function: str = TRAINING_FUNCTION, failed: bool = False) -> dict:
+        """A training run ended: free the project. After a completed run, evaluate the project again (events that
+        arrived during the run, or a request made during it, lead to the next run). After a failed or stopped run,
+        give its count back (`store.training_failed`) and enqueue nothing: the next event, START_TRAINING or a
+        training worker starting leads to the next run (a run failing every time must not loop)."""
         project_id = int(project_id)
         with self._mutex(project_id):
             key = JOB_KEY.format(project=project_id)
             current = self.connection.get(key)
             if current is not None and current.decode() == job_id:
                 self.connection.delete(key)
-        return self.evaluate(project_id, function)
+        if not failed:
+            run = self.store.open_training_run(project_id)
+            if run is not None and run["job_id"] == job_id:  # a job function that did not close its run itself
+                self.store.training_completed(run["id"], "completed")
+            return self.evaluate(project_id, function)
+        self.store.training_failed(project_id, job_id, "the job failed or was stopped")
+        due, reason, pending = self.due(project_id)
+        return {"due": due, "pending": pending, "reason": reason, "enqueued": None, "active": None,
+                "detail": "not retried at once after a failure; the next event or START_TRAINING starts it"}
+
+    def sweep(self, function: str = TRAINING_FUNCTION) -> dict[int, dict]:
+        """Evaluate every project in the store (a training worker does it when it starts): a run whose worker died
+        gives its count back and the next run is enqueued, and a due project whose queued job was lost with Redis
+        gets its run, without waiting for the next webhook event."""
+        decisions = {}
+        for project_id in self.store.projects():
+            try:
+                decisions[project_id] = self.evaluate(project_id, function)
+            except (redis.RedisError, PolicyBusy) as exc:
+                log.warning("training policy not evaluated for project %s: %s", project_id, exc)
+        return decisions
 
 
-def training_finished(job: Job, connection: redis.Redis, *args, **kwargs) -> None:
-    """rq callback (success, failure and stopped) of every training job the policy enqueued."""
+def _after_run(job: Job, connection: redis.Redis, failed: bool) -> None:
     from .settings import get_settings
     from .store import Store
 
@@ -177,7 +237,19 @@ def training_finished(job: Job, connection: redis.Redis, *args, **kwargs) -> Non
     settings = get_settings()
     try:
         decision = Policy(settings, Store.shared(settings), connection).finished(
-            int(project_id), job.id, job.func_name or TRAINING_FUNCTION)
-        log.info("training run %s of project %s ended; next: %s", job.id, project_id, decision)
+            int(project_id), job.id, job.func_name or TRAINING_FUNCTION, failed=failed)
+        log.info("training run %s of project %s %s; next: %s", job.id, project_id,
+                 "failed" if failed else "ended", decision)
     except Exception as exc:  # never fail the job because of the follow-up decision
         log.warning("after training run %s of project %s: %s", job.id, project_id, exc)
+
+
+def training_finished(job: Job, connection: redis.Redis, *args, **kwargs) -> None:
+    """rq success callback of every training job the policy enqueues."""
+    _after_run(job, connection, failed=False)
+
+
+def training_failed(job: Job, connection: redis.Redis, *args, **kwargs) -> None:
+    """rq failure and stopped callback of every training job the policy enqueues (rq's abandoned-job cleanup
+    calls it too)."""
+    _after_run(job, connection, failed=True)

@@ -11,6 +11,8 @@
          workers reload it between jobs
 
 A crash at any step leaves the current version serving: the candidate lives in a staging folder until published.
+A run that does not get to publish (killed, or raising) is closed as failed by the policy (`store.training_failed`),
+which gives its regions back to the pending count, so the next run takes them.
 """
 from __future__ import annotations
 
@@ -140,6 +142,7 @@ def run_training(project_id, settings=None) -> dict:
     from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
     from model.registry import Registry
     from model.training import StageConfig, TrainConfig, synthetic_stream, train
+    from rq import get_current_job
 
     from .ingest import fetch_missing_images
     from .settings import get_settings
@@ -152,7 +155,9 @@ def run_training(project_id, settings=None) -> dict:
     registry = Registry(settings.registry_path, base=settings.model_dir or DEFAULT_CHECKPOINT)
     fetch_missing_images(store, settings)
     snapshot = store.snapshot(project_id)
-    store.mark_training_started(project_id, snapshot.id)
+    job = get_current_job()  # None when called outside a worker
+    # the job id lets the policy give this run's count back if the run never completes (worker killed, exception)
+    run_id = store.mark_training_started(project_id, snapshot.id, job_id=job.id if job is not None else None)
     items = records_to_images(snapshot.records)
     train_items, heldout = split_by_image(items)
     current = registry.current()
@@ -186,6 +191,7 @@ def run_training(project_id, settings=None) -> dict:
     }
     (staged / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
     published = registry.publish(staged, version, accepted, summary)
+    store.training_completed(run_id, "accepted" if accepted else "rejected")
     if accepted and settings.redis_url:
         announce(redis_connection(settings.redis_url), version, published.path)
     summary["total_seconds"] = round(time.time() - started, 1)

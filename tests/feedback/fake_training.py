@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import redis
+from rq import get_current_job
 
 from backend.ingest import handle_event
 from backend.settings import get_settings
@@ -20,7 +21,8 @@ def run_training(project_id: int) -> dict:
     store = Store.shared(settings)
     connection = redis.Redis.from_url(settings.redis_url)
     snapshot = store.snapshot(project_id)
-    store.mark_training_started(project_id, snapshot.id)
+    job = get_current_job()
+    store.mark_training_started(project_id, snapshot.id, job_id=job.id if job is not None else None)
     connection.rpush(RUNS.format(project=project_id), json.dumps({"snapshot": snapshot.id,
                                                                  "records": len(snapshot.records)}))
     arriving = connection.lpop(INJECT.format(project=project_id))

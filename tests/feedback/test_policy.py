@@ -1,6 +1,7 @@
 """The retraining policy against a real Redis and both stores: the N-th changed region enqueues exactly one run,
 START_TRAINING enqueues at once, never two runs of a project at a time, the count restarts at mark_training_started,
-a dead training worker frees the project, and a real training worker's callbacks chain the next run."""
+a dead training worker frees the project and gives its run's count back, and a real training worker's callbacks chain
+the next run (after a success; a failed run gives its count back and is not retried at once)."""
 from __future__ import annotations
 
 import json
@@ -130,6 +131,36 @@ def test_a_training_worker_runs_it_and_events_during_the_run_lead_to_the_next(ma
     assert len(redis_client.lrange(RUNS.format(project=p), 0, -1)) == 3
     assert failing in FailedJobRegistry(settings.training_queue, connection=redis_client, serializer=JSONSerializer)
     assert redis_client.get(JOB_KEY.format(project=p)) is None
+    # the failed run gave back the request it had taken (not retried at once: the burst worker ran it only once)
+    store = Store.shared(settings)
+    assert store.training_requested(p) and store.open_training_run(p) is None
+    assert store.training_runs(p)[-1]["outcome"].startswith("failed")
+    assert policy.evaluate(p, function=FAKE)["enqueued"]  # the next evaluation starts the next run
+
+
+def test_a_run_whose_worker_died_gives_its_count_back_at_the_next_event(make_settings, redis_client, ls):
+    """The run took its snapshot (the count restarted) and its worker was killed: the next webhook event finds the
+    store's open run on a dead worker, closes it as failed, and the regions it had taken count again."""
+    settings = make_settings(retrain_after=3)
+    p = ls.new_id()
+    for _ in range(2):
+        handle_event(settings, one_region(ls, p))
+    job_id = handle_event(settings, one_region(ls, p))["training"]["enqueued"]
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    Queue(settings.training_queue, connection=redis_client, serializer=JSONSerializer).remove(job)
+    job.worker_name = "feedback-doomed"
+    job.set_status(JobStatus.STARTED)
+    job.save()
+    redis_client.set("regionscribe:workers:feedback-doomed", json.dumps({"name": "feedback-doomed"}), px=60000)
+    store = Store.shared(settings)
+    store.mark_training_started(p, store.snapshot(p).id, job_id=job_id)  # what the run does first
+    during = handle_event(settings, one_region(ls, p))["training"]
+    assert during["pending"] == 1 and during["enqueued"] is None  # alive: an event during the run waits
+    redis_client.delete("regionscribe:workers:feedback-doomed")  # SIGKILL: the liveness key expires
+    after = handle_event(settings, one_region(ls, p))["training"]
+    assert after["pending"] == 5 and after["enqueued"] not in (None, job_id)  # 3 taken by the dead run + 2
+    assert [r["outcome"] for r in store.training_runs(p)] == ["failed: worker feedback-doomed stopped beating"]
+    assert job_id in FailedJobRegistry(settings.training_queue, connection=redis_client, serializer=JSONSerializer)
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
