@@ -299,12 +299,12 @@ def env_for(settings: Settings) -> dict:
 class Worker:
     """`regionscribe worker --queue <queues>` as a subprocess (burst: exits when the queues are empty)."""
 
-    def __init__(self, settings: Settings, queues: list[str], burst: bool = False):
+    def __init__(self, settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None):
         self.name = f"feedback-{uuid.uuid4().hex[:8]}"
         code = (f"from backend.worker import run_worker; "
                 f"run_worker(queues={queues!r}, burst={burst!r}, name={self.name!r})")
-        self.process = subprocess.Popen([sys.executable, "-c", code], env=env_for(settings), cwd=ROOT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen([sys.executable, "-c", code], env={**env_for(settings), **(env or {})},
+                                        cwd=ROOT, start_new_session=True)
 
     def wait_ready(self, client: redis.Redis, timeout: float = 30.0) -> "Worker":
         deadline = time.monotonic() + timeout
@@ -320,6 +320,12 @@ class Worker:
     def wait(self, timeout: float = 60.0) -> int:
         return self.process.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer does: no cleanup, no callbacks."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -334,14 +340,74 @@ class Worker:
 def spawn_worker():
     started: list[Worker] = []
 
-    def spawn(settings: Settings, queues: list[str], burst: bool = False) -> Worker:
-        worker = Worker(settings, queues, burst=burst)
+    def spawn(settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None) -> Worker:
+        worker = Worker(settings, queues, burst=burst, env=env)
         started.append(worker)
         return worker
 
     yield spawn
     for worker in started:
         worker.stop()
+
+
+class Backend:
+    """`regionscribe serve` (gunicorn: one worker process with threads) as a subprocess in its own process group, so
+    it can be killed with -9 like a crashed host would. Its output goes to <DATA_DIR>/backend-<port>.log."""
+
+    def __init__(self, settings: Settings, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(settings.data_dir) / f"backend-{self.port}.log"
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1"], env=env_for(settings), cwd=ROOT, start_new_session=True, stdout=out,
+                stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> "Backend":
+        """Until /health answers (200, or 503 while Redis is down)."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the backend exited with {self.process.returncode}: "
+                                   f"{self.log.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code in (200, 503):
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the backend did not answer /health in {timeout} s")
+
+    def kill(self) -> None:
+        """kill -9 of the gunicorn master and its worker."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def spawn_backend():
+    started: list[Backend] = []
+
+    def spawn(settings: Settings, port: int | None = None) -> Backend:
+        backend = Backend(settings, port)
+        started.append(backend)
+        return backend.wait_ready()
+
+    yield spawn
+    for backend in started:
+        backend.stop()
 
 
 # ----------------------------------------------------------------------------------------------- the server
