@@ -6,9 +6,6 @@ import base64
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +13,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import redis
 from PIL import Image
 
 
@@ -203,42 +199,10 @@ def worker_env(redis_url: str, image_root, http_host, queue: str = "inference", 
     return env
 
 
-class WorkerProcess:
-    def __init__(self, env: dict, name: str):
-        self.name = name
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", f"from backend.worker import run_worker; run_worker(name={name!r})"],
-            env=env, cwd=ROOT, start_new_session=True)
-
-    def wait_ready(self, client: redis.Redis, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
-            raw = client.get(f"regionscribe:workers:{self.name}")
-            if raw and json.loads(raw).get("state") == "ready":
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"worker {self.name} not ready in {timeout} s")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture(scope="session")
-def worker(redis_url, redis_client, image_root, http_host):
+def worker(redis_url, redis_client, image_root, http_host, worker_process):
     """One long-lived inference worker on queue "inference" for the whole session."""
-    w = WorkerProcess(worker_env(redis_url, image_root, http_host), "test-worker-main")
+    w = worker_process(worker_env(redis_url, image_root, http_host), "test-worker-main")
     try:
         w.wait_ready(redis_client)
         yield w
@@ -247,12 +211,12 @@ def worker(redis_url, redis_client, image_root, http_host):
 
 
 @pytest.fixture
-def spawn_worker(redis_url, redis_client, image_root, http_host):
+def spawn_worker(redis_url, redis_client, image_root, http_host, worker_process):
     """Start extra workers (own queue names); all are killed at teardown."""
-    started: list[WorkerProcess] = []
+    started = []
 
-    def spawn(name: str, queue: str, wait: bool = True, **extra) -> WorkerProcess:
-        w = WorkerProcess(worker_env(redis_url, image_root, http_host, queue=queue, **extra), name)
+    def spawn(name: str, queue: str, wait: bool = True, **extra):
+        w = worker_process(worker_env(redis_url, image_root, http_host, queue=queue, **extra), name)
         started.append(w)
         if wait:
             w.wait_ready(redis_client)

@@ -1,11 +1,13 @@
 """Fixtures for the service tests: a private redis-server, a fake Label Studio (health, whoami, personal access token
-exchange) on loopback, an untrained tiny checkpoint on disk, and scene images. The pattern is tests/backend/
-conftest.py's; what is needed is copied here so that the two folders stay independent."""
+exchange) on loopback, an untrained tiny checkpoint on disk, scene images, and inference workers (tests/conftest.py's
+WorkerProcess). The pattern is tests/backend/conftest.py's; what is needed is copied here so that the two folders
+stay independent."""
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,3 +115,29 @@ def h():
     from types import SimpleNamespace
 
     return SimpleNamespace(LEGACY_TOKEN=LEGACY_TOKEN, PAT=PAT, ACCESS=ACCESS, fake_jwt=fake_jwt, ROOT=ROOT)
+
+
+@pytest.fixture(scope="module")
+def start_worker(redis_url, redis_client, image_root, worker_process, tmp_path_factory):
+    """Start inference workers (untrained tiny model, images read from `image_root`) on their own queue; with
+    `log_path`, a worker's output goes to that file; keyword arguments are more environment variables. All are
+    stopped when the module's tests are done."""
+    started = []
+
+    def start(queue: str, log_path=None, **extra):
+        env = dict(os.environ)
+        env.update({
+            "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "IMAGE_ROOT": str(image_root),
+            "INFERENCE_QUEUE": queue, "WORKER_HEARTBEAT": "0.25", "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+        })
+        env.update({k: str(v) for k, v in extra.items()})
+        worker = worker_process(env, f"service-{queue}", log_path=log_path)
+        worker.queue = queue
+        started.append(worker)
+        worker.wait_ready(redis_client)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
