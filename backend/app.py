@@ -8,18 +8,21 @@
     GET  /metrics  Prometheus text exposition
 
 With BASIC_AUTH_USER and BASIC_AUTH_PASS set, every route but /health needs HTTP Basic auth (Label Studio's only
-auth method towards ML backends). Request bodies above MAX_REQUEST_BYTES get 413.
+auth method towards ML backends). Request bodies above MAX_REQUEST_BYTES get 413. POST bodies are standard JSON objects
+(Content-Type: application/json; no NaN or Infinity, no unpaired \\ud800-style surrogates): anything else gets 400.
 """
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import math
 import time
 import uuid
 
 import redis
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from .metrics import Metrics
 from .model_backend import QueueUnavailable, RegionScribeModel, read_model_version
@@ -198,11 +201,29 @@ def _authorized(settings: Settings) -> bool:
     return ok_user and ok_pass
 
 
-def _json_body() -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        from werkzeug.exceptions import BadRequest
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _json_body() -> dict:
+    """The body as a JSON object, or 400. Standard JSON only: Python's parser also takes NaN, Infinity, numbers that
+    overflow to infinity and unpaired surrogates (\\ud800), none of which Label Studio sends, and each of which
+    would fail later (int(inf), an id that cannot be stored, a string that cannot be encoded or hashed)."""
+    if not request.is_json:
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    try:
+        data = json.loads(request.get_data(cache=True), parse_constant=_refuse_constant, parse_float=_finite_float)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on an unpaired surrogate
+    except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+        raise BadRequest(f"the body is not valid JSON: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
 
@@ -212,7 +233,7 @@ def _project_id(value) -> str | None:
     if value is None:
         return None
     text = str(value).split(".", 1)[0]
-    return text if text.isdigit() else None
+    return text if text.isascii() and text.isdigit() else None
 
 
 def _gauges(connection: redis.Redis, settings: Settings) -> dict:

@@ -44,6 +44,8 @@ CREATED, UPDATED, DELETED, START_TRAINING = (
     "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
 KNOWN_ACTIONS = (CREATED, UPDATED, DELETED, START_TRAINING)
 IMAGE_JOB = "backend.ingest.fetch_image_job"
+MAX_ID = 2 ** 63 - 1  # ids are stored as 64-bit signed integers (BIGINT)
+MAX_SIZE = 2 ** 31 - 1  # image sizes, as 32-bit INTEGER
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
                "MPO": "jpg", "ICO": "ico", "PPM": "ppm"}
 
@@ -66,6 +68,8 @@ def _int(value, what: str) -> int:
         raise BadEvent(f"{what} must be an integer id, got {value!r}") from None
     if isinstance(value, float) and not value.is_integer():
         raise BadEvent(f"{what} must be an integer id, got {value!r}")
+    if not -MAX_ID - 1 <= number <= MAX_ID:
+        raise BadEvent(f"{what} is out of range (64-bit integer ids), got {value!r}")
     return number
 
 
@@ -170,9 +174,12 @@ def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInp
             name = str(item.get("from_name"))
             if original == (None, None) and item.get("original_width") and item.get("original_height"):
                 ow, oh = _float(item.get("original_width")), _float(item.get("original_height"))
-                original = (int(ow), int(oh)) if ow and oh else (None, None)
+                if ow and oh and 1 <= ow <= MAX_SIZE and 1 <= oh <= MAX_SIZE:
+                    original = (int(ow), int(oh))
             if kind in ("rectanglelabels", "labels"):
-                labels += [str(v) for v in value.get(kind) or [] if isinstance(v, (str, int, float))]
+                values = value.get(kind)
+                if isinstance(values, list):
+                    labels += [str(v) for v in values if isinstance(v, (str, int, float))]
             elif kind == "textarea":
                 role = roles.get(name)
                 if role is None and config is None and texts["caption"] is None:
@@ -221,11 +228,13 @@ def _annotator(annotation: dict) -> tuple[int | None, str | None]:
         user_id = who
     try:
         user_id = int(user_id) if user_id is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        user_id = None
+    if user_id is not None and not -MAX_ID - 1 <= user_id <= MAX_ID:
         user_id = None
     if email is None and isinstance(annotation.get("created_username"), str) and "@" in annotation["created_username"]:
         email = annotation["created_username"].split(",", 1)[0].strip()  # "email, id" in Label Studio's serializer
-    return user_id, email
+    return user_id, (email.replace("\x00", "") or None) if isinstance(email, str) else None
 
 
 def parse_annotation(payload: dict, config: ProjectConfig | None) -> AnnotationInput:
@@ -244,7 +253,12 @@ def parse_annotation(payload: dict, config: ProjectConfig | None) -> AnnotationI
         result = []
     if not isinstance(result, list):
         raise BadEvent("'annotation.result' must be a list")
+    # identifiers are stored as they are, and PostgreSQL text cannot hold NUL (free text has it removed instead)
+    if any(isinstance(item, dict) and "\x00" in str(item.get("id", "")) for item in result):
+        raise BadEvent("a result id contains a NUL character")
     image_ref = _image_ref(task, config)
+    if image_ref is not None and "\x00" in image_ref:
+        raise BadEvent("the task's image reference contains a NUL character")
     user_id, email = _annotator(annotation)
     lead_time = _float(annotation.get("lead_time"))
     was_cancelled = bool(annotation.get("was_cancelled"))
@@ -260,7 +274,8 @@ def parse_annotation(payload: dict, config: ProjectConfig | None) -> AnnotationI
 
 
 def _str_or_none(value) -> str | None:
-    return str(value) if value not in (None, "") else None
+    text = str(value).replace("\x00", "") if value is not None else ""
+    return text or None
 
 
 def suggestions_from_prediction(prediction: dict, config: ProjectConfig | None, task_id: int) -> list[Suggestion]:
@@ -296,7 +311,7 @@ def resolve_config(payload: dict, project_id: int, store: Store, connection: red
     else the store's, else the one /setup saved in Redis."""
     project = payload.get("project")
     xml = project.get("label_config") if isinstance(project, dict) else None
-    if isinstance(xml, str) and xml.strip():
+    if isinstance(xml, str) and xml.strip() and "\x00" not in xml:  # XML never holds NUL
         return _parsed(xml), xml, False
     saved = store.label_config(project_id)
     if saved:

@@ -137,7 +137,9 @@ class ProjectConfig:
         interactive context's), in order, one per region id."""
         regions: list[Region] = []
         seen: set[str] = set()
-        for item in results or []:
+        if not isinstance(results, list):
+            return regions
+        for item in results:
             if not isinstance(item, dict):
                 continue
             if str(item.get("type", "")).lower() not in RECTANGLE_TAGS:
@@ -160,19 +162,22 @@ class ProjectConfig:
                 continue
             seen.add(rid)
             labels = value.get(item["type"].lower()) if item["type"].lower() == "rectanglelabels" else None
+            labels = tuple(str(v) for v in labels if isinstance(v, (str, int, float))) \
+                if isinstance(labels, list) else ()
             regions.append(Region(
                 id=rid, from_name=item["from_name"], type=item["type"].lower(), x=x, y=y, width=w, height=h,
-                rotation=rotation, labels=tuple(labels or ()),
+                rotation=rotation, labels=labels,
                 original_width=_int_or_none(item.get("original_width")),
                 original_height=_int_or_none(item.get("original_height")),
-                image_rotation=float(item.get("image_rotation") or 0.0), source=item))
+                image_rotation=_finite_or_zero(item.get("image_rotation")), source=item))
         return regions
 
     def regions_from_task(self, task: dict) -> tuple[list[Region], str]:
         """The boxes already on a task, for batch prefill: the latest annotation with boxes, else the latest draft,
         else the latest prediction. Returns (regions, where they came from)."""
         for kind in ("annotations", "drafts", "predictions"):
-            items = [item for item in task.get(kind) or [] if isinstance(item, dict)]
+            listed = task.get(kind)
+            items = [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
             if kind == "annotations":
                 items = [a for a in items if not a.get("was_cancelled")]
             items.sort(key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), _int_or_none(a.get("id")) or 0),
@@ -288,10 +293,18 @@ def _unit(value) -> float:
     return 0.0 if not math.isfinite(v) else min(max(v, 0.0), 1.0)
 
 
+def _finite_or_zero(value) -> float:
+    try:
+        v = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return v if math.isfinite(v) else 0.0
+
+
 def _int_or_none(value) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -135,7 +135,8 @@ class RegionScribeModel:
                                    f"{' or '.join(config.rectangles)} first" if interactive else
                                    "no boxes on this task yet (no annotation, draft or prediction with rectangles)")
                 continue
-            ref = (task.get("data") or {}).get(config.image_key)
+            data = task.get("data")
+            ref = data.get(config.image_key) if isinstance(data, dict) else None
             if not isinstance(ref, str) or not ref:
                 answers[i] = error(f"the task has no image under data.{config.image_key}")
                 continue
