@@ -10,6 +10,10 @@
 With BASIC_AUTH_USER and BASIC_AUTH_PASS set, every route but /health needs HTTP Basic auth (Label Studio's only
 auth method towards ML backends). Request bodies above MAX_REQUEST_BYTES get 413. POST bodies are standard JSON objects
 (Content-Type: application/json; no NaN or Infinity, no unpaired \\ud800-style surrogates): anything else gets 400.
+
+Every request has an id: its X-Request-Id header when that is a plain token (letters, digits, ._:-, at most 128),
+else a fresh one. It is echoed in the answer's X-Request-Id, is on every log line written while the request is
+handled (backend.logs) and travels with the jobs the request queues, so the worker's lines for them carry it too.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 import uuid
 
@@ -26,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from .logs import REQUEST_ID
 from .metrics import Metrics
 from .model_backend import QueueUnavailable, RegionScribeModel, read_model_version
 from .settings import Settings, get_settings
@@ -34,6 +40,7 @@ from .worker import live_workers, redis_connection
 log = logging.getLogger(__name__)
 
 PROJECT_CONFIG_KEY = "regionscribe:project:{project}:label_config"  # the config /setup saw, for /predict without one
+_REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # X-Request-Id values taken as they are
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -57,7 +64,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.before_request
     def _before():
         g.started = time.perf_counter()
-        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
+        g.request_id = _request_id(request.headers.get("X-Request-Id"))
+        g.request_id_token = REQUEST_ID.set(g.request_id)
         if settings.basic_auth_enabled and request.endpoint != "health":
             if not _authorized(settings):
                 return Response("authentication required\n", 401,
@@ -72,6 +80,12 @@ def create_app(settings: Settings | None = None) -> Flask:
             metrics.observe_request(route, request.method, response.status_code, seconds)
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
+
+    @app.teardown_request
+    def _teardown(_exc):
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            REQUEST_ID.reset(token)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -209,6 +223,14 @@ def _authorized(settings: Settings) -> bool:
     ok_user = hmac.compare_digest(user.encode(), (settings.basic_auth_user or "").encode())
     ok_pass = hmac.compare_digest(password.encode(), (settings.basic_auth_pass or "").encode())
     return ok_user and ok_pass
+
+
+def _request_id(header: str | None) -> str:
+    """The request's id: the X-Request-Id header when it is a plain token, else a fresh one (an id goes into every
+    log line, so a header carrying anything else is not trusted)."""
+    if header and _REQUEST_ID_FORMAT.fullmatch(header):
+        return header
+    return uuid.uuid4().hex[:12]
 
 
 def _refuse_constant(name: str):

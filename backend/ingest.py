@@ -35,6 +35,7 @@ import threading
 import redis
 
 from .labeling import CAPTION_WORDS, RECTANGLE_TAGS, ConfigError, ProjectConfig
+from .logs import current_request_id
 from .settings import Settings, get_settings
 from .store import AnnotationInput, RegionInput, Store, Suggestion, _canonical
 
@@ -368,7 +369,8 @@ def enqueue_image_fetch(connection: redis.Redis, settings: Settings, image_ref: 
     try:
         queue.enqueue_call(IMAGE_JOB, args=(image_ref, task_id), job_id=job_id, unique=True,
                            timeout=max(60, int(settings.fetch_timeout * 6)), result_ttl=0, failure_ttl=300,
-                           description=f"cache the image of task {task_id}")
+                           description=f"cache the image of task {task_id}",
+                           meta={"request_id": current_request_id()})
     except DuplicateJobError:
         return None
     return job_id

@@ -159,7 +159,8 @@ def submit(queue: Queue, payloads: list[dict], settings: Settings) -> list[Job]:
     wait = max(1, math.ceil(settings.predict_timeout))
     data = [Queue.prepare_data(JOB_FUNCTION, args=(p,), job_id=f"rs-{uuid.uuid4().hex}", timeout=settings.job_timeout,
                                ttl=wait + 5, result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
-                               description=f"describe task {p.get('task_id')}") for p in payloads]
+                               description=f"describe task {p.get('task_id')}",
+                               meta={"request_id": p.get("request_id")}) for p in payloads]
     return queue.enqueue_many(data)
 
 

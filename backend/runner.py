@@ -1,11 +1,13 @@
 """`make run`: everything on one machine, in the foreground: a private Redis (when REDIS_URL is unset), an
 inference worker (which also caches annotated images: the ingest queue), a training worker (feedback runs never
 block predictions) and the web server. Prints the URL to paste into Label Studio; Ctrl-C or SIGTERM stops them all,
-web first, Redis last.
+web first, Redis last. Its own messages are log lines (backend.logs, LOG_FORMAT), and the children log in the same
+format.
 """
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -16,7 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .logs import configure_logging
 from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = """redis-server was not found, and REDIS_URL is not set.
 Either point REDIS_URL at a Redis (redis://host:6379/0), or install a server:
@@ -83,7 +88,7 @@ def _stop(process: subprocess.Popen | None, name: str, timeout: float = 10.0) ->
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        print(f"regionscribe: {name} did not stop in {timeout:g} s, killing it", file=sys.stderr)
+        log.warning("%s did not stop in %g s, killing it", name, timeout)
         process.kill()
         process.wait(5)
 
@@ -111,7 +116,9 @@ def wait_ready(url: str, processes, timeout: float, workers: int = 1, should_sto
 def run_all(settings: Settings | None = None) -> int:
     """Start Redis (if needed), one worker and the web server; block until Ctrl-C/SIGTERM or a child dies."""
     settings = settings or get_settings()
+    configure_logging(settings)
     env = dict(os.environ)
+    env.update(LOG_FORMAT=settings.log_format, LOG_LEVEL=settings.log_level)  # the children log as this one does
     redis_process = None
     children: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -154,17 +161,17 @@ Turn on "Interactive preannotations" there. A Label Studio on the same machine r
 with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false. Ctrl-C stops everything.
 """, flush=True)
         elif not stopping:
-            print("regionscribe: the backend did not become healthy; see the messages above", file=sys.stderr)
+            log.error("the backend did not become healthy; see the messages above")
             stopping = True
         while not stopping:
             dead = [name for name, p in children.items() if p.poll() is not None]
             if dead or (redis_process is not None and redis_process.poll() is not None):
-                print(f"regionscribe: {', '.join(dead) or 'redis'} exited; stopping", file=sys.stderr)
+                log.error("%s exited; stopping", ", ".join(dead) or "redis")
                 return 1
             time.sleep(0.5)
         return 0
     finally:
-        print("regionscribe: stopping", file=sys.stderr)
+        log.info("stopping")
         _stop(children.get("web"), "web server")
         _stop(children.get("worker"), "worker", timeout=max(10.0, settings.job_timeout / 4))
         _stop(children.get("trainer"), "training worker")

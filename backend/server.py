@@ -2,12 +2,39 @@
 
 No `--preload` and no model in the web processes: they only talk to Redis, so forking them is safe (CUDA never
 starts in a forked process; the model lives in the workers).
+
+Logging (backend.logs): the app's lines go through the root logger in LOG_FORMAT. With LOG_FORMAT=json, gunicorn's
+own error and access lines are JSON objects too, and each access line carries the request id the app answered with
+(X-Request-Id); with "text", gunicorn keeps its usual formats.
 """
 from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
+from .logs import configure_logging, make_formatter, request_context
 from .settings import Settings, get_settings
+
+
+def _json_logger_class(settings: Settings) -> type[Logger]:
+    formatter = make_formatter(settings)
+
+    class JsonGunicornLogger(Logger):
+        """gunicorn's logger, its lines formatted by backend.logs; access lines with the answer's request id."""
+
+        def setup(self, cfg):
+            super().setup(cfg)
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(formatter)
+
+        def access(self, resp, req, environ, request_time):
+            headers = getattr(resp, "headers", None) or []
+            request_id = next((v for k, v in headers if str(k).lower() == "x-request-id"), None)
+            with request_context(request_id):
+                super().access(resp, req, environ, request_time)
+
+    return JsonGunicornLogger
 
 
 class _Gunicorn(BaseApplication):
@@ -31,6 +58,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
           settings: Settings | None = None, threads: int | None = None) -> None:
     """Run the web server in the foreground until SIGINT/SIGTERM."""
     settings = settings or get_settings()
+    configure_logging(settings)  # the app's lines (forked gunicorn workers inherit the handler)
     options = {
         "bind": f"{host or settings.host}:{port or settings.port}",
         "workers": workers or settings.web_workers,
@@ -44,5 +72,6 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "proc_name": "regionscribe-web",
+        "logger_class": _json_logger_class(settings) if settings.log_format == "json" else None,
     }
     _Gunicorn(options, settings).run()

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 # MODEL_DIR value that makes workers build an untrained tiny model (`RegionDescriber.from_config("tiny", seed=0)`)
 # instead of loading a checkpoint: fast, well-formed gibberish. Meant for tests and smoke runs.
 TINY_UNTRAINED = "tiny-untrained"
+LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values (backend.logs)
 
 
 def _bool(value: str) -> bool:
@@ -80,6 +81,7 @@ class Settings:
     multiple_choice_threshold: float = 0.3  # MULTIPLE_CHOICE_THRESHOLD: choice="multiple" gets every value at least this probable (and the top one)
     relation_threshold: float = 0.5  # RELATION_THRESHOLD: <Relations> labels at least this probable are sent
     log_level: str = "INFO"  # LOG_LEVEL: Python logging level for the web server, worker and runner
+    log_format: str = "text"  # LOG_FORMAT: "text" (one readable line per record) or "json" (one JSON object per line, with the request id; backend.logs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -99,6 +101,8 @@ class Settings:
             try:
                 if f.name == "allowed_hosts":
                     kwargs[f.name] = _list(raw)
+                elif f.name == "log_format":
+                    kwargs[f.name] = raw.strip().lower()
                 elif isinstance(default, bool):
                     kwargs[f.name] = _bool(raw)
                 elif isinstance(default, int):
@@ -109,6 +113,8 @@ class Settings:
                     kwargs[f.name] = raw
             except ValueError:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+        if kwargs.get("log_format", "text") not in LOG_FORMATS:
+            raise ValueError(f"LOG_FORMAT={get('LOG_FORMAT')!r}: use one of {', '.join(LOG_FORMATS)}")
         # Label Studio's own tools also accept these names
         if "label_studio_url" not in kwargs and get("LABEL_STUDIO_HOST"):
             kwargs["label_studio_url"] = get("LABEL_STUDIO_HOST")

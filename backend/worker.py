@@ -19,6 +19,9 @@ missing heartbeat (4 × WORKER_HEARTBEAT), answers that task with an error and r
 (FailedJobRegistry) at once. Without a waiting request, rq 3's own maintenance (`StartedJobRegistry.cleanup`, run by
 any live worker at start and then every `maintenance_interval`) does the same, but only once the job's execution
 entry expires: job timeout + 60 s for a SimpleWorker.
+
+Logging is set up by backend.logs (LOG_FORMAT, LOG_LEVEL); every line written while a job runs, rq's own included,
+carries the request id of the web request that queued it (`job.meta["request_id"]`).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import redis
 
 from .images import ImageFetcher
+from .logs import configure_logging, request_context
 from .metrics import Metrics
 from .settings import TINY_UNTRAINED, Settings, get_settings, redacted_url
 
@@ -187,18 +191,37 @@ def _sweep_training(settings: Settings, connection: redis.Redis) -> None:
         log.info("training runs enqueued at start: %s", enqueued)
 
 
+def job_request_id(job) -> str | None:
+    """The request id a job carries (set by the web request that queued it), if any."""
+    value = (job.meta or {}).get("request_id")
+    return str(value) if value else None
+
+
+def _job_worker_class():
+    from rq import SimpleWorker
+
+    class JobWorker(SimpleWorker):
+        """rq's non-forking worker, with each job's request id on every line logged while the job runs."""
+
+        def execute_job(self, job, queue):
+            with request_context(job_request_id(job)):
+                return super().execute_job(job, queue)
+
+    return JobWorker
+
+
 def run_worker(queues: list[str] | None = None, burst: bool = False, settings: Settings | None = None,
                name: str | None = None, max_jobs: int | None = None) -> bool:
     """Serve describe jobs until stopped (SIGINT/SIGTERM finish the current job, then exit). Returns whether any job
     was processed. `burst=True` stops when the queues are empty."""
     global _STATE
-    from rq import Queue, SimpleWorker
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
     settings = settings or get_settings()
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: point it at the Redis the web server uses (redis://host:6379/0)")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     connection = redis_connection(settings.redis_url)
     connection.ping()
     name = name or f"regionscribe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -224,8 +247,8 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
             _sweep_training(settings, connection)
         heartbeat.beat()
         rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in queue_names]
-        worker = SimpleWorker(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
-                              worker_ttl=60, maintenance_interval=60)
+        worker = _job_worker_class()(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
+                                     worker_ttl=60, maintenance_interval=60)
         log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], redacted_url(settings.redis_url))
         return worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
     finally:
