@@ -254,7 +254,7 @@ def _json_body() -> dict:
         data = json.loads(request.get_data(cache=True), parse_constant=_refuse_constant, parse_float=_finite_float)
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on an unpaired surrogate
     except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
-        raise BadRequest(f"the body is not valid JSON: {type(exc).__name__}") from None
+        raise BadRequest(f"the body must be a JSON object; it is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
