@@ -2,7 +2,6 @@
 model), a loopback HTTP server that plays image host and Label Studio, and real images written with PIL."""
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -17,27 +16,15 @@ from PIL import Image
 
 
 from backend.settings import Settings
+from tests.builders import exif_rotated_jpeg, fake_jwt, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "labeling_configs"
 LEGACY_TOKEN = "legacy-token-0123456789"
 
 
-def fake_jwt(claims: dict) -> str:
-    def part(obj):
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
-
-
 PAT = fake_jwt({"token_type": "refresh", "exp": 4102444800, "user_id": 1})
 ACCESS = fake_jwt({"token_type": "access", "exp": 4102444800, "user_id": 1})
-
-
-def png_bytes(size=(64, 48), color=(255, 0, 0), mode="RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def scene_png(size=(96, 64)) -> bytes:
@@ -51,16 +38,6 @@ def scene_png(size=(96, 64)) -> bytes:
             image.putpixel((x, y), (20, 20, 220))
     buf = io.BytesIO()
     image.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def exif_rotated_jpeg(size=(80, 40), orientation=6) -> bytes:
-    """A landscape JPEG whose EXIF says 'rotate 90° clockwise to display' (displayed size: portrait)."""
-    image = Image.new("RGB", size, (0, 128, 0))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", exif=exif.tobytes())
     return buf.getvalue()
 
 

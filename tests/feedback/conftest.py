@@ -3,7 +3,6 @@ a private redis-server, a fake Label Studio serving uploads, the Flask app behin
 regionscribe workers as subprocesses. Payloads are built the way Label Studio 1.23 sends them."""
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
 from backend.runner import find_redis_server, free_port, start_redis
 from backend.settings import Settings
 from backend.store import Store
+from tests.builders import exif_rotated_jpeg, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "feedback-legacy-token-0123"
@@ -39,18 +38,10 @@ def new_id() -> int:
 
 
 def png(size=(64, 48), color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes(size, color)
 
 
-def exif_jpeg(size=(80, 40), orientation=6) -> bytes:
-    image = Image.new("RGB", size, (0, 128, 0))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", exif=exif.tobytes())
-    return buf.getvalue()
+exif_jpeg = exif_rotated_jpeg
 
 
 # ----------------------------------------------------------------------------------- Label Studio payloads

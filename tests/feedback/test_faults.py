@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,6 @@ from rq.serializers import JSONSerializer
 
 from backend.ingest import handle_event
 from backend.policy import JOB_KEY, Policy
-from backend.runner import free_port
 from backend.store import Store
 from backend.worker import is_alive
 

@@ -1,25 +1,18 @@
-import json
-
 from backend.reporting import format_table, version_rows, write_report
 from backend.settings import Settings
 from model.registry import Registry
-
-
-def _checkpoint(path, version):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "regionscribe", "metadata": {"version": version}}))
-    (path / "model.safetensors").write_bytes(b"x")
+from tests.builders import fake_checkpoint
 
 
 def test_versions_and_report(tmp_path):
     base = tmp_path / "base"
-    _checkpoint(base, "base-1")
+    fake_checkpoint(base, "base-1")
     settings = Settings(data_dir=str(tmp_path / "data"), model_dir=str(base))
     assert [r["version"] for r in version_rows(settings)] == ["base-1"]  # nothing promoted yet: the base serves
     registry = Registry(settings.registry_path, base=base)
     for name, accepted, score in (("v2", True, 91.5), ("v3", False, 80.0)):
         staged = registry.staging_dir()
-        _checkpoint(staged, name)
+        fake_checkpoint(staged, name)
         registry.publish(staged, name, accepted, {"parent": "base-1", "regions": 40, "base_drop": 0.5,
                                                   "scores": {"candidate": {"base_score": score,
                                                                            "heldout_score": 70.0}}})

@@ -1,28 +1,21 @@
-import json
-
 import pytest
 
 from model.registry import Registry
-
-
-def _fake_checkpoint(path, version):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "regionscribe", "metadata": {"version": version}}))
-    (path / "model.safetensors").write_bytes(b"x")
+from tests.builders import fake_checkpoint
 
 
 def test_base_is_current_until_a_version_is_accepted(tmp_path):
     base = tmp_path / "base"
-    _fake_checkpoint(base, "base-1")
+    fake_checkpoint(base, "base-1")
     reg = Registry(tmp_path / "reg", base=base)
     assert reg.current().version == "base-1" and reg.current().path == base
     staged = reg.staging_dir()
-    _fake_checkpoint(staged, "v2")
+    fake_checkpoint(staged, "v2")
     reg.publish(staged, "v2", accepted=False, manifest={"metrics": {"a": 1}})
     assert reg.current().version == "base-1"
     assert reg.get("v2").status == "rejected" and reg.get("v2").manifest["metrics"] == {"a": 1}
     staged = reg.staging_dir()
-    _fake_checkpoint(staged, "v3")
+    fake_checkpoint(staged, "v3")
     reg.publish(staged, "v3", accepted=True, manifest={"parent": "base-1"})
     assert reg.current().version == "v3" and reg.current().manifest["parent"] == "base-1"
     assert [v.version for v in reg.versions()] == ["v2", "v3"]
@@ -32,7 +25,7 @@ def test_base_is_current_until_a_version_is_accepted(tmp_path):
 
 def test_half_written_versions_are_never_current(tmp_path):
     base = tmp_path / "base"
-    _fake_checkpoint(base, "base-1")
+    fake_checkpoint(base, "base-1")
     reg = Registry(tmp_path / "reg", base=base)
     staged = reg.staging_dir()  # a crash mid-training leaves only a staging folder
     (staged / "model.safetensors").write_bytes(b"partial")
@@ -49,7 +42,7 @@ def test_publishing_twice_refused(tmp_path):
     reg = Registry(tmp_path / "reg", base=tmp_path)
     for _ in range(2):
         staged = reg.staging_dir()
-        _fake_checkpoint(staged, "v1")
+        fake_checkpoint(staged, "v1")
         if (reg.root / "versions" / "v1").exists():
             with pytest.raises(FileExistsError):
                 reg.publish(staged, "v1", accepted=True, manifest={})

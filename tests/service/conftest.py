@@ -1,10 +1,8 @@
 """Fixtures for the service tests: a private redis-server, a fake Label Studio (health, whoami, personal access token
 exchange) on loopback, an untrained tiny checkpoint on disk, scene images, and inference workers (tests/conftest.py's
-WorkerProcess). The pattern is tests/backend/conftest.py's; what is needed is copied here so that the two folders
-stay independent."""
+WorkerProcess). Images and tokens come from tests/builders.py, as in every folder."""
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -15,16 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.builders import fake_jwt
+
 
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY_TOKEN = "legacy-token-0123456789abcdef"
-
-
-def fake_jwt(claims: dict) -> str:
-    def part(obj):
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
 PAT = fake_jwt({"token_type": "refresh", "exp": 4102444800, "user_id": 1, "jti": "pat-ok"})
