@@ -34,6 +34,8 @@ import threading
 
 import redis
 
+from model.files import write_atomic
+
 from .labeling import CAPTION_WORDS, RECTANGLE_TAGS, ConfigError, ProjectConfig
 from .logs import current_request_id
 from .settings import Settings, get_settings
@@ -539,12 +541,7 @@ def cache_image(store: Store, fetcher, image_ref: str, task_id, max_pixels: int)
     store.images_dir.mkdir(parents=True, exist_ok=True)
     path = store.images_dir / f"{sha}.{ext}"
     if not path.is_file():
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     filled = store.set_image(image_ref, sha, ext, width, height, len(data))
     return {"sha256": sha, "path": str(path), "width": width, "height": height, "records": filled, "cached": False}
 

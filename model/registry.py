@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model.describer import DEFAULT_CHECKPOINT, checkpoint_version
+from model.files import fsync_dir, write_atomic
 
 
 @dataclass
@@ -80,10 +81,10 @@ class Registry:
             raise FileExistsError(f"version {version!r} already exists in {self.root}")
         doc = {**manifest, "version": version, "status": "accepted" if accepted else "rejected",
                "created": time.time()}
-        _write_atomic(staged / "manifest.json", json.dumps(doc, indent=2, default=str) + "\n")
-        _fsync_dir(staged)
+        write_atomic(staged / "manifest.json", json.dumps(doc, indent=2, default=str) + "\n")
+        fsync_dir(staged)
         os.replace(staged, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if accepted:
             self.set_current(version)
         return Version(version, target, doc)
@@ -92,26 +93,9 @@ class Registry:
         """Point `current` at an existing version (also how an operator rolls back)."""
         if not (self.root / "versions" / version / "config.json").is_file():
             raise KeyError(f"no complete version {version!r} in {self.root}")
-        _write_atomic(self.root / "current", version + "\n")
+        write_atomic(self.root / "current", version + "\n")
 
     def discard_staging(self) -> None:
         """Remove staging folders left by runs that crashed."""
         for path in self.root.glob(".staging-*"):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
