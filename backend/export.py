@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .settings import redacted_url
-from .store import Store, _Cursorish, parse_time_us
+from .store import Store, parse_time_us
 
 FORMATS = ("conversations", "vg", "coco", "hf")
 SPLITS = ("train", "val", "test")
@@ -259,55 +259,10 @@ def _where(filters: ExportFilters) -> tuple[str, list]:
 
 @contextmanager
 def _selection(store: Store, filters: ExportFilters, chunk_size: int) -> Iterator[tuple[dict, int, Iterator[dict]]]:
-    """(store state, number of rows, the rows ordered by image) from one read-only transaction: every query sees the
-    same snapshot. PostgreSQL: REPEATABLE READ READ ONLY and a server-side (named) cursor fetched `chunk_size` rows
-    at a time; SQLite (WAL): a deferred read transaction and a stepped statement (rows are produced as fetched)."""
+    """The filtered regions from one consistent read of the store (Store.read_regions), ordered by image."""
     where, params = _where(filters)
-    base = f"FROM regions r LEFT JOIN images i ON i.image_key = r.image_key WHERE {where}"
-    select = (f"SELECT r.*, i.ext AS image_ext {base} "
-              "ORDER BY COALESCE(r.image_sha256, r.image_key), r.annotation_id, r.region_id")
-    state_sql = "SELECT project_id, change_seq FROM projects"
-    state_params: list = []
-    if filters.projects:
-        state_sql += f" WHERE project_id IN ({', '.join('?' * len(filters.projects))})"
-        state_params = [int(p) for p in filters.projects]
-    state_sql += " ORDER BY project_id"
-
-    def state(tx: _Cursorish) -> dict:
-        return {"schema_version": tx.scalar("SELECT MAX(version) FROM schema_version"),
-                "projects": {str(row["project_id"]): int(row["change_seq"]) for row in tx.all(state_sql, state_params)}}
-
-    def rows(cur) -> Iterator[dict]:
-        names = None
-        while True:
-            batch = cur.fetchmany(chunk_size)
-            if not batch:
-                return
-            if names is None:
-                names = [d[0] for d in cur.description]
-            for row in batch:
-                yield dict(zip(names, row))
-
-    with store._connection() as conn:
-        tx = _Cursorish(conn, store.dialect)
-        if store.dialect == "sqlite":
-            conn.execute("BEGIN")
-            try:
-                info = state(tx)
-                total = int(tx.scalar(f"SELECT COUNT(*) {base}", params) or 0)
-                yield info, total, rows(conn.execute(select, params))
-            finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")  # read only: nothing to keep
-            return
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            info = state(tx)
-            total = int(tx.scalar(f"SELECT COUNT(*) {base}", params) or 0)
-            with conn.cursor(name=f"regionscribe_export_{uuid.uuid4().hex[:8]}") as cur:
-                cur.itersize = chunk_size
-                cur.execute(tx._sql(select), tuple(params))
-                yield info, total, rows(cur)
+    with store.read_regions(where, params, [int(p) for p in filters.projects or []], chunk_size) as selection:
+        yield selection
 
 
 # ------------------------------------------------------------------------------------------ images, regions
@@ -898,7 +853,7 @@ class _Collector:
         first = None
         for row in rows:
             self.read += 1
-            rec = self.store._record(row)
+            rec = self.store.record_from_row(row)
             if not self._wanted(rec):
                 continue
             box = tuple(float(v) for v in rec.pixel_box)

@@ -43,6 +43,7 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -904,7 +905,62 @@ class Store:
             where.append("r.was_cancelled = 0 AND r.has_content = 1")
         sql = ("SELECT r.*, i.ext AS image_ext FROM regions r LEFT JOIN images i ON i.image_key = r.image_key "
                + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY r.annotation_id, r.region_id")
-        return [self._record(row) for row in self._run(lambda tx: tx.all(sql, params), write=False)]
+        return [self.record_from_row(row) for row in self._run(lambda tx: tx.all(sql, params), write=False)]
+
+    @contextmanager
+    def read_regions(self, where: str, params: list, projects: list[int], chunk_size: int = 1000,
+                     ) -> Iterator[tuple[dict, int, Iterator[dict]]]:
+        """(store state, number of rows, the rows) of `SELECT r.*, i.ext AS image_ext FROM regions r LEFT JOIN
+        images i ... WHERE <where>` ordered by image, annotation and region, from one read-only transaction: every
+        query sees the same snapshot, and the rows stream (turn one into a RegionRecord with `record_from_row`).
+        The state is the schema version and the change counter of `projects` (every project when empty).
+
+        PostgreSQL: REPEATABLE READ READ ONLY and a server-side (named) cursor fetched `chunk_size` rows at a time;
+        SQLite (WAL): a deferred read transaction and a stepped statement (rows are produced as fetched)."""
+        base = f"FROM regions r LEFT JOIN images i ON i.image_key = r.image_key WHERE {where}"
+        select = (f"SELECT r.*, i.ext AS image_ext {base} "
+                  "ORDER BY COALESCE(r.image_sha256, r.image_key), r.annotation_id, r.region_id")
+        state_sql = "SELECT project_id, change_seq FROM projects"
+        if projects:
+            state_sql += f" WHERE project_id IN ({', '.join('?' * len(projects))})"
+        state_sql += " ORDER BY project_id"
+
+        def state(tx: _Cursorish) -> dict:
+            return {"schema_version": tx.scalar("SELECT MAX(version) FROM schema_version"),
+                    "projects": {str(row["project_id"]): int(row["change_seq"])
+                                 for row in tx.all(state_sql, list(projects))}}
+
+        def rows(cur) -> Iterator[dict]:
+            names = None
+            while True:
+                batch = cur.fetchmany(chunk_size)
+                if not batch:
+                    return
+                if names is None:
+                    names = [d[0] for d in cur.description]
+                for row in batch:
+                    yield dict(zip(names, row))
+
+        with self._connection() as conn:
+            tx = _Cursorish(conn, self.dialect)
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN")
+                try:
+                    info = state(tx)
+                    total = int(tx.scalar(f"SELECT COUNT(*) {base}", params) or 0)
+                    yield info, total, rows(conn.execute(select, params))
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")  # read only: nothing to keep
+                return
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                info = state(tx)
+                total = int(tx.scalar(f"SELECT COUNT(*) {base}", params) or 0)
+                with conn.cursor(name=f"regionscribe_read_{uuid.uuid4().hex[:8]}") as cur:
+                    cur.itersize = chunk_size
+                    cur.execute(tx._sql(select), tuple(params))
+                    yield info, total, rows(cur)
 
     def snapshot(self, project_id: int) -> Snapshot:
         """Every live trainable region of the project (not deleted, not cancelled, with a caption, detailed caption,
@@ -927,7 +983,7 @@ class Store:
                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (project_id, snapshot_id) DO UPDATE SET "
                        "max_seq = excluded.max_seq, created_at = excluded.created_at",
                        (pid, snapshot_id, max_seq, len(rows), time.time()))
-            return Snapshot(id=snapshot_id, records=[self._record(row) for row in rows])
+            return Snapshot(id=snapshot_id, records=[self.record_from_row(row) for row in rows])
 
         return self._run(read)
 
@@ -1103,7 +1159,7 @@ class Store:
 
     # --------------------------------------------------------------------------------------------- records
 
-    def _record(self, row: dict) -> RegionRecord:
+    def record_from_row(self, row: dict) -> RegionRecord:
         box = None
         if row["px_x1"] is not None:
             box = (float(row["px_x1"]), float(row["px_y1"]), float(row["px_x2"]), float(row["px_y2"]))
