@@ -4,9 +4,7 @@ regionscribe workers as subprocesses. Payloads are built the way Label Studio 1.
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,12 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import redis
 
-from backend.runner import find_redis_server, free_port, start_redis
+from backend.runner import find_redis_server, free_port
 from backend.settings import Settings
 from backend.store import Store
 from tests.builders import exif_rotated_jpeg, png_bytes
+from tests.processes import GroupProcess, RestartableRedis, WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "feedback-legacy-token-0123"
@@ -186,26 +184,6 @@ def store(store_url, tmp_path):
     s.close()
 
 
-class RestartableRedis:
-    """A private redis-server this test may stop and start again on the same port."""
-
-    def __init__(self, workdir: str):
-        self.binary = find_redis_server()
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self) -> None:
-        self.process, url = start_redis(self.binary, port=self.port, workdir=self.workdir)
-        assert url == self.url
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-
 @pytest.fixture
 def own_redis(tmp_path):
     if find_redis_server() is None:
@@ -287,51 +265,17 @@ def env_for(settings: Settings) -> dict:
     return env
 
 
-class Worker:
+def Worker(settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None) -> WorkerProcess:
     """`regionscribe worker --queue <queues>` as a subprocess (burst: exits when the queues are empty)."""
-
-    def __init__(self, settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None):
-        self.name = f"feedback-{uuid.uuid4().hex[:8]}"
-        code = (f"from backend.worker import run_worker; "
-                f"run_worker(queues={queues!r}, burst={burst!r}, name={self.name!r})")
-        self.process = subprocess.Popen([sys.executable, "-c", code], env={**env_for(settings), **(env or {})},
-                                        cwd=ROOT, start_new_session=True)
-
-    def wait_ready(self, client: redis.Redis, timeout: float = 30.0) -> "Worker":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
-            raw = client.get(f"regionscribe:workers:{self.name}")
-            if raw and json.loads(raw).get("state") == "ready":
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"worker {self.name} not ready in {timeout} s")
-
-    def wait(self, timeout: float = 60.0) -> int:
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, as the OOM killer does: no cleanup, no callbacks."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+    return WorkerProcess({**env_for(settings), **(env or {})}, f"feedback-{uuid.uuid4().hex[:8]}", queues=queues,
+                         burst=burst)
 
 
 @pytest.fixture
 def spawn_worker():
-    started: list[Worker] = []
+    started: list[WorkerProcess] = []
 
-    def spawn(settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None) -> Worker:
+    def spawn(settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None) -> WorkerProcess:
         worker = Worker(settings, queues, burst=burst, env=env)
         started.append(worker)
         return worker
@@ -341,7 +285,7 @@ def spawn_worker():
         worker.stop()
 
 
-class Backend:
+class Backend(GroupProcess):
     """`regionscribe serve` (gunicorn: one worker process with threads) as a subprocess in its own process group, so
     it can be killed with -9 like a crashed host would. Its output goes to <DATA_DIR>/backend-<port>.log."""
 
@@ -372,19 +316,8 @@ class Backend:
             time.sleep(0.1)
         raise TimeoutError(f"the backend did not answer /health in {timeout} s")
 
-    def kill(self) -> None:
-        """kill -9 of the gunicorn master and its worker."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().stop(timeout=15)
 
 
 @pytest.fixture

@@ -3,51 +3,23 @@
 back, without restarting the app, and without a failed request when Redis restarts between two requests."""
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from backend.app import create_app
-from backend.runner import find_redis_server, free_port, start_redis
 from backend.settings import Settings
+from tests.processes import RestartableRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 XML = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 LIMIT = 1.0  # Label Studio's timeout for GET /health, in seconds
 
 
-class PrivateRedis:
-    """A redis-server on a fixed free port that a test may kill, freeze and start again."""
-
-    def __init__(self, workdir: str):
-        self.binary = find_redis_server()
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process, url = start_redis(self.binary, port=self.port, workdir=self.workdir)
-        assert url == self.url
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-    def freeze(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-
 @pytest.fixture
 def private_redis(tmp_path):
-    server = PrivateRedis(str(tmp_path))
+    server = RestartableRedis(str(tmp_path))
     server.start()
     yield server
     if server.process.poll() is None:
