@@ -93,7 +93,11 @@ class RegionScribeModel(nn.Module):
         self.projector = nn.Linear(vh, lh)
         self.region_encoder = RegionEncoder(
             vh, lh, config.image_size, config.num_levels, config.fuse_channels, config.num_fuse, config.gn_groups,
-            config.roi_output, config.roi_sampling_ratio, config.region_hidden, config.position_hidden)
+            config.roi_output, config.roi_sampling_ratio, config.region_hidden, config.position_hidden,
+            config.position_encoding)
+        if config.match_embedding_scale:
+            words = self.lm.get_input_embeddings().weight.detach().float()
+            self.region_scale = nn.Parameter(words.pow(2).mean().sqrt().reshape(()))
         if config.frozen_vision():
             self.vision.requires_grad_(False)
 
@@ -137,7 +141,11 @@ class RegionScribeModel(nn.Module):
         """Per image, normalised [N_i, 4] boxes -> [N_i, lm_hidden] region tokens."""
         if not self.uses_region_features:  # coordinates-as-text baseline: boxes are in the text, no region tokens
             return [b.new_zeros(0, self.lm.config.hidden_size) for b in boxes]
-        return self.region_encoder(features.levels, boxes)
+        tokens = self.region_encoder(features.levels, boxes)
+        if self.config.match_embedding_scale:  # RMS-normalised, then at the word embeddings' scale
+            tokens = [t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * self.region_scale.to(t.dtype)
+                      for t in tokens]
+        return tokens
 
     # --------------------------------------------------------------------------------------------- text side
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None,
@@ -205,7 +213,7 @@ class RegionScribeModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> "RegionScribeModel":
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PretrainedConfig
 
         path = Path(path)
         if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
@@ -214,7 +222,8 @@ class RegionScribeModel(nn.Module):
         if doc.get("model_type") != "regionscribe":
             raise ValueError(f"{path / CONFIG} is not a regionscribe config")
         config = ModelConfig.from_dict(doc["model"])
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        # an empty config: AutoTokenizer would otherwise read our config.json and warn about model type regionscribe
+        tokenizer = AutoTokenizer.from_pretrained(str(path), config=PretrainedConfig())
         vision = build_vision(config, saved=doc["vision"])
         lm = build_lm(config, len(tokenizer), saved=doc["lm"])
         model = cls(config, tokenizer, vision=vision, lm=lm)

@@ -6,8 +6,16 @@
          (keep C/2, take C/4 from the next coarser and C/4 from the next finer level) with 3x3 conv + GN + ReLU
       -> torchvision.ops.roi_align on EVERY level (aligned=True, fp32), not MultiScaleRoIAlign's one level per box
       -> per-level 3x3 conv, sum, ReLU, flatten, Linear
-      -> + MLP of the normalised box (PVIT's position term)
+      -> + MLP of sinusoidal features of the normalised box, LayerNorm (PVIT's position term)
+         (`position_encoding="coordinates"`: an MLP of the four raw coordinates, as tiny-default-v1 has)
       -> Linear to the LM width: one token per box.
+
+Why the position term is sinusoidal: with an MLP of the four raw coordinates (`position_encoding="coordinates"`, the
+embedded default tiny-default-v1), the LM never learned where a region is: its detailed captions said "in the top of
+the image" for every box, even teacher-forced, and left/right and above/below stayed at exactly 50%, although a
+linear probe reads the box centre from the token (R^2 0.99). With sinusoidal features (as in DETR's box encodings)
+a short exploratory run (300 + 900 steps, 128 px input, appearance LayerNorm) already put "bottom" and "center" in
+its teacher-forced captions. The presets use it; a default trained with it is not measured yet.
 """
 from __future__ import annotations
 
@@ -78,10 +86,23 @@ class LevelFuse(nn.Module):
         return feats
 
 
+BOX_FREQUENCIES = 6
+
+
+def box_features(boxes: torch.Tensor, n_freqs: int = BOX_FREQUENCIES) -> torch.Tensor:
+    """[N, 4] normalised xyxy -> [N, 8 + 16 * n_freqs]: x0, y0, x1, y1, cx, cy, w, h, then sin and cos of each at
+    frequencies pi/2 * 2^k (k = 0 gives a monotonic code over [0, 1], the higher ones finer ones)."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    coords = torch.stack([x0, y0, x1, y1, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+    freqs = (torch.pi / 2) * 2.0 ** torch.arange(n_freqs, device=boxes.device, dtype=boxes.dtype)
+    angles = (coords[..., None] * freqs).flatten(-2)
+    return torch.cat([coords, angles.sin(), angles.cos()], -1)
+
+
 class RegionEncoder(nn.Module):
     def __init__(self, vision_hidden: int, lm_hidden: int, image_size: int, num_levels: int, fuse_channels: int,
                  num_fuse: int, gn_groups: int, roi_output: int, roi_sampling_ratio: int, region_hidden: int,
-                 position_hidden: int):
+                 position_hidden: int, position_encoding: str = "sinusoidal"):
         super().__init__()
         self.image_size = image_size
         self.roi_output = roi_output
@@ -91,10 +112,19 @@ class RegionEncoder(nn.Module):
         self.level_convs = nn.ModuleList(nn.Conv2d(fuse_channels, fuse_channels, 3, padding=1)
                                          for _ in range(num_levels))
         self.flatten_linear = nn.Linear(fuse_channels * roi_output * roi_output, region_hidden)
-        self.position = nn.Sequential(
-            nn.Linear(4, position_hidden), nn.ReLU(), nn.LayerNorm(position_hidden),
-            nn.Linear(position_hidden, region_hidden), nn.ReLU(), nn.LayerNorm(region_hidden),
-        )
+        self.position_encoding = position_encoding
+        if position_encoding == "sinusoidal":
+            self.position = nn.Sequential(
+                nn.Linear(8 + 16 * BOX_FREQUENCIES, position_hidden), nn.GELU(),
+                nn.Linear(position_hidden, region_hidden), nn.LayerNorm(region_hidden),
+            )
+        elif position_encoding == "coordinates":  # the first design, kept so that its checkpoints load
+            self.position = nn.Sequential(
+                nn.Linear(4, position_hidden), nn.ReLU(), nn.LayerNorm(position_hidden),
+                nn.Linear(position_hidden, region_hidden), nn.ReLU(), nn.LayerNorm(region_hidden),
+            )
+        else:
+            raise ValueError(f"unknown position_encoding {position_encoding!r}")
         self.to_lm = nn.Linear(region_hidden, lm_hidden)
 
     def pyramid(self, hidden_levels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -125,5 +155,6 @@ class RegionEncoder(nn.Module):
             return [levels[0].new_zeros(0, self.to_lm.out_features) for _ in boxes]
         pooled = sum(conv(r.to(feat.dtype)) for conv, r, feat in zip(self.level_convs, self.pool(levels, boxes), levels))
         x = self.flatten_linear(F.relu(pooled).flatten(1))
-        x = x + self.position(torch.cat(boxes).to(x.dtype))
+        box = torch.cat(boxes).to(x.dtype)
+        x = x + self.position(box_features(box) if self.position_encoding == "sinusoidal" else box)
         return list(self.to_lm(x).split(counts))

@@ -164,6 +164,8 @@ def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Paramet
         parts.append(model.lm)
     for p in parts:
         p.requires_grad_(True)
+    if model.config.match_embedding_scale:
+        model.region_scale.requires_grad_(True)
     if stage == 2 and model.config.lora:
         for n, p in model.lm.named_parameters():  # peft: only adapters in the LM
             p.requires_grad_("lora_" in n)

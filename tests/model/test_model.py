@@ -128,3 +128,28 @@ def test_switches_build_and_run(tokenizer, overrides):
     loss = m(**batch)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_region_tokens_enter_at_the_word_embeddings_scale(untrained):
+    """Unscaled, region tokens were 170x the words around them and never took in their `regionK` name."""
+    m = untrained
+    assert m.config.match_embedding_scale
+    feats = m.encode_images(pixel_values(_image(), m.config.image_size, m.config.image_mean, m.config.image_std)[None])
+    boxes = torch.tensor(BOXES, dtype=torch.float32) / 128
+    tokens = m.region_tokens(feats, [boxes])[0]
+    words = m.lm.get_input_embeddings().weight
+    rms = tokens.pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, words.pow(2).mean().sqrt().expand_as(rms), rtol=1e-3)
+    raw = m.region_encoder(feats.levels, [boxes])[0]
+    assert torch.allclose(tokens / rms[:, None], raw / raw.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-4)
+
+
+def test_checkpoints_from_before_the_switches_load_as_they_were_trained():
+    from model.config import ModelConfig
+
+    old = tiny().to_dict()
+    del old["match_embedding_scale"], old["position_encoding"]
+    config = ModelConfig.from_dict(old)
+    assert config.match_embedding_scale is False and config.position_encoding == "coordinates"
+    with pytest.raises(ValueError, match="position_encoding"):
+        ModelConfig.from_dict({**old, "position_encoding": "polar"})
