@@ -25,6 +25,10 @@ def _train(args: argparse.Namespace) -> int:
         overrides["region_format"] = "text"
     if args.no_image_tokens:
         overrides["use_image_tokens"] = False
+    if args.position_encoding:
+        overrides["position_encoding"] = args.position_encoding
+    if args.unscaled_region_tokens:
+        overrides["match_embedding_scale"] = False
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     cfg = TrainConfig(
         out=args.out, preset=args.preset, init=args.init, seed=args.seed,
@@ -149,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")
     t.add_argument("--coords-as-text", action="store_true", help="baseline: boxes written as text, no region tokens")
     t.add_argument("--no-image-tokens", action="store_true", help="switch off LLaVA image-level tokens")
+    t.add_argument("--position-encoding", choices=["sinusoidal", "coordinates"], default=None,
+                   help="box features of the region position term (default: the preset's, sinusoidal; "
+                        "tiny-default-v1 was trained with coordinates)")
+    t.add_argument("--unscaled-region-tokens", action="store_true",
+                   help="region tokens as the encoder makes them, not at the word embeddings' scale (tiny-default-v1)")
     t.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     t.add_argument("--version", default=None, help="model_version to record (default: preset + timestamp)")
     t.add_argument("--eval-scenes", type=int, default=0, help="evaluate on this many test scenes afterwards")
