@@ -136,5 +136,6 @@ def configure_logging(settings, stream: TextIO | None = None) -> logging.Handler
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(str(settings.log_level).upper())
+    logging.captureWarnings(False)  # hook again, even if showwarning was replaced since an earlier call hooked it
     logging.captureWarnings(True)
     return handler

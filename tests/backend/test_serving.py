@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from backend.runner import free_port
@@ -82,7 +83,21 @@ def test_run_all_starts_redis_worker_and_web_and_stops_cleanly(tmp_path):
     assert children.stdout.strip() == b"", "the private redis-server outlived run_all"
 
 
-def test_run_all_without_redis_says_how_to_install_it(monkeypatch, capsys):
+@pytest.fixture
+def restore_logging():
+    """run_all configures the root logger (a handler on this test's captured stderr) and the warnings hook."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_run_all_without_redis_says_how_to_install_it(monkeypatch, capsys, restore_logging):
     import backend.runner as runner
     from backend.settings import Settings
 

@@ -55,9 +55,18 @@ def training_jobs(settings, client) -> list:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def forget_announcement(redis_client):
+    """The published version is announced under a global Redis key; the session's other tests must not see it."""
+    from backend.worker import CURRENT_KEY
+
+    yield
+    redis_client.delete(CURRENT_KEY)
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_a_training_worker_killed_mid_run_leaves_the_current_version_and_loses_no_event(
-        make_settings, redis_client, spawn_worker, fake_ls, ls, wait):
+        make_settings, redis_client, spawn_worker, fake_ls, ls, wait, forget_announcement):
     from model.describer import RegionDescriber
     from model.registry import Registry
 
