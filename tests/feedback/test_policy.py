@@ -65,17 +65,22 @@ def test_start_training_enqueues_at_once_and_only_once(make_settings, redis_clie
     assert len(training_jobs(settings, redis_client)) == 1
 
 
+def take_as_worker(settings, redis_client, job_id: str, worker: str) -> None:
+    """What a worker does when it takes a training job: out of the queue, started under its name, its liveness key
+    fresh (deleting that key later is what a SIGKILL amounts to)."""
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    Queue(settings.training_queue, connection=redis_client, serializer=JSONSerializer).remove(job)
+    job.worker_name = worker
+    job.set_status(JobStatus.STARTED)
+    job.save()
+    redis_client.set(f"regionscribe:workers:{worker}", json.dumps({"name": worker}), px=60000)
+
+
 def test_a_running_job_blocks_and_a_dead_worker_frees_the_project(make_settings, redis_client, ls):
     settings = make_settings(retrain_after=1)
     p = ls.new_id()
     job_id = handle_event(settings, one_region(ls, p))["training"]["enqueued"]
-    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
-    # a worker takes it: started, its liveness key fresh
-    Queue(settings.training_queue, connection=redis_client, serializer=JSONSerializer).remove(job)
-    job.worker_name = "feedback-trainer"
-    job.set_status(JobStatus.STARTED)
-    job.save()
-    redis_client.set("regionscribe:workers:feedback-trainer", json.dumps({"name": "feedback-trainer"}), px=60000)
+    take_as_worker(settings, redis_client, job_id, "feedback-trainer")
     policy = Policy(settings, Store.shared(settings), redis_client)
     assert policy.evaluate(p)["active"] == job_id
     # the worker is killed: its liveness key expires; the next evaluation records the run as failed and starts anew
@@ -146,12 +151,7 @@ def test_a_run_whose_worker_died_gives_its_count_back_at_the_next_event(make_set
     for _ in range(2):
         handle_event(settings, one_region(ls, p))
     job_id = handle_event(settings, one_region(ls, p))["training"]["enqueued"]
-    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
-    Queue(settings.training_queue, connection=redis_client, serializer=JSONSerializer).remove(job)
-    job.worker_name = "feedback-doomed"
-    job.set_status(JobStatus.STARTED)
-    job.save()
-    redis_client.set("regionscribe:workers:feedback-doomed", json.dumps({"name": "feedback-doomed"}), px=60000)
+    take_as_worker(settings, redis_client, job_id, "feedback-doomed")
     store = Store.shared(settings)
     store.mark_training_started(p, store.snapshot(p).id, job_id=job_id)  # what the run does first
     during = handle_event(settings, one_region(ls, p))["training"]
