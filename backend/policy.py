@@ -111,10 +111,10 @@ class Policy:
         job = self._fetch(run["job_id"])
         if job is not None and self._running(job, project_id):
             return None
-        if job is not None and job.get_status(refresh=False) == JobStatus.FINISHED:
+        status = None if job is None else job.get_status(refresh=False)
+        if status == JobStatus.FINISHED:
             self.store.training_completed(run["id"], "completed")  # returned without closing its run itself
             return None
-        status = None if job is None else job.get_status(refresh=False)
         reason = "its job is gone from Redis" if job is None else f"its job is {getattr(status, 'value', status)}"
         if self.store.training_failed(project_id, run["job_id"], reason):
             log.warning("training run %s of project %s never completed (%s); its regions count toward the next run",
