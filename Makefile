@@ -30,8 +30,7 @@ e2e: $(STAMP)
 # How the embedded default (model/default/) was produced: see README "The embedded default".
 train-default: $(STAMP)
 	$(VENV)/bin/regionscribe train --out model/default --seed 0 --stage0-steps 400 --stage1-steps 50 \
-		--stage2-steps 2200 --save-dtype float16 --version tiny-default-v1 --eval-scenes 200 \
-		--position-encoding coordinates --unscaled-region-tokens
+		--stage2-steps 2200 --save-dtype float16 --version tiny-default-v1 --eval-scenes 200
 
 eval: $(STAMP)
 	$(VENV)/bin/regionscribe eval --json

@@ -27,8 +27,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["use_image_tokens"] = False
     if args.position_encoding:
         overrides["position_encoding"] = args.position_encoding
-    if args.unscaled_region_tokens:
-        overrides["match_embedding_scale"] = False
+    if args.scaled_region_tokens:
+        overrides["match_embedding_scale"] = True
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     cfg = TrainConfig(
         out=args.out, preset=args.preset, init=args.init, seed=args.seed,
@@ -154,10 +154,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--coords-as-text", action="store_true", help="baseline: boxes written as text, no region tokens")
     t.add_argument("--no-image-tokens", action="store_true", help="switch off LLaVA image-level tokens")
     t.add_argument("--position-encoding", choices=["sinusoidal", "coordinates"], default=None,
-                   help="box features of the region position term (default: the preset's, sinusoidal; "
-                        "tiny-default-v1 was trained with coordinates)")
-    t.add_argument("--unscaled-region-tokens", action="store_true",
-                   help="region tokens as the encoder makes them, not at the word embeddings' scale (tiny-default-v1)")
+                   help="box features of the region position term (default: the preset's, coordinates, as "
+                        "tiny-default-v1; sinusoidal is an alternative, see README)")
+    t.add_argument("--scaled-region-tokens", action="store_true",
+                   help="region tokens RMS-normalised to the word embeddings' scale (an alternative, see README)")
     t.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     t.add_argument("--version", default=None, help="model_version to record (default: preset + timestamp)")
     t.add_argument("--eval-scenes", type=int, default=0, help="evaluate on this many test scenes afterwards")

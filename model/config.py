@@ -38,13 +38,13 @@ class ModelConfig:
     roi_sampling_ratio: int = 2
     region_hidden: int = 256  # width of the flattened-RoI linear (GPT4RoI: 1024)
     position_hidden: int = 64  # hidden width of PVIT-style box position MLP (GPT4RoI: 256)
-    # the box as the position term sees it: "sinusoidal" (coordinates, centre and size with sin/cos at 6 frequencies;
-    # the presets) or "coordinates" (the four raw numbers; checkpoints saved before the switch existed)
+    # the box as the position term sees it: "coordinates" (the four raw numbers; the presets and tiny-default-v1) or
+    # "sinusoidal" (coordinates, centre and size with sin/cos at 6 frequencies; an alternative, measured worse)
     position_encoding: str = "coordinates"
     # Region tokens enter the LM at the RMS of its word embeddings (a learned scale starting there). Unscaled, the tiny
     # preset's tokens were 170x larger than the words around them, so a `<bbox>` position's hidden state stayed its
     # own embedding through every layer and never took in the `regionK` name before it. False: tokens as the encoder
-    # makes them (checkpoints saved before this switch existed).
+    # makes them (the presets and tiny-default-v1; the scaled alternative has not beaten them yet, see README).
     match_embedding_scale: bool = False
     # image-level tokens (LLaVA)
     use_image_tokens: bool = True
@@ -98,8 +98,6 @@ def tiny(**overrides: Any) -> ModelConfig:
         ),
         image_size=112,
         image_token_grid=4,  # 16 image tokens
-        match_embedding_scale=True,
-        position_encoding="sinusoidal",
         system_prompt="A chat about the regions of a picture.",  # short: the tiny LM's cost is per token
         lm_config=dict(
             hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -118,8 +116,7 @@ def real(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
     cfg = ModelConfig(
         preset="real", vision_path=vision_path, lm_path=lm_path, image_size=224, select_layer=-2,
         num_levels=4, layer_stride=3, fuse_channels=256, num_fuse=3, gn_groups=32, roi_output=14,
-        region_hidden=1024, position_hidden=256, max_length=2048, dtype="bfloat16", match_embedding_scale=True,
-        position_encoding="sinusoidal",
+        region_hidden=1024, position_hidden=256, max_length=2048, dtype="bfloat16",
     )
     return dataclasses.replace(cfg, **overrides)
 

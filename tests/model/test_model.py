@@ -69,7 +69,7 @@ def test_ranking_equals_full_sequence_likelihood(untrained):
     for cand in ["red", "dark green"]:
         enc = encode(m.tokenizer, [(IMAGE_PREFIX + q, cand)], m.n_image_tokens, 1, system=m.system)
         ids = torch.tensor([enc.input_ids])
-        pv = pixel_values(img, 112, m.config.image_mean, m.config.image_std)[None]
+        pv = pixel_values(img, m.config.image_size, m.config.image_mean, m.config.image_std)[None]
         with torch.no_grad():
             feats = m.encode_images(pv)
             box = torch.tensor([[5 / 128, 5 / 128, 40 / 128, 40 / 128]])
@@ -130,10 +130,9 @@ def test_switches_build_and_run(tokenizer, overrides):
     assert torch.isfinite(loss)
 
 
-def test_region_tokens_enter_at_the_word_embeddings_scale(untrained):
-    """Unscaled, region tokens were 170x the words around them and never took in their `regionK` name."""
-    m = untrained
-    assert m.config.match_embedding_scale
+def test_scaled_region_tokens_enter_at_the_word_embeddings_scale(tokenizer):
+    """match_embedding_scale (`--scaled-region-tokens`): unscaled, region tokens are 170x the words around them."""
+    m = RegionScribeModel(tiny(match_embedding_scale=True, position_encoding="sinusoidal"), tokenizer).eval()
     feats = m.encode_images(pixel_values(_image(), m.config.image_size, m.config.image_mean, m.config.image_std)[None])
     boxes = torch.tensor(BOXES, dtype=torch.float32) / 128
     tokens = m.region_tokens(feats, [boxes])[0]
@@ -147,7 +146,7 @@ def test_region_tokens_enter_at_the_word_embeddings_scale(untrained):
 def test_checkpoints_from_before_the_switches_load_as_they_were_trained():
     from model.config import ModelConfig
 
-    old = tiny().to_dict()
+    old = tiny(match_embedding_scale=True, position_encoding="sinusoidal").to_dict()
     del old["match_embedding_scale"], old["position_encoding"]
     config = ModelConfig.from_dict(old)
     assert config.match_embedding_scale is False and config.position_encoding == "coordinates"
