@@ -177,10 +177,12 @@ class _Heartbeat(threading.Thread):
 
 def _sweep_training(settings: Settings, connection: redis.Redis) -> None:
     """A training worker starting looks at every project once: a run left open by a training worker that died gives
-    its count back and the next run is enqueued; a due project whose queued job was lost with Redis gets its run."""
+    its count back and the next run is enqueued; a due project whose queued job was lost with Redis gets its run.
+    Staging folders of dead runs are removed first."""
     from .policy import Policy
     from .store import Store
 
+    _discard_dead_staging(settings)
     try:
         decisions = Policy(settings, Store.shared(settings), connection).sweep()
     except Exception as exc:  # the store is down: the next webhook event evaluates again
@@ -189,6 +191,20 @@ def _sweep_training(settings: Settings, connection: redis.Redis) -> None:
     enqueued = {p: d["enqueued"] for p, d in decisions.items() if d.get("enqueued")}
     if enqueued:
         log.info("training runs enqueued at start: %s", enqueued)
+
+
+def _discard_dead_staging(settings: Settings) -> None:
+    """Staging folders of runs that died (killed workers) are removed once older than TRAINING_TIMEOUT: rq stops
+    any run by then, so no live run's folder can be that old, whichever machine runs it."""
+    from model.registry import Registry
+
+    try:
+        removed = Registry(settings.registry_path).discard_staging(older_than=settings.training_timeout)
+    except OSError as exc:
+        log.warning("staging clean-up skipped: %s", exc)
+        return
+    if removed:
+        log.info("removed staging folders of dead training runs: %s", removed)
 
 
 def job_request_id(job) -> str | None:

@@ -95,7 +95,18 @@ class Registry:
             raise KeyError(f"no complete version {version!r} in {self.root}")
         write_atomic(self.root / "current", version + "\n")
 
-    def discard_staging(self) -> None:
-        """Remove staging folders left by runs that crashed."""
+    def discard_staging(self, older_than: float = 0.0) -> list[str]:
+        """Remove staging folders left by runs that crashed: those last modified over `older_than` seconds ago (a
+        live run's folder is younger than its run's time limit). Returns the names removed."""
+        import time
+
+        removed = []
         for path in self.root.glob(".staging-*"):
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age >= older_than:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        return sorted(removed)
