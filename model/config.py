@@ -39,7 +39,7 @@ class ModelConfig:
     region_hidden: int = 256  # width of the flattened-RoI linear (GPT4RoI: 1024)
     position_hidden: int = 64  # hidden width of PVIT-style box position MLP (GPT4RoI: 256)
     # the box as the position term sees it: "coordinates" (the four raw numbers; the presets and tiny-default-v1) or
-    # "sinusoidal" (coordinates, centre and size with sin/cos at 6 frequencies; an alternative, measured worse)
+    # "sinusoidal" (coordinates, centre and size with sin/cos at 6 frequencies; an alternative, see README)
     position_encoding: str = "coordinates"
     # Region tokens enter the LM at the RMS of its word embeddings (a learned scale starting there). Unscaled, the tiny
     # preset's tokens were 170x larger than the words around them, so a `<bbox>` position's hidden state stayed its

@@ -98,8 +98,6 @@ class Registry:
     def discard_staging(self, older_than: float = 0.0) -> list[str]:
         """Remove staging folders left by runs that crashed: those last modified over `older_than` seconds ago (a
         live run's folder is younger than its run's time limit). Returns the names removed."""
-        import time
-
         removed = []
         for path in self.root.glob(".staging-*"):
             try:

@@ -48,24 +48,3 @@ def test_publishing_twice_refused(tmp_path):
                 reg.publish(staged, "v1", accepted=True, manifest={})
         else:
             reg.publish(staged, "v1", accepted=True, manifest={})
-
-
-def test_staging_folders_are_discarded_only_once_older_than_a_run_can_live(tmp_path):
-    import os
-    import time
-
-    from backend.settings import Settings
-    from backend.worker import _discard_dead_staging
-
-    base = tmp_path / "base"
-    fake_checkpoint(base, "base-1")
-    settings = Settings(data_dir=str(tmp_path / "data"), training_timeout=3600)
-    reg = Registry(settings.registry_path, base=base)
-    live, dead = reg.staging_dir(), reg.staging_dir()
-    (dead / "model.safetensors").write_bytes(b"partial")
-    two_hours_ago = time.time() - 7200
-    os.utime(dead, (two_hours_ago, two_hours_ago))
-    _discard_dead_staging(settings)  # what a training worker does when it starts
-    assert live.is_dir() and not dead.exists()
-    assert reg.discard_staging(older_than=3600) == []
-    assert reg.discard_staging() == [live.name] and not live.exists()
