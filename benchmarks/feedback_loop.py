@@ -2,7 +2,7 @@
 never saw): corrected annotations that use them go through /webhook exactly as Label Studio sends them, the policy
 triggers a training run, the promotion gate decides, and the inference worker serves the new version.
 
-    .venv/bin/python benchmarks/feedback_loop.py [--regions 200] [--stage2-steps 300]
+    .venv/bin/python benchmarks/feedback_loop.py [--regions 200] [--stage2-steps 300] [--seed 11]
 
 Starts a private Redis, the web server, one inference+ingest worker and one training worker on a fresh DATA_DIR.
 Prints JSON: new-concept accuracy before/after (colour of withheld-colour objects, shape of withheld-shape objects,
@@ -185,9 +185,10 @@ def main() -> None:
     ap.add_argument("--stage2-steps", type=int, default=300)
     ap.add_argument("--base-scenes", type=int, default=100)
     ap.add_argument("--eval-scenes", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=11, help="which novel scenes are corrected and held out")
     args = ap.parse_args()
     out = run_loop(args.regions, args.stage1_steps, args.stage2_steps, args.base_scenes, args.eval_scenes,
-                   log=lambda m: print(m, file=sys.stderr))
+                   seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps({"benchmark": "feedback_loop", **out}, indent=2))
 
 
