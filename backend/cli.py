@@ -131,6 +131,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from model.config import POSITION_ENCODINGS  # torch-free: the parser stays quick to build
+
     p = argparse.ArgumentParser(prog="regionscribe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")
     t.add_argument("--coords-as-text", action="store_true", help="baseline: boxes written as text, no region tokens")
     t.add_argument("--no-image-tokens", action="store_true", help="switch off LLaVA image-level tokens")
-    t.add_argument("--position-encoding", choices=["sinusoidal", "coordinates"], default=None,
+    t.add_argument("--position-encoding", choices=POSITION_ENCODINGS, default=None,
                    help="box features of the region position term (default: the preset's, coordinates, as "
                         "tiny-default-v1; sinusoidal is an alternative, see README)")
     t.add_argument("--scaled-region-tokens", action="store_true",

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from model.config import POSITION_ENCODINGS
+
 
 def pyramid_layers(num_hidden_states: int, select_layer: int, layer_stride: int, num_levels: int) -> list[int]:
     """Indices into `hidden_states` (0 = embeddings): GPT4RoI's `hs[select::-stride][::-1][-num_levels:]`."""
@@ -103,7 +105,7 @@ def box_features(boxes: torch.Tensor, n_freqs: int = BOX_FREQUENCIES) -> torch.T
 class RegionEncoder(nn.Module):
     def __init__(self, vision_hidden: int, lm_hidden: int, image_size: int, num_levels: int, fuse_channels: int,
                  num_fuse: int, gn_groups: int, roi_output: int, roi_sampling_ratio: int, region_hidden: int,
-                 position_hidden: int, position_encoding: str = "sinusoidal"):
+                 position_hidden: int, position_encoding: str = "coordinates"):
         super().__init__()
         self.image_size = image_size
         self.roi_output = roi_output
@@ -125,7 +127,7 @@ class RegionEncoder(nn.Module):
                 nn.Linear(position_hidden, region_hidden), nn.ReLU(), nn.LayerNorm(region_hidden),
             )
         else:
-            raise ValueError(f"unknown position_encoding {position_encoding!r}")
+            raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, not {position_encoding!r}")
         self.to_lm = nn.Linear(region_hidden, lm_hidden)
 
     def pyramid(self, hidden_levels: list[torch.Tensor]) -> list[torch.Tensor]:

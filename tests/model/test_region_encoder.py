@@ -26,10 +26,10 @@ def test_patch_grid_drops_cls_token():
     assert torch.equal(patch_grid(tokens[:, 1:]), grid)  # SigLIP: no CLS token
 
 
-def _encoder(image_size=112, levels=2, out=2):
+def _encoder(image_size=112, levels=2, out=2, position_encoding="sinusoidal"):
     return RegionEncoder(vision_hidden=4, lm_hidden=8, image_size=image_size, num_levels=levels, fuse_channels=4,
                          num_fuse=1, gn_groups=2, roi_output=out, roi_sampling_ratio=2, region_hidden=8,
-                         position_hidden=4)
+                         position_hidden=4, position_encoding=position_encoding)
 
 
 def test_roi_align_equals_hand_computed_average():
