@@ -32,7 +32,7 @@ __all__ = [
     "RELATION_LABELS", "LABEL_PHRASES", "POSITIONS", "NUMBER_WORDS", "IMAGE_PREFIX", "BBOX", "IMAGE", "SPLITS",
     "MAX_REGIONS", "SceneObject", "Scene", "Turn", "Sample", "render_scene", "make_scenes", "size_class",
     "position_name", "relations", "phrase_text", "caption_text", "detailed_text", "relation_text",
-    "iter_samples", "eval_samples", "vocabulary_text",
+    "iter_samples", "relation_samples", "eval_samples", "vocabulary_text",
 ]
 
 # --------------------------------------------------------------------------------------------------- concepts
@@ -619,6 +619,29 @@ def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[in
     for scene in scenes:
         rng = random.Random(f"{seed}:{stage}:{scene.scene_id}")
         yield _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
+
+
+def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], seed: int = 0) -> Iterator[Sample]:
+    """Single-turn relation questions only (the relation drill of model.training): per scene every ordered pair and
+    every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order."""
+    unknown = set(axes) - set(RELATION_AXES)
+    if unknown:
+        raise ValueError(f"unknown relation axes {sorted(unknown)}; known: {list(RELATION_AXES)}")
+    for scene in scenes:
+        rng = random.Random(f"{seed}:drill:{scene.scene_id}")
+        out = []
+        for i, a in enumerate(scene.objects):
+            for j, b in enumerate(scene.objects):
+                if i == j:
+                    continue
+                for axis, label in relations(a, b, scene.image_size).items():
+                    if axis in axes:
+                        q = IMAGE_PREFIX + rng.choice(RELATION_TEMPLATES[axis]).format(a=f"region1 {BBOX}",
+                                                                                      b=f"region2 {BBOX}")
+                        out.append(Sample(scene.image, [a.box, b.box],
+                                          [Turn(q, label, "relation", RELATION_AXES[axis], axis)], scene.scene_id))
+        rng.shuffle(out)
+        yield from out
 
 
 def eval_samples(scenes: list[Scene]) -> Iterator[Sample]:

@@ -199,6 +199,28 @@ def test_eval_samples_cover_every_attribute_and_axis(train_scenes):
             assert t.candidates == C.RELATION_AXES[t.key] and len(s.boxes) == 2
 
 
+def test_relation_samples_ask_only_the_given_axes_with_true_answers(train_scenes):
+    samples = list(C.relation_samples(train_scenes, ("horizontal", "vertical"), seed=1))
+    objects = {(s.scene_id, o.box): o for s in train_scenes for o in s.objects}
+    sizes = {s.scene_id: s.image_size for s in train_scenes}
+    asked = set()
+    for s in samples:
+        t = s.turns[0]
+        assert t.kind == "relation" and t.key in ("horizontal", "vertical") and len(s.boxes) == 2
+        assert t.question.count(C.BBOX) == 2 and t.candidates == C.RELATION_AXES[t.key]
+        a, b = objects[(s.scene_id, s.boxes[0])], objects[(s.scene_id, s.boxes[1])]
+        assert t.answer == C.relations(a, b, sizes[s.scene_id])[t.key]
+        asked.add((s.scene_id, s.boxes[0], s.boxes[1], t.key))
+    # every ordered pair on every unambiguous position axis, once
+    expected = {(sc.scene_id, a.box, b.box, axis) for sc in train_scenes for a in sc.objects for b in sc.objects
+                if a is not b for axis in C.relations(a, b, sc.image_size) if axis in ("horizontal", "vertical")}
+    assert asked == expected and len(samples) == len(expected)
+    # both answers of each axis occur (ordered pairs come both ways round)
+    assert {s.turns[0].answer for s in samples} == {"left of", "right of", "above", "below"}
+    with pytest.raises(ValueError, match="unknown relation axes"):
+        list(C.relation_samples(train_scenes, ("diagonal",)))
+
+
 def test_vocabulary_holds_every_concept():
     text = " ".join(C.vocabulary_text())
     for word in [C.WITHHELD_COLOR, C.WITHHELD_SHAPE, *C.COLORS, *C.SHAPES, *C.TEXTURES, *C.SIZES, "region16",
