@@ -17,6 +17,20 @@ import json
 import sys
 
 
+def _drill(text: str) -> tuple[tuple[str, ...], int]:
+    """"horizontal,vertical:400" -> (("horizontal", "vertical"), 400); "all" names every relation axis."""
+    from model.corpus import RELATION_AXES
+
+    axes, sep, steps = text.rpartition(":")
+    if not sep or not steps.isdigit() or not axes:
+        raise SystemExit(f"--drill wants AXES:STEPS (e.g. horizontal,vertical:400), not {text!r}")
+    names = tuple(RELATION_AXES) if axes == "all" else tuple(a.strip() for a in axes.split(","))
+    unknown = [a for a in names if a not in RELATION_AXES]
+    if unknown:
+        raise SystemExit(f"--drill: unknown relation axes {unknown}; known: {', '.join(RELATION_AXES)} or all")
+    return names, int(steps)
+
+
 def _train(args: argparse.Namespace) -> int:
     from model.training import StageConfig, TrainConfig, train
 
@@ -37,6 +51,7 @@ def _train(args: argparse.Namespace) -> int:
         stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
         lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
         visual_lr_scale=args.visual_lr_scale,
+        drills=[_drill(d) for d in args.drill or []], drill_lr=args.drill_lr, drill_balance=args.drill_balance,
     )
     result = train(cfg, progress=not args.quiet)
     summary = {"checkpoint": str(result.path), "seconds": round(result.seconds, 1),
@@ -150,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--stage1-lr", type=float, default=1e-3)
     t.add_argument("--stage2-lr", type=float, default=6e-4)
     t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--drill", action="append", metavar="AXES:STEPS",
+                   help="before stage 2, STEPS steps (batch 16) on relation questions of AXES alone, e.g. "
+                        "horizontal,vertical:400 or all:300 (repeatable, run in order)")
+    t.add_argument("--drill-lr", type=float, default=3e-4)
+    t.add_argument("--drill-balance", action="store_true",
+                   help="in the drills, as many questions with each answer of an axis (same colour, overlapping)")
     t.add_argument("--visual-lr-scale", type=float, default=0.05,
                    help="learning-rate factor of region encoder and projector in stages 1-2")
     t.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")
@@ -157,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-image-tokens", action="store_true", help="switch off LLaVA image-level tokens")
     t.add_argument("--position-encoding", choices=POSITION_ENCODINGS, default=None,
                    help="box features of the region position term (default: the preset's, coordinates, as "
-                        "tiny-default-v1; sinusoidal is an alternative, see README)")
+                        "the embedded default; sinusoidal is an alternative, see README)")
     t.add_argument("--scaled-region-tokens", action="store_true",
                    help="region tokens RMS-normalised to the word embeddings' scale (an alternative, see README)")
     t.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])

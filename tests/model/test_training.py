@@ -46,3 +46,61 @@ def test_stage1_keeps_the_lm_frozen_and_stage2_trains_it():
     assert not torch.equal(model.projector.weight, proj_before)
     run_stage(model, 2, StageConfig(steps=2, lr=1e-3, batch_size=2), synthetic_stream(2, 0), progress=False)
     assert not all(torch.equal(p, lm_before[n]) for n, p in model.lm.named_parameters())
+
+
+def test_relation_drills_run_between_stage1_and_stage2_on_relation_questions_only(tmp_path):
+    import torch
+
+    from model.training import relation_stream
+
+    stream = relation_stream(("horizontal", "vertical"), 0)
+    first = [next(stream) for _ in range(40)]
+    assert {s.turns[0].key for s in first} <= {"horizontal", "vertical"}
+    assert len({s.scene_id for s in first}) > 3  # shuffled across scenes, not one scene's pairs in a row
+    with pytest.raises(ValueError, match="unknown relation axes"):
+        relation_stream(("diagonal",), 0).__next__()
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), seed=2, stage0=StageConfig(steps=0, lr=1e-3),
+                      stage1=StageConfig(steps=0, lr=1e-3), stage2=StageConfig(steps=0, lr=1e-3),
+                      drills=[(("horizontal", "vertical"), 3), (("color", "overlap"), 2)], drill_lr=1e-3,
+                      drill_batch=2)
+    lm_before = {n: p.detach().clone() for n, p in new_model(cfg).lm.named_parameters()}
+    result = train(cfg, progress=False)
+    assert [len(result.history[k]) for k in ("stage1", "drill1", "drill2", "stage2")] == [0, 3, 2, 0]
+    assert not all(torch.equal(p, lm_before[n]) for n, p in result.model.lm.named_parameters())
+
+
+def test_balanced_drill_asks_as_often_for_each_answer_of_an_axis():
+    from collections import Counter
+
+    from model.training import relation_stream
+
+    def shares(balance):
+        stream = relation_stream(("color", "overlap"), 0, chunk=16, balance=balance)
+        counts = Counter((s.turns[0].key, s.turns[0].answer) for s in (next(stream) for _ in range(400)))
+        return (counts[("color", "same colour as")] / (counts[("color", "same colour as")] +
+                                                       counts[("color", "different colour from")]),
+                counts[("overlap", "overlapping")] / (counts[("overlap", "overlapping")] +
+                                                      counts[("overlap", "not overlapping")]))
+
+    same, overlapping = shares(balance=False)
+    assert same < 0.4 and overlapping < 0.3  # the corpus' own shares
+    same, overlapping = shares(balance=True)
+    assert 0.4 < same < 0.6 and 0.4 < overlapping < 0.6
+
+
+@pytest.mark.parametrize("spec, message", [("diagonal:5", "unknown relation axes"), ("horizontal", "AXES:STEPS"),
+                                           ("horizontal:many", "AXES:STEPS"), (":5", "AXES:STEPS")])
+def test_train_cli_refuses_a_bad_drill_before_building_anything(tmp_path, spec, message):
+    from backend.cli import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["train", "--out", str(tmp_path / "run"), "--drill", spec, "--quiet"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_reads_drills_in_order():
+    from backend.cli import _drill
+
+    assert _drill("horizontal,vertical:400") == (("horizontal", "vertical"), 400)
+    assert _drill("all:3") == (("horizontal", "vertical", "size", "color", "overlap"), 3)
