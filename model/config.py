@@ -38,13 +38,13 @@ class ModelConfig:
     roi_sampling_ratio: int = 2
     region_hidden: int = 256  # width of the flattened-RoI linear (GPT4RoI: 1024)
     position_hidden: int = 64  # hidden width of PVIT-style box position MLP (GPT4RoI: 256)
-    # the box as the position term sees it: "coordinates" (the four raw numbers; the presets and tiny-default-v1) or
+    # the box as the position term sees it: "coordinates" (the four raw numbers; the presets and the embedded default) or
     # "sinusoidal" (coordinates, centre and size with sin/cos at 6 frequencies; an alternative, see README)
     position_encoding: str = "coordinates"
     # Region tokens enter the LM at the RMS of its word embeddings (a learned scale starting there). Unscaled, the tiny
     # preset's tokens were 170x larger than the words around them, so a `<bbox>` position's hidden state stayed its
     # own embedding through every layer and never took in the `regionK` name before it. False: tokens as the encoder
-    # makes them (the presets and tiny-default-v1; the scaled alternative has not beaten them yet, see README).
+    # makes them (the presets and the embedded default; the scaled alternative has not beaten them yet, see README).
     match_embedding_scale: bool = False
     # image-level tokens (LLaVA)
     use_image_tokens: bool = True
