@@ -279,7 +279,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     model = RegionScribeModel.from_pretrained(cfg.init) if cfg.init else new_model(cfg)
     if cfg.lora:
         model.config.lora = cfg.lora
-    history: dict[str, list[float]] = {"stage0": [], "stage1": [], "stage2": []}
+    history: dict[str, list[float]] = {"stage0": [], "stage1": []}  # in the order the phases run
     if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision():
         history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
     if cfg.stage1.steps:
@@ -292,6 +292,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         history[f"drill{k + 1}"] = run_stage(model, 2, sc, stream,
                                              cfg.weight_decay, cfg.grad_clip, progress,
                                              visual_lr_scale=cfg.visual_lr_scale, name=f"drill {'/'.join(axes)}")
+    history["stage2"] = []
     if cfg.stage2.steps:
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
