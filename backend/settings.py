@@ -72,8 +72,9 @@ class Settings:
     registry_dir: str | None = None  # REGISTRY_DIR: model versions (one folder each) and the `current` pointer; unset → <DATA_DIR>/registry
     retrain_stage1_steps: int = 30  # RETRAIN_STAGE1_STEPS: stage-1 (align, LM frozen) steps of a feedback run
     retrain_stage2_steps: int = 300  # RETRAIN_STAGE2_STEPS: stage-2 (end-to-end) steps of a feedback run
+    retrain_lr: float = 3e-4  # RETRAIN_LR: learning rate of a feedback run's two stages (the LM's; the region encoder's is this times RETRAIN_VISUAL_LR_SCALE)
     retrain_visual_lr_scale: float = 0.5  # RETRAIN_VISUAL_LR_SCALE: region encoder's learning-rate factor in feedback runs (the LM is trained by then, so its gradients no longer scramble the region features)
-    replay_ratio: float = 2.0  # REPLAY_RATIO: replayed base (synthetic) samples per correction sample, so old skills stay (1.0: texture fell 3.4-4.7 points in benchmarks/feedback_loop.py; 2.0: 1.3 and 2.0 on two draws)
+    replay_ratio: float = 2.0  # REPLAY_RATIO: replayed base (synthetic) samples per correction sample, so old skills stay (README, Benchmarks: feedback_loop.py)
     promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points a candidate may lose on the base test split and still become current
     promotion_base_scenes: int = 60  # PROMOTION_BASE_SCENES: base test scenes scored for the promotion gate
 

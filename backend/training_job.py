@@ -168,8 +168,8 @@ def run_training(project_id, settings=None) -> dict:
     seed = int(snapshot.id[:6], 16) if snapshot.id else 0
     cfg = TrainConfig(out=str(staged), init=str(current.path), seed=seed, version=version,
                       visual_lr_scale=settings.retrain_visual_lr_scale,
-                      stage1=StageConfig(steps=settings.retrain_stage1_steps, lr=3e-4),
-                      stage2=StageConfig(steps=settings.retrain_stage2_steps, lr=3e-4))
+                      stage1=StageConfig(steps=settings.retrain_stage1_steps, lr=settings.retrain_lr),
+                      stage2=StageConfig(steps=settings.retrain_stage2_steps, lr=settings.retrain_lr))
     s1 = mixed(train_items, synthetic_stream(1, seed), settings.replay_ratio, seed, stage=1)
     s2 = mixed(train_items, synthetic_stream(2, seed + 1), settings.replay_ratio, seed + 1, stage=2)
     result = train(cfg, stage1_data=s1, stage2_data=s2, progress=False,
