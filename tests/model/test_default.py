@@ -15,7 +15,7 @@ def default():
 def test_checkpoint_is_small_and_versioned(default):
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size <= 20 * 1024 * 1024, size
-    assert default.model_version == "tiny-default-v1"
+    assert default.model_version == "tiny-default-v4"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "metrics.json"):
         assert (DEFAULT_CHECKPOINT / name).is_file(), name
 
@@ -42,3 +42,12 @@ def test_default_reads_attributes_from_pixels(default):
     assert metrics["attribute:color"] >= 90, metrics
     assert metrics["attribute:size"] >= 75, metrics
     assert metrics["attribute:shape"] >= 75, metrics
+
+
+def test_default_compares_the_positions_of_two_regions(default):
+    """A guard on the relation drills: before them the default answered left/right and above/below at exactly 50%."""
+    samples = [s for s in eval_samples(make_scenes("test", 12, seed=4))
+               if s.turns[0].kind == "relation" and s.turns[0].key in ("horizontal", "vertical")]
+    metrics = evaluate_samples(default, samples)
+    assert metrics["counts"]["relation"] >= 60, metrics
+    assert metrics["relation:horizontal"] >= 85 and metrics["relation:vertical"] >= 85, metrics
