@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from model.config import ModelConfig, preset as make_preset
-from model.corpus import RELATION_AXES
+from model.corpus import RELATION_AXES, make_scenes, relation_samples
 from model.data import batches
 from model.modeling import RegionScribeModel
 
@@ -100,8 +100,6 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
     "same colour as" is about 29% of colour questions and "overlapping" about 19% of overlap questions, and on
     unbalanced data the LM learned to always give the common answer (80.5% on overlap, its share of the test split).
     """
-    from model.corpus import make_scenes, relation_samples
-
     list(relation_samples([], axes))  # unknown axes fail here, before any training
     k = 0
     while True:
