@@ -19,15 +19,15 @@ import sys
 
 def _drill(text: str) -> tuple[tuple[str, ...], int]:
     """"horizontal,vertical:400" -> (("horizontal", "vertical"), 400); "all" names every relation axis."""
-    from model.corpus import RELATION_AXES
+    from model.corpus import RELATION_AXES, check_axes
 
     axes, sep, steps = text.rpartition(":")
     if not sep or not steps.isdigit() or not axes:
         raise SystemExit(f"--drill wants AXES:STEPS (e.g. horizontal,vertical:400), not {text!r}")
-    names = tuple(RELATION_AXES) if axes == "all" else tuple(a.strip() for a in axes.split(","))
-    unknown = [a for a in names if a not in RELATION_AXES]
-    if unknown:
-        raise SystemExit(f"--drill: unknown relation axes {unknown}; known: {', '.join(RELATION_AXES)} or all")
+    try:
+        names = check_axes(RELATION_AXES if axes == "all" else [a.strip() for a in axes.split(",")])
+    except ValueError as exc:
+        raise SystemExit(f"--drill: {exc} or all") from None
     return names, int(steps)
 
 

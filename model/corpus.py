@@ -32,7 +32,7 @@ __all__ = [
     "RELATION_LABELS", "LABEL_PHRASES", "POSITIONS", "NUMBER_WORDS", "IMAGE_PREFIX", "BBOX", "IMAGE", "SPLITS",
     "MAX_REGIONS", "SceneObject", "Scene", "Turn", "Sample", "render_scene", "make_scenes", "size_class",
     "position_name", "relations", "phrase_text", "caption_text", "detailed_text", "relation_text",
-    "iter_samples", "relation_samples", "eval_samples", "vocabulary_text",
+    "iter_samples", "check_axes", "relation_samples", "eval_samples", "vocabulary_text",
 ]
 
 # --------------------------------------------------------------------------------------------------- concepts
@@ -621,12 +621,18 @@ def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[in
         yield _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
 
 
+def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The relation axes named, as a tuple; ValueError naming any that RELATION_AXES does not have."""
+    unknown = [a for a in axes if a not in RELATION_AXES]
+    if unknown:
+        raise ValueError(f"unknown relation axes {unknown}; known: {', '.join(RELATION_AXES)}")
+    return tuple(axes)
+
+
 def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], seed: int = 0) -> Iterator[Sample]:
     """Single-turn relation questions only (the relation drill of model.training): per scene every ordered pair and
     every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order."""
-    unknown = set(axes) - set(RELATION_AXES)
-    if unknown:
-        raise ValueError(f"unknown relation axes {sorted(unknown)}; known: {list(RELATION_AXES)}")
+    check_axes(axes)
     for scene in scenes:
         rng = random.Random(f"{seed}:drill:{scene.scene_id}")
         out = []

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from model.config import ModelConfig, preset as make_preset
-from model.corpus import RELATION_AXES, make_scenes, relation_samples
+from model.corpus import (BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples,
+                          relations, vocabulary_text)
 from model.data import batches
 from model.modeling import RegionScribeModel
 
@@ -83,8 +84,6 @@ class TrainResult:
 
 def synthetic_stream(stage: int, seed: int, chunk: int = 64) -> Iterator:
     """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes)."""
-    from model.corpus import iter_samples, make_scenes
-
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
@@ -100,7 +99,7 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
     "same colour as" is about 29% of colour questions and "overlapping" about 19% of overlap questions, and on
     unbalanced data the LM learned to always give the common answer (80.5% on overlap, its share of the test split).
     """
-    list(relation_samples([], axes))  # unknown axes fail here, before any training
+    check_axes(axes)  # unknown axes fail here, before any training
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
@@ -121,7 +120,6 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
 
 
 def new_model(cfg: TrainConfig) -> RegionScribeModel:
-    from model.corpus import vocabulary_text
     from model.tokenizer import train_tokenizer
 
     torch.manual_seed(cfg.seed)
@@ -140,7 +138,6 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     """
     from tqdm import tqdm
 
-    from model.corpus import BASE_VALUES, RELATION_AXES, make_scenes, relations
     from model.images import normalise_boxes, pixel_values
 
     cfg = model.config
