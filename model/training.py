@@ -146,6 +146,8 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     axes = list(RELATION_AXES)
     heads = torch.nn.ModuleList(torch.nn.Linear(width, len(BASE_VALUES[n])) for n in names)
     pair_heads = torch.nn.ModuleList(torch.nn.Linear(2 * width, 2) for _ in axes)
+    heads.to(model.device)
+    pair_heads.to(model.device)
     model.requires_grad_(False)
     params = [*model.vision.parameters(), *model.region_encoder.parameters(), *heads.parameters(),
               *pair_heads.parameters()]
@@ -276,6 +278,8 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         model.config.lora = cfg.lora
     history: dict[str, list[float]] = {"stage0": [], "stage1": []}  # in the order the phases run
     if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision():
+        if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
+            model.to("cuda")
         history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
     if cfg.stage1.steps:
         data = stage1_data if stage1_data is not None else synthetic_stream(1, cfg.seed)
