@@ -76,11 +76,13 @@ def main() -> None:
 
     start = time.time()
     model = RegionScribeModel.from_pretrained(args.checkpoint).float().eval()
+    if not model.uses_region_features:
+        sys.exit(f"{args.checkpoint} writes boxes as text (coordinates-as-text baseline): it has no region tokens")
     x_train, train_objects = region_features(model, "train", args.train_scenes, seed=99)
     x_val, val_objects = region_features(model, "val", args.val_scenes, seed=1)
     out: dict = {"checkpoint": args.checkpoint, "version": model.metadata.get("version"),
-                 "image_size": model.config.image_size, "objects": {"train": len(train_objects), "val": len(val_objects)},
-                 "accuracy": {}}
+                 "image_size": model.config.image_size,
+                 "objects": {"train": len(train_objects), "val": len(val_objects)}, "accuracy": {}}
     for name, values in BASE_VALUES.items():
         y_train = torch.tensor([values.index(getattr(o, name)) for o in train_objects])
         y_val = torch.tensor([values.index(getattr(o, name)) for o in val_objects])

@@ -40,3 +40,13 @@ def test_script_probes_the_default_checkpoint():
     assert result["accuracy"]["color"] >= 80, result  # the default reads colour; a broken feature path would not
     assert set(result["texture_by_size"]) <= {"small", "medium", "large"}
     assert sum(result["objects"].values()) > 96
+
+
+def test_script_refuses_a_checkpoint_without_region_tokens(tmp_path):
+    from model.training import TrainConfig, new_model
+
+    new_model(TrainConfig(model_overrides={"region_format": "text"})).save_pretrained(tmp_path / "coords", {})
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "region_probe.py"), "--checkpoint",
+                          str(tmp_path / "coords")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 1 and "no region tokens" in run.stderr, run.stderr
+    assert run.stdout == ""
