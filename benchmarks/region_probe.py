@@ -23,21 +23,19 @@ import torch  # noqa: E402
 
 from model.corpus import BASE_VALUES, make_scenes  # noqa: E402
 from model.describer import DEFAULT_CHECKPOINT  # noqa: E402
-from model.images import normalise_boxes, pixel_values  # noqa: E402
 from model.modeling import RegionScribeModel  # noqa: E402
+from model.training import scene_batch  # noqa: E402
 
 
 @torch.no_grad()
 def region_features(model: RegionScribeModel, split: str, n: int, seed: int, batch: int = 32):
     """[N, lm_hidden] region tokens of every object of n scenes, and the objects in the same order."""
-    cfg = model.config
     scenes = make_scenes(split, n, seed=seed)
     feats, objects = [], []
     for i in range(0, n, batch):
         chunk = scenes[i:i + batch]
-        pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in chunk])
-        boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size).to(model.device) for s in chunk]
-        image = model.encode_images(pv.to(model.device))
+        pv, boxes = scene_batch(model, chunk)
+        image = model.encode_images(pv)
         feats.append(torch.cat(model.region_tokens(image, boxes)).float().cpu())
         objects += [o for s in chunk for o in s.objects]
     return torch.cat(feats), objects

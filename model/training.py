@@ -127,6 +127,17 @@ def new_model(cfg: TrainConfig) -> RegionScribeModel:
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
 
 
+def scene_batch(model: RegionScribeModel, scenes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Pixel values [B, 3, S, S] and per-scene normalised object boxes of corpus scenes, on the model's device: what
+    stage 0 trains on, and what benchmarks/region_probe.py probes."""
+    from model.images import normalise_boxes, pixel_values
+
+    cfg = model.config
+    pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])
+    boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size).to(model.device) for s in scenes]
+    return pv.to(model.device), boxes
+
+
 def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progress: bool = True) -> list[float]:
     """Stage 0 for a from-scratch tower: region-attribute classification on synthetic scenes (colour, shape, size,
     texture from each box's region token) and pairwise relations (left/right, above/below, bigger/smaller, same
@@ -138,9 +149,6 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     """
     from tqdm import tqdm
 
-    from model.images import normalise_boxes, pixel_values
-
-    cfg = model.config
     width = model.lm.config.hidden_size
     names = list(BASE_VALUES)
     axes = list(RELATION_AXES)
@@ -160,13 +168,12 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     ce = torch.nn.functional.cross_entropy
     for step in tqdm(range(sc.steps), desc="stage 0 (vision)", disable=not progress, dynamic_ncols=True):
         scenes = make_scenes("train", sc.batch_size, seed=seed * 1_000_003 + 500_000 + step)
-        pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])
-        boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size) for s in scenes]
-        feats = model.encode_images(pv.to(model.device))
+        pv, boxes = scene_batch(model, scenes)
+        feats = model.encode_images(pv)
         if not feats.levels:  # coordinates-as-text baseline: the tower is pretrained the same way, for fairness
-            hs = model.vision(pixel_values=pv.to(model.device), output_hidden_states=True).hidden_states
+            hs = model.vision(pixel_values=pv, output_hidden_states=True).hidden_states
             feats.levels = model.region_encoder.pyramid([hs[i] for i in model.level_indices])
-        tokens = torch.cat(model.region_encoder(feats.levels, [b.to(model.device) for b in boxes]))
+        tokens = torch.cat(model.region_encoder(feats.levels, boxes))
         loss = 0
         for head, name in zip(heads, names):
             target = torch.tensor([BASE_VALUES[name].index(getattr(o, name)) for s in scenes for o in s.objects])
