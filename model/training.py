@@ -165,8 +165,10 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps)
     model.train()
     losses = []
+    hits: dict[str, list[float]] = {n: [] for n in names}  # running accuracy per attribute head, shown on the bar
     ce = torch.nn.functional.cross_entropy
-    for step in tqdm(range(sc.steps), desc="stage 0 (vision)", disable=not progress, dynamic_ncols=True):
+    bar = tqdm(range(sc.steps), desc="stage 0 (vision)", disable=not progress, dynamic_ncols=True)
+    for step in bar:
         scenes = make_scenes("train", sc.batch_size, seed=seed * 1_000_003 + 500_000 + step)
         pv, boxes = scene_batch(model, scenes)
         feats = model.encode_images(pv)
@@ -177,7 +179,9 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
         loss = 0
         for head, name in zip(heads, names):
             target = torch.tensor([BASE_VALUES[name].index(getattr(o, name)) for s in scenes for o in s.objects])
-            loss = loss + ce(head(tokens), target.to(tokens.device))
+            logits = head(tokens)
+            loss = loss + ce(logits, target.to(tokens.device))
+            hits[name].append(float((logits.argmax(1).cpu() == target).float().mean()))
         pairs: dict[str, tuple[list[int], list[int], list[int]]] = {a: ([], [], []) for a in axes}
         offset = 0
         for s in scenes:
@@ -199,6 +203,8 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if step % 50 == 49:  # a head stuck near chance on one attribute shows here long before it shows in the loss
+            bar.set_postfix({n[:3]: f"{sum(h[-50:]) / len(h[-50:]):.2f}" for n, h in hits.items()}, refresh=False)
     model.config.freeze_vision = True
     model.vision.requires_grad_(False)
     model.eval()
