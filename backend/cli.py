@@ -32,7 +32,7 @@ def _drill(text: str) -> tuple[tuple[str, ...], int]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.training import StageConfig, TrainConfig, train
+    from model.training import StageConfig, TrainConfig, check_switches, train
 
     overrides = {}
     if args.coords_as_text:
@@ -43,6 +43,11 @@ def _train(args: argparse.Namespace) -> int:
         overrides["position_encoding"] = args.position_encoding
     if args.scaled_region_tokens:
         overrides["match_embedding_scale"] = True
+    if args.init:
+        try:
+            check_switches(overrides)
+        except ValueError as exc:
+            raise SystemExit(f"regionscribe train: {exc}") from None
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     cfg = TrainConfig(
         out=args.out, preset=args.preset, init=args.init, seed=args.seed,

@@ -127,6 +127,26 @@ def new_model(cfg: TrainConfig) -> RegionScribeModel:
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
 
 
+# model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
+# e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens")
+
+
+def check_switches(overrides: dict[str, Any]) -> None:
+    """Raise ValueError if an override cannot be applied to a loaded checkpoint."""
+    fixed = sorted(set(overrides) - set(RUNTIME_SWITCHES))
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
+                         f"checkpoint; train from the preset instead (only {', '.join(RUNTIME_SWITCHES)} can)")
+
+
+def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
+    """Apply model_overrides to a checkpoint loaded with --init."""
+    check_switches(overrides)
+    for key, value in overrides.items():
+        setattr(model.config, key, value)
+
+
 def scene_batch(model: RegionScribeModel, scenes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Pixel values [B, 3, S, S] and per-scene normalised object boxes of corpus scenes, on the model's device: what
     stage 0 trains on, and what benchmarks/region_probe.py probes."""
@@ -286,7 +306,11 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = RegionScribeModel.from_pretrained(cfg.init) if cfg.init else new_model(cfg)
+    if cfg.init:
+        model = RegionScribeModel.from_pretrained(cfg.init)
+        apply_switches(model, cfg.model_overrides)
+    else:
+        model = new_model(cfg)
     if cfg.lora:
         model.config.lora = cfg.lora
     history: dict[str, list[float]] = {"stage0": [], "stage1": []}  # in the order the phases run

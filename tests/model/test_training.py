@@ -104,3 +104,31 @@ def test_train_cli_reads_drills_in_order():
 
     assert _drill("horizontal,vertical:400") == (("horizontal", "vertical"), 400)
     assert _drill("all:3") == (("horizontal", "vertical", "size", "color", "overlap"), 3)
+
+
+def test_init_checkpoint_takes_the_coords_as_text_switch_over_the_same_parameters(tmp_path):
+    import torch
+
+    from model.modeling import RegionScribeModel
+
+    base = new_model(TrainConfig(seed=4))
+    base.save_pretrained(tmp_path / "base", {"version": "base"})
+    cfg = TrainConfig(out=str(tmp_path / "text"), init=str(tmp_path / "base"), seed=4,
+                      stage1=StageConfig(steps=0, lr=0), stage2=StageConfig(steps=0, lr=0),
+                      model_overrides={"region_format": "text"}, version="text")
+    result = train(cfg, progress=False)
+    assert not result.model.uses_region_features
+    loaded = RegionScribeModel.from_pretrained(tmp_path / "text")
+    assert loaded.config.region_format == "text"  # saved with the switch, so it serves as trained
+    assert all(torch.equal(p, dict(base.named_parameters())[n]) for n, p in loaded.named_parameters())
+
+
+def test_train_cli_refuses_an_init_override_that_changes_parameters(tmp_path):
+    from backend.cli import main
+
+    base = new_model(TrainConfig(seed=4))
+    base.save_pretrained(tmp_path / "base", {"version": "base"})
+    with pytest.raises(SystemExit, match="position_encoding change the model's parameters"):
+        main(["train", "--init", str(tmp_path / "base"), "--out", str(tmp_path / "run"),
+              "--position-encoding", "sinusoidal", "--quiet"])
+    assert not (tmp_path / "run").exists()
