@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast e2e train-default eval bench clean-venv
+.PHONY: run test test-fast e2e train-default train-baseline eval bench clean-venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -27,19 +27,28 @@ test-fast: $(STAMP)
 e2e: $(STAMP)
 	$(PY) -m pytest -q -m e2e
 
-# How the embedded default (model/default/) was produced, about 60 min on 2 CPU cores: the two stages, then three
-# continuations with relation drills. See README "The embedded default".
+# How the embedded default (model/default/) was produced, about 90 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
+# two stages, then four continuations with relation drills. See README "The embedded default".
 RS := $(VENV)/bin/regionscribe train --save-dtype float16 --stage0-steps 0 --stage1-steps 0 --stage2-lr 3e-4 \
 	--stage2-steps 300
+TWO_STAGES := --seed 0 --stage0-steps 0 --stage1-steps 50 --stage2-steps 2200 --save-dtype float16 --eval-scenes 200
 train-default: $(STAMP)
-	$(VENV)/bin/regionscribe train --out runs/default-v1 --seed 0 --stage0-steps 400 --stage1-steps 50 \
-		--stage2-steps 2200 --save-dtype float16 --version tiny-default-v1
-	$(RS) --init runs/default-v1 --out runs/default-v2 --seed 0 --version tiny-default-v2 \
+	$(VENV)/bin/regionscribe train --out runs/v5-stage0 --seed 0 --stage0-steps 2000 --stage1-steps 0 \
+		--stage2-steps 0 --version tiny-default-v5-stage0
+	$(VENV)/bin/regionscribe train --init runs/v5-stage0 --out runs/v5-base $(TWO_STAGES) --version tiny-default-v5-base
+	$(RS) --init runs/v5-base --out runs/v5-drill1 --seed 0 --version tiny-default-v5-drill1 \
 		--drill horizontal,vertical:400 --drill all:300
-	$(RS) --init runs/default-v2 --out runs/default-v3 --seed 1 --version tiny-default-v3 \
+	$(RS) --init runs/v5-drill1 --out runs/v5-drill2 --seed 1 --version tiny-default-v5-drill2 \
 		--drill color,overlap:400 --drill all:300 --drill-balance
-	$(RS) --init runs/default-v3 --out model/default --seed 2 --version tiny-default-v4 \
+	$(RS) --init runs/v5-drill2 --out runs/v5-drill3 --seed 2 --version tiny-default-v5-drill3 \
 		--drill overlap:400 --drill all:300 --drill-balance --eval-scenes 200
+	$(RS) --init runs/v5-drill3 --out model/default --seed 3 --version tiny-default-v5 \
+		--drill color:600 --drill all:300 --drill-balance --eval-scenes 200
+
+# PVIT's comparison: the same tower and the same two stages with the boxes written as text (needs runs/v5-stage0)
+train-baseline: $(STAMP)
+	$(VENV)/bin/regionscribe train --init runs/v5-stage0 --coords-as-text --out runs/v5-coords-as-text $(TWO_STAGES) \
+		--version tiny-coords-as-text
 
 eval: $(STAMP)
 	$(VENV)/bin/regionscribe eval --json

@@ -2,7 +2,8 @@
 train-split scenes and scored on val-split scenes, overall and broken down by the object's colour and size.
 
 The LM reads attributes from these tokens, so the probe is the ceiling of what stage 2 can reach once the tower is
-frozen (on tiny-default-v4 it explains the texture gap: 86.8 by the probe, 88.3 by the model's answer ranking).
+frozen (on tiny-default-v4, an earlier default, it explained the texture gap: 86.8 by the probe, 88.3 by the model's
+answer ranking; it led to the longer stage 0 of tiny-default-v5, whose tokens it reads at 98.9).
 
     .venv/bin/python benchmarks/region_probe.py [--checkpoint DIR] [--train-scenes 600] [--val-scenes 300]
 
