@@ -3,7 +3,7 @@ train-split scenes and scored on val-split scenes, overall and broken down by th
 
 The LM reads attributes from these tokens, so the probe is the ceiling of what stage 2 can reach once the tower is
 frozen (on tiny-default-v4, an earlier default, it explained the texture gap: 86.8 by the probe, 88.3 by the model's
-answer ranking; it led to the longer stage 0 of tiny-default-v5, whose tokens it reads at 98.9).
+answer ranking; it led to the longer stage 0 of tiny-default-v5 and v6, whose tokens it reads at 98.9 and 99.0).
 
     .venv/bin/python benchmarks/region_probe.py [--checkpoint DIR] [--train-scenes 600] [--val-scenes 300]
 
