@@ -32,7 +32,7 @@ def _drill(text: str) -> tuple[tuple[str, ...], int]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.training import StageConfig, TrainConfig, check_switches, train
+    from model.training import StageConfig, TrainConfig, train
 
     overrides = {}
     if args.coords_as_text:
@@ -43,21 +43,19 @@ def _train(args: argparse.Namespace) -> int:
         overrides["position_encoding"] = args.position_encoding
     if args.scaled_region_tokens:
         overrides["match_embedding_scale"] = True
-    if args.init:
-        try:
-            check_switches(overrides)
-        except ValueError as exc:
-            raise SystemExit(f"regionscribe train: {exc}") from None
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
-    cfg = TrainConfig(
-        out=args.out, preset=args.preset, init=args.init, seed=args.seed,
-        stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
-        stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size),
-        stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
-        lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
-        visual_lr_scale=args.visual_lr_scale,
-        drills=[_drill(d) for d in args.drill or []], drill_lr=args.drill_lr, drill_balance=args.drill_balance,
-    )
+    try:
+        cfg = TrainConfig(
+            out=args.out, preset=args.preset, init=args.init, seed=args.seed,
+            stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
+            stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size),
+            stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
+            lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
+            visual_lr_scale=args.visual_lr_scale,
+            drills=[_drill(d) for d in args.drill or []], drill_lr=args.drill_lr, drill_balance=args.drill_balance,
+        )
+    except ValueError as exc:  # model overrides that an --init checkpoint cannot take
+        raise SystemExit(f"regionscribe train: {exc}") from None
     result = train(cfg, progress=not args.quiet)
     summary = {"checkpoint": str(result.path), "seconds": round(result.seconds, 1),
                "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in result.history.items()}}

@@ -43,6 +43,11 @@ class StageConfig:
     warmup: float = 0.05  # fraction of the steps
 
 
+# model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
+# e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens")
+
+
 @dataclass
 class TrainConfig:
     out: str = "runs/tiny"
@@ -69,6 +74,12 @@ class TrainConfig:
     drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     version: str | None = None
+
+    def __post_init__(self) -> None:
+        fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
+        if self.init and fixed:  # refused before anything is loaded or built
+            raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
+                             f"checkpoint; train from the preset instead (only {', '.join(RUNTIME_SWITCHES)} can)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,22 +138,8 @@ def new_model(cfg: TrainConfig) -> RegionScribeModel:
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
 
 
-# model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
-# e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
-RUNTIME_SWITCHES = ("region_format", "use_image_tokens")
-
-
-def check_switches(overrides: dict[str, Any]) -> None:
-    """Raise ValueError if an override cannot be applied to a loaded checkpoint."""
-    fixed = sorted(set(overrides) - set(RUNTIME_SWITCHES))
-    if fixed:
-        raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
-                         f"checkpoint; train from the preset instead (only {', '.join(RUNTIME_SWITCHES)} can)")
-
-
 def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
-    """Apply model_overrides to a checkpoint loaded with --init."""
-    check_switches(overrides)
+    """Apply model_overrides to a checkpoint loaded with --init (TrainConfig has checked they are RUNTIME_SWITCHES)."""
     for key, value in overrides.items():
         setattr(model.config, key, value)
 

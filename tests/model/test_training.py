@@ -120,7 +120,8 @@ def test_init_checkpoint_takes_the_coords_as_text_switch_over_the_same_parameter
     assert not result.model.uses_region_features
     loaded = RegionScribeModel.from_pretrained(tmp_path / "text")
     assert loaded.config.region_format == "text"  # saved with the switch, so it serves as trained
-    assert all(torch.equal(p, dict(base.named_parameters())[n]) for n, p in loaded.named_parameters())
+    before = dict(base.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in loaded.named_parameters())
 
 
 def test_train_cli_refuses_an_init_override_that_changes_parameters(tmp_path):
