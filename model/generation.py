@@ -5,6 +5,8 @@ Sequences are processed in segments: a prefix (system prompt + image, shared by 
 then a right-padded batch of questions, then generated tokens or candidate answers. Each segment extends a KV cache;
 padding inside a segment is masked out with the attention mask and RoPE positions are given explicitly, so every
 row sees exactly the tokens it would see if it were run alone (a test checks batched == one-by-one).
+
+The cache goes in and out under transformers' `cache` name (5.24 and later; `past_key_values` is deprecated there).
 """
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ def extend(lm, state: State, embeds: torch.Tensor, lengths: torch.Tensor) -> tup
     mask = torch.cat([state.mask, seg_mask], 1)
     positions = state.next_pos[:, None] + ar[None, :]
     cache = state.cache if state.cache is not None else DynamicCache()
-    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-    return State(out.past_key_values, mask, state.next_pos + lengths), out.logits
+    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    return State(out.cache, mask, state.next_pos + lengths), out.logits
 
 
 def last_logits(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
