@@ -10,18 +10,26 @@ variable: the web app sets it around each request (the X-Request-Id header, else
 (the id the request that queued the job put in `job.meta["request_id"]`). `request_context(request_id)` sets it
 anywhere else; a record with its own `request_id` attribute (`extra={"request_id": ...}`) keeps that one.
 
+With LOG_FORMAT=json a long-running process (`serve`, `worker`, `run`) also calls `capture_process_output`: its
+stdout and stderr file descriptors become pipes, and every line anything writes there (a library's bare print, C code,
+a traceback, a forked child's output) reaches the log as a JSON object of logger "stdout" or "stderr"; a line that is
+already one of our JSON objects (a child process's, gunicorn's) passes through unchanged.
+
 Secrets never reach a line: BASIC_AUTH_PASS, LABEL_STUDIO_API_KEY and the passwords in REDIS_URL and STORE_URL are
 replaced by *** wherever they appear in a message or traceback (values shorter than 4 characters are not looked for),
 and so is the password part of any URL (scheme://user:password@host).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
+import threading
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, TextIO
 from urllib.parse import unquote, urlsplit
@@ -139,3 +147,108 @@ def configure_logging(settings, stream: TextIO | None = None) -> logging.Handler
     logging.captureWarnings(False)  # hook again, even if showwarning was replaced since an earlier call hooked it
     logging.captureWarnings(True)
     return handler
+
+
+# ------------------------------------------------------------------------------ what the process itself writes
+
+_STREAM_LEVELS = {1: ("stdout", logging.INFO), 2: ("stderr", logging.WARNING)}
+_CAPTURE: "_OutputCapture | None" = None
+
+
+def _is_log_line(line: str) -> bool:
+    """Whether `line` is already one JSON log object (a child process's or gunicorn's line, formatted by us)."""
+    if not (line.startswith("{") and line.endswith("}")):
+        return False
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and {"time", "level", "logger", "message"} <= entry.keys()
+
+
+class _OutputCapture:
+    """fd 1 and fd 2 replaced by pipes; one thread a pipe turns their lines into records of `handler`, which writes to
+    a duplicate of the original stderr."""
+
+    def __init__(self, handler: logging.StreamHandler):
+        self.pid = os.getpid()
+        self.handler = handler
+        self.lock = threading.Lock()  # one line at a time on the output, whichever pipe it came from
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        self.saved = {fd: os.dup(fd) for fd in _STREAM_LEVELS}
+        self.output = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+        handler.setStream(self.output)
+        self.threads = []
+        for fd, (name, level) in _STREAM_LEVELS.items():
+            read, write = os.pipe()
+            os.dup2(write, fd)
+            os.close(write)
+            thread = threading.Thread(target=self._pump, args=(read, name, level), name=f"log-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        for stream in (sys.stdout, sys.stderr):  # a print reaches the log when it is made, not when a buffer fills
+            with contextlib.suppress(Exception):
+                stream.reconfigure(line_buffering=True)
+
+    def _pump(self, fd: int, name: str, level: int) -> None:
+        pending = b""
+        with os.fdopen(fd, "rb", buffering=0) as pipe:
+            while True:
+                chunk = pipe.read(65536)
+                if not chunk:
+                    break
+                pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a progress bar's \r ends a line
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._emit(line, name, level)
+        if pending:
+            self._emit(pending, name, level)
+
+    def _emit(self, raw: bytes, name: str, level: int) -> None:
+        line = raw.decode("utf-8", errors="backslashreplace").rstrip()
+        if not line.strip():
+            return
+        with self.lock:
+            try:
+                if _is_log_line(line):
+                    self.output.write(line + "\n")
+                else:
+                    record = logging.LogRecord(name, level, "(output)", 0, line, None, None)
+                    self.output.write(self.handler.format(record) + "\n")
+                self.output.flush()
+            except Exception:  # noqa: BLE001 - nowhere left to report it; never take the process down
+                pass
+
+    def close(self) -> None:
+        """Put fd 1 and 2 back and write out what is still in the pipes (at exit)."""
+        if os.getpid() != self.pid:  # a forked child: its parent owns the pipes
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, saved in self.saved.items():
+            os.dup2(saved, fd)  # the pipes' last write ends in this process close: the pumps read to the end
+            os.close(saved)
+        for thread in self.threads:
+            thread.join(timeout=2.0)
+        self.handler.setStream(sys.stderr)
+        with contextlib.suppress(Exception):
+            self.output.close()
+
+
+def capture_process_output(settings, handler: logging.StreamHandler) -> bool:
+    """With LOG_FORMAT=json, make every line written to this process's stdout or stderr a JSON log line (see the
+    module's docstring); `handler` is the one configure_logging returned. Once a process; only for the main function
+    of a long-running process, never inside a test runner. Returns whether output is now captured."""
+    global _CAPTURE
+    if (settings.log_format or "text").lower() != "json":
+        return False
+    if _CAPTURE is None:
+        _CAPTURE = _OutputCapture(handler)
+        atexit.register(_CAPTURE.close)
+    else:
+        _CAPTURE.handler = handler
+        handler.setStream(_CAPTURE.output)
+    return True

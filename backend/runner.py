@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .logs import configure_logging
+from .logs import capture_process_output, configure_logging
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,15 @@ def wait_ready(url: str, processes, timeout: float, workers: int = 1, should_sto
 def run_all(settings: Settings | None = None) -> int:
     """Start Redis (if needed), one worker and the web server; block until Ctrl-C/SIGTERM or a child dies."""
     settings = settings or get_settings()
-    configure_logging(settings)
+    json_output = capture_process_output(settings, configure_logging(settings))
+
+    def say(text: str, level: int = logging.INFO) -> None:
+        """A message for the person at the terminal: as it is in text, one log line (not one per line) in json."""
+        if json_output:
+            log.log(level, text.strip())
+        else:
+            print(text, file=sys.stderr if level >= logging.WARNING else sys.stdout, flush=True)
+
     env = dict(os.environ)
     env.update(LOG_FORMAT=settings.log_format, LOG_LEVEL=settings.log_level)  # the children log as this one does
     redis_process = None
@@ -132,11 +140,11 @@ def run_all(settings: Settings | None = None) -> int:
         if not settings.redis_url:
             binary = find_redis_server()
             if binary is None:
-                print(INSTALL_HINT, file=sys.stderr)
+                say(INSTALL_HINT, logging.ERROR)
                 return 1
             redis_process, url = start_redis(binary)
             env["REDIS_URL"] = url
-            print(f"regionscribe: private Redis at {url} ({binary}; nothing is persisted)")
+            say(f"regionscribe: private Redis at {url} ({binary}; nothing is persisted)")
         python = sys.executable
         children["worker"] = subprocess.Popen(
             [python, "-c", "from backend.worker import run_worker; from backend.settings import get_settings as g; "
@@ -151,7 +159,7 @@ def run_all(settings: Settings | None = None) -> int:
         local = f"http://127.0.0.1:{settings.port}"
         if wait_ready(local, children, timeout=180, should_stop=lambda: stopping):
             host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
-            print(f"""
+            say(f"""
 regionscribe is up. In Label Studio: Project → Settings → Model → Connect Model, URL:
 
     http://{host}:{settings.port}
@@ -159,7 +167,7 @@ regionscribe is up. In Label Studio: Project → Settings → Model → Connect 
 
 Turn on "Interactive preannotations" there. A Label Studio on the same machine refuses loopback URLs unless it runs
 with ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false. Ctrl-C stops everything.
-""", flush=True)
+""")
         elif not stopping:
             log.error("the backend did not become healthy; see the messages above")
             stopping = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from .logs import configure_logging, make_formatter, request_context
+from .logs import capture_process_output, configure_logging, make_formatter, request_context
 from .settings import Settings, get_settings
 
 
@@ -58,7 +58,8 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
           settings: Settings | None = None, threads: int | None = None) -> None:
     """Run the web server in the foreground until SIGINT/SIGTERM."""
     settings = settings or get_settings()
-    configure_logging(settings)  # the app's lines (forked gunicorn workers inherit the handler)
+    # the app's lines (forked gunicorn workers inherit the handler), and under json whatever else is printed
+    capture_process_output(settings, configure_logging(settings))
     options = {
         "bind": f"{host or settings.host}:{port or settings.port}",
         "workers": workers or settings.web_workers,

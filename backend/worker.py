@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import redis
 
 from .images import ImageFetcher
-from .logs import configure_logging, request_context
+from .logs import capture_process_output, configure_logging, request_context
 from .metrics import Metrics
 from .settings import TINY_UNTRAINED, Settings, get_settings, redacted_url
 
@@ -237,7 +237,7 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     settings = settings or get_settings()
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: point it at the Redis the web server uses (redis://host:6379/0)")
-    configure_logging(settings)
+    capture_process_output(settings, configure_logging(settings))
     connection = redis_connection(settings.redis_url)
     connection.ping()
     name = name or f"regionscribe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -1,6 +1,6 @@
 """Structured logs (backend.logs, LOG_FORMAT=json): one JSON object per line, the request id of an X-Request-Id header
-on the web request's lines and on the worker's lines for the job it queued, gunicorn's lines in JSON too, and no
-secret in any line."""
+on the web request's lines and on the worker's lines for the job it queued, gunicorn's lines in JSON too, whatever a
+dependency prints straight to stdout or stderr in a worker job or a request in JSON too, and no secret in any line."""
 from __future__ import annotations
 
 import io
@@ -28,6 +28,41 @@ XML = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 PASSWORD = "basic-auth-pass-4f9c2e"
 API_KEY = "ls-api-key-8d7e6f5a4b3c2d1e"
 REDIS_PASSWORD = "redis-pass-31415"
+
+
+def noisy_job(where: str) -> str:
+    """Writes as dependencies do, around the logging module: print, sys.stderr, a C-level write to the file
+    descriptors, a library's own logging handler (transformers' one, made before ours), a warning, a progress bar."""
+    import transformers
+
+    print(f"a bare print in the {where}")
+    sys.stderr.write(f"[somelib] a bare stderr line in the {where}\n")
+    sys.stderr.flush()
+    os.write(1, f"a raw write to fd 1 in the {where}\n".encode())
+    os.write(2, f"a raw write to fd 2 in the {where}, no newline".encode())
+    os.write(2, b"\n")
+    transformers.logging.get_logger("transformers.noisy").warning(f"a transformers warning in the {where}")
+    warnings.warn(f"a library FutureWarning in the {where}", FutureWarning)
+    for step in (1, 2):
+        sys.stderr.write(f"\rprogress {step}/2 in the {where}")
+    sys.stderr.write("\n")
+    return "ok"
+
+
+NOISY_LINES = ["a bare print in the {}", "[somelib] a bare stderr line in the {}", "a raw write to fd 1 in the {}",
+               "a raw write to fd 2 in the {}, no newline", "a transformers warning in the {}",
+               "a library FutureWarning in the {}", "progress 1/2 in the {}", "progress 2/2 in the {}"]
+
+
+def assert_noisy_lines_are_json(text: str, where: str) -> None:
+    entries = json_lines(text)  # every line an object
+    messages = "\n".join(e["message"] for e in entries)
+    for line in NOISY_LINES:
+        assert line.format(where) in messages, (line.format(where), text[-3000:])
+    printed = [e for e in entries if e["message"] == f"a bare print in the {where}"]
+    assert len(printed) == 1 and printed[0]["logger"] == "stdout" and printed[0]["level"] == "INFO", printed
+    raw = [e for e in entries if e["message"] == f"a raw write to fd 2 in the {where}, no newline"]
+    assert len(raw) == 1 and raw[0]["logger"] == "stderr", raw
 
 
 def json_lines(text: str) -> list[dict]:
@@ -274,3 +309,66 @@ def test_gunicorn_lines_are_json_with_the_request_id(redis_url, tmp_path):
     access = [e for e in entries if e["logger"] == "gunicorn.access" and "POST /setup" in e["message"]]
     assert len(access) == 1 and access[0]["request_id"] == "gun-1", access
     assert PASSWORD not in text
+
+
+def test_a_dependencys_bare_output_in_a_worker_job_is_json(start_worker, redis_client, tmp_path):
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    path = tmp_path / "worker.log"
+    worker = start_worker(f"noisy-{uuid.uuid4().hex[:8]}", log_path=path, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    queue = Queue(worker.queue, connection=redis_client, serializer=JSONSerializer)
+    job = queue.enqueue("tests.service.test_logs.noisy_job", "worker job")
+    deadline = time.monotonic() + 30
+    while job.get_status(refresh=True) not in ("finished", "failed"):
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.05)
+    assert job.get_status() == "finished", job.exc_info
+    worker.stop()  # what is still in the pipes is written at exit
+    assert_noisy_lines_are_json(path.read_text(), "worker job")
+
+
+def test_a_dependencys_bare_output_in_a_request_is_json(redis_url, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "web.log"
+    env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "PYTHONPATH": str(ROOT),
+           "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "DATA_DIR": str(tmp_path)}
+    code = f"""
+import backend.app
+from tests.service.test_logs import noisy_job
+create_app = backend.app.create_app
+
+def noisy_app(settings):
+    app = create_app(settings)
+    app.get("/noisy")(lambda: noisy_job("request"))
+    return app
+
+backend.app.create_app = noisy_app
+from backend.server import serve
+serve("127.0.0.1", {port}, workers=1)
+"""
+    with open(log_path, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True,
+                                   stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                response = requests.get(f"{url}/noisy", timeout=5)
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+        assert response.status_code == 200 and response.text == "ok"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    text = log_path.read_text()
+    assert_noisy_lines_are_json(text, "request")
+    assert any(e["logger"] == "gunicorn.access" and "GET /noisy" in e["message"] for e in json_lines(text))
