@@ -372,7 +372,8 @@ def plot_losses(history: dict[str, list[float]], path: Path, title: str = "") ->
     ax.set_ylabel("loss (assistant tokens)")
     ax.set_yscale("log")
     ax.set_title(title)
-    ax.legend()
+    if ax.get_lines():  # a run with no training step (an --init with 0 steps) has no curve to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
