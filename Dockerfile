@@ -4,7 +4,8 @@
 #   docker run --rm regionscribe --help
 #   docker compose up           (see docker-compose.yml)
 #
-# torch comes from PyPI as the project pins it. On x86_64 Linux PyPI's torch wheel is the CUDA build (it pulls the
+# Every dependency comes from requirements.lock (exact versions and hashes, `make lock` refreshes it); torch from PyPI
+# as the project pins it. On x86_64 Linux PyPI's torch wheel is the CUDA build (it pulls the
 # nvidia-* runtime wheels, about 5 GB), so the same image runs on a GPU (with the NVIDIA container toolkit on the host)
 # and on a CPU. A smaller CPU-only image would install torch/torchvision from PyTorch's CPU wheel index first; that
 # index is not reachable from where this file was written, so it is not wired in here.
@@ -18,14 +19,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer: a change to the sources does not reinstall torch.
-COPY pyproject.toml README.md ./
-RUN mkdir -p model backend \
-    && touch model/__init__.py backend/__init__.py \
-    && pip install . \
-    && pip uninstall -y regionscribe \
-    && rm -rf model backend build *.egg-info
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
 # The project itself (model/default, the embedded checkpoint, is package data and comes along).
+COPY pyproject.toml README.md ./
 COPY model ./model
 COPY backend ./backend
 COPY labeling_configs ./labeling_configs

@@ -1,17 +1,26 @@
 # regionscribe: `make run` (the backend on the embedded default model) and `make test` (the whole suite).
-# Both create the project venv on first use; nothing needs to be installed by hand but Python 3.11.
+# Both create the project venv on first use, from the lock file (exact versions and hashes); nothing needs to be
+# installed by hand but Python 3.11.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LATEST_VENV ?= .venv-latest
+LOCK_VENV ?= .venv-lock
+PIP_TOOLS := pip-tools==7.6.2
+# the lock files carry no index or find-links lines of the machine that compiled them
+PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links --custom-compile-command "make lock"
 
-.PHONY: run test test-fast e2e train-default train-baseline eval bench clean-venv
+.PHONY: run test test-fast test-latest e2e lock train-default train-baseline eval bench clean-venv
 
-$(STAMP): pyproject.toml
+# requirements-dev.lock: the runtime lock (requirements.lock, what the Dockerfile installs) plus the test tools
+$(STAMP): requirements-dev.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -26,6 +35,29 @@ test-fast: $(STAMP)
 
 e2e: $(STAMP)
 	$(PY) -m pytest -q -m e2e
+
+# The newest versions pyproject.toml allows, in a venv of their own, on the fast suite: a new release of a dependency
+# that breaks us shows up here before it reaches the lock. Not part of .ci/run, which must be deterministic.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip list --format freeze > $(LATEST_VENV)/versions.txt
+	@grep -iE '^(transformers|torch|accelerate|peft|tokenizers|rq|redis|flask|label-studio-sdk)==' $(LATEST_VENV)/versions.txt
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not e2e and not slow"
+
+# Refresh the locks from pyproject's ranges (and scripts/labelstudio.in): the newest versions allowed, except
+# transformers, which is locked at pyproject's lowest supported version so that `make test` covers it (test-latest
+# covers the newest).
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && \
+		$(LOCK_VENV)/bin/python -m pip install --quiet $(PIP_TOOLS); }
+	$(LOCK_VENV)/bin/python -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+		print(next("transformers==" + re.search(r">=([^,]+)", d).group(1) for d in deps if d.startswith("transformers")))' \
+		> $(LOCK_VENV)/floor.txt
+	$(PIP_COMPILE) -c $(LOCK_VENV)/floor.txt -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) -c $(LOCK_VENV)/floor.txt --extra dev -o requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) -o scripts/labelstudio.lock scripts/labelstudio.in
 
 # How the embedded default (model/default/) was produced, about 100 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
 # two stages, then five continuations with relation drills. See README "The embedded default".
@@ -56,4 +88,4 @@ eval: $(STAMP)
 	$(VENV)/bin/regionscribe eval --json
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV)
