@@ -216,7 +216,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
 
     w = sub.add_parser("worker", help="a long-lived non-forking RQ worker")
-    w.add_argument("--queue", action="append", default=None, help="queue name (repeatable; default: inference)")
+    w.add_argument("--queue", action="append", default=None,
+                   help="queue name (repeatable; default: the inference and ingest queues, as `run` starts it)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(func=_worker)
 

@@ -304,13 +304,15 @@ def check_workers(settings: Settings, connection) -> list[Check]:
 
     checks = []
     roles = (("inference", settings.inference_queue, FAIL,
-              "start an inference worker against the same REDIS_URL: `regionscribe worker` (docker compose "
-              "--profile gpu or --profile cpu up); /predict answers errors until one is ready"),
+              "start an inference worker against the same REDIS_URL: `regionscribe worker` (it serves the ingest "
+              "queue too; docker compose --profile gpu or --profile cpu up); /predict answers errors until one is "
+              "ready"),
              ("training", settings.training_queue, WARN,
               "start a training worker (`regionscribe worker --queue training`, the compose service `trainer`); "
               "until then training runs wait in the queue"),
              ("ingest", settings.ingest_queue, WARN,
-              "start an ingest worker (`regionscribe worker --queue ingest`, the compose service `ingest`); until "
+              "start an ingest worker: a plain `regionscribe worker` serves the inference and ingest queues, "
+              "`regionscribe worker --queue ingest` the ingest queue alone (the compose service `ingest`); until "
               "then the trainer fetches missing images itself before each run"))
     for role, queue, missing_status, fix in roles:
         try:

@@ -228,8 +228,9 @@ def _job_worker_class():
 
 def run_worker(queues: list[str] | None = None, burst: bool = False, settings: Settings | None = None,
                name: str | None = None, max_jobs: int | None = None) -> bool:
-    """Serve describe jobs until stopped (SIGINT/SIGTERM finish the current job, then exit). Returns whether any job
-    was processed. `burst=True` stops when the queues are empty."""
+    """Serve jobs of `queues` (default: the inference and ingest queues, as `run` starts it) until stopped
+    (SIGINT/SIGTERM finish the current job, then exit). Returns whether any job was processed. `burst=True` stops
+    when the queues are empty."""
     global _STATE
     from rq import Queue
     from rq.serializers import JSONSerializer
@@ -241,7 +242,7 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     connection = redis_connection(settings.redis_url)
     connection.ping()
     name = name or f"regionscribe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    queue_names = list(queues or [settings.inference_queue])
+    queue_names = list(queues or [settings.inference_queue, settings.ingest_queue])  # as `run` starts it
     info = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "state": "loading",
             "model_version": None, "started_at": time.time(), "queues": queue_names}
     heartbeat = _Heartbeat(connection, name, info, every=settings.worker_heartbeat)

@@ -54,6 +54,21 @@ def test_image_errors_come_back_as_task_errors_not_failed_jobs(redis_client, mak
     assert not outcomes[1].ok and "not allowed" in outcomes[1].message
 
 
+def test_a_plain_worker_serves_the_inference_and_the_ingest_queue(redis_client, spawn_worker):
+    """`regionscribe worker` with no --queue, as a deployment starts it: the ingest jobs that cache annotated images
+    have a worker too (doctor counts it as a live ingest worker)."""
+    from rq import Worker
+
+    spawn_worker("plain-worker", "inference-plain", INGEST_QUEUE="ingest-plain")
+    assert "plain-worker" in {w["name"] for w in live_workers(redis_client, "inference-plain")}
+    assert "plain-worker" in {w["name"] for w in live_workers(redis_client, "ingest-plain")}
+    deadline = time.monotonic() + 10
+    while not (found := [w for w in Worker.all(connection=redis_client) if w.name == "plain-worker"]):
+        assert time.monotonic() < deadline, "rq never registered the worker"
+        time.sleep(0.05)
+    assert set(found[0].queue_names()) == {"inference-plain", "ingest-plain"}
+
+
 def test_several_workers_share_one_queue(redis_client, make_settings, spawn_worker):
     settings = make_settings(inference_queue="inference-shared")
     workers = [spawn_worker(name, "inference-shared", wait=False) for name in ("shared-a", "shared-b")]
