@@ -173,7 +173,6 @@ class _OutputCapture:
     def __init__(self, handler: logging.StreamHandler):
         self.pid = os.getpid()
         self.handler = handler
-        self.lock = threading.Lock()  # one line at a time on the output, whichever pipe it came from
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -210,13 +209,14 @@ class _OutputCapture:
         line = raw.decode("utf-8", errors="backslashreplace").rstrip()
         if not line.strip():
             return
-        with self.lock:
+        handler = self.handler
+        with handler.lock:  # the handler's own lock: one line at a time on the output, from a pipe or a record
             try:
                 if _is_log_line(line):
                     self.output.write(line + "\n")
                 else:
                     record = logging.LogRecord(name, level, "(output)", 0, line, None, None)
-                    self.output.write(self.handler.format(record) + "\n")
+                    self.output.write(handler.format(record) + "\n")
                 self.output.flush()
             except Exception:  # noqa: BLE001 - nowhere left to report it; never take the process down
                 pass
