@@ -15,9 +15,10 @@ webhook at all. The sync reads what Label Studio holds and brings the store in l
   that shifted while it was read deletes nothing. Tombstones stay (an annotation id never comes back);
 - then, as after a webhook, the images of new regions are queued for caching and the retraining policy is asked.
 
-`--since T` reads only the tasks Label Studio changed at or after T (the Data Manager's `tasks:updated_at` filter);
-deletions are then looked for among the store's annotations of those tasks and those updated at or after T. Without
-it every task is read.
+`--since T` reads only the tasks Label Studio changed at or after T (the Data Manager's `tasks:updated_at` filter:
+saving or deleting an annotation touches its task); deletions are then looked for among the store's annotations of
+those tasks and those updated at or after T. The Data Manager's bulk "Delete annotations" does not touch the tasks,
+so only a sync without `--since` (the periodic one) is sure to see those. Without it every task is read.
 
 Counts per project: new (the store did not have the annotation), changed (it had an older version), unchanged,
 deleted, and skipped (malformed, kept out with a log line). Regions whose content only a sync delivered keep the
@@ -95,8 +96,9 @@ def _iso(us: int) -> str:
 
 
 def _since_query(since_us: int) -> str:
-    """Data Manager query: tasks updated at or after `since_us` (Label Studio bumps a task's updated_at when one of
-    its annotations is created, changed or deleted)."""
+    """Data Manager query: tasks updated at or after `since_us` (Label Studio touches a task's updated_at when one of
+    its annotations is saved or deleted, just before it stamps the annotation: a second of slack keeps the task of an
+    annotation saved at exactly `since_us`)."""
     return json.dumps({"filters": {"conjunction": "and", "items": [
         {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
          "value": _iso(since_us - 1_000_000)}]}})
