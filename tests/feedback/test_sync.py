@@ -72,6 +72,22 @@ def test_annotations_the_webhook_lost_reach_the_store(setup, api, ls):
     assert store.pending_count(pid) == 3
 
 
+def test_events_refused_with_401_reach_the_store_and_count_toward_retraining(make_settings, api, serve, ls,
+                                                                            redis_client):
+    settings = make_settings(label_studio_url=api.url, basic_auth_user="u", basic_auth_pass="p", retrain_after=2)
+    server = serve(settings)
+    pid = api.add_project(ls.XML)
+    tid = api.add_task(pid)
+    ann = api.annotate(tid, ls.region("r1", caption="refused") + ls.region("r2", caption="also refused"))
+    event = ls.annotation_event(pid, tid, ann["id"], ann["result"], label_config=ls.XML)
+    assert requests.post(f"{server.url}/webhook", json=event, timeout=5).status_code == 401  # no header
+    store = Store.shared(settings)
+    assert store.records(pid) == []
+    report = sync_project(settings, pid, store=store, connection=redis_client)
+    assert report.new == 1 and store.pending_count(pid) == 2
+    assert report.training["due"] and report.training["enqueued"], report.training
+
+
 def test_newest_wins_and_deletions_are_seen(setup, api, ls):
     settings, store = setup
     pid = api.add_project(ls.XML)
