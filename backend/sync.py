@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SYNC_JOB = "backend.sync.sync_job"
-SYNC_JOB_ID = "regionscribe-sync"
+SYNC_JOB_KEY = "regionscribe:sync:{queue}:job"  # id of the last sync job queued on that queue
 TICK_KEY = "regionscribe:sync:tick"  # set for SYNC_INTERVAL seconds by the worker that queued the last sync
 LAST_KEY = "regionscribe:sync:last"  # JSON of the last periodic sync: {"at", "projects": {id: counts or error}}
 COUNTS = ("new", "changed", "unchanged", "deleted", "skipped")
@@ -285,17 +285,34 @@ def sync_job() -> dict:
 
 
 def enqueue_sync(connection: redis.Redis, settings: Settings) -> bool:
-    """Queue `sync_job` unless one is already queued or running. Returns whether it was queued."""
+    """Queue `sync_job` unless the last one queued still waits, or still runs on a live worker (a sync slower than
+    SYNC_INTERVAL does not pile up; one whose worker died does not block the next). Returns whether it queued one."""
+    import uuid
+
     from rq import Queue
-    from rq.exceptions import DuplicateJobError
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
+    from .worker import is_alive
+
+    key = SYNC_JOB_KEY.format(queue=settings.ingest_queue)
+    last = connection.get(key)
+    if last:
+        try:
+            job = Job.fetch(last.decode(), connection=connection, serializer=JSONSerializer)
+            status = job.get_status(refresh=False)
+            if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                return False
+            if status == JobStatus.STARTED and job.worker_name and is_alive(connection, job.worker_name):
+                return False
+        except NoSuchJobError:
+            pass
+    job_id = f"regionscribe-sync-{uuid.uuid4().hex[:12]}"
     queue = Queue(settings.ingest_queue, connection=connection, serializer=JSONSerializer)
-    try:
-        queue.enqueue_call(SYNC_JOB, job_id=SYNC_JOB_ID, unique=True, timeout=max(3600, 2 * settings.sync_interval),
-                           result_ttl=0, failure_ttl=60, description="sync every connected project with Label Studio")
-    except DuplicateJobError:
-        return False
+    queue.enqueue_call(SYNC_JOB, job_id=job_id, timeout=max(3600, 2 * settings.sync_interval), result_ttl=0,
+                       failure_ttl=300, description="sync every connected project with Label Studio")
+    connection.set(key, job_id, ex=max(3600, 2 * settings.sync_interval) + 600)
     return True
 
 

@@ -104,8 +104,9 @@ def schedule_check(connection: redis.Redis, settings: Settings, project_id: int,
     queue = Queue(settings.ingest_queue, connection=connection, serializer=JSONSerializer)
     try:
         queue.enqueue_call(ENSURE_JOB, args=(int(project_id), normalized_url(backend_url)),
-                           job_id=f"regionscribe-webhook-{int(project_id)}", unique=True, timeout=120, result_ttl=0,
-                           failure_ttl=300, description=f"make project {project_id}'s webhook right",
+                           job_id=f"regionscribe-webhook-{settings.ingest_queue}-{int(project_id)}", unique=True,
+                           timeout=120, result_ttl=0, failure_ttl=60,
+                           description=f"make project {project_id}'s webhook right",
                            meta={"request_id": current_request_id()})
     except DuplicateJobError:
         return False

@@ -346,3 +346,26 @@ def test_report_shows_how_regions_arrived(setup, api, ls, tmp_path):
     assert out["regions_by_source"][pid] == {"regions": 1, "webhook": 0, "sync": 1}
     assert "only via sync" in page and f"<td>{pid}</td><td>1</td><td>0</td><td>1</td><td>100.0%</td>" in page
 
+
+
+def test_one_sync_waits_at_a_time_and_a_dead_worker_does_not_block(make_settings, redis_client):
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from backend.sync import SYNC_JOB_KEY, enqueue_sync, tick
+
+    settings = make_settings(sync_interval=30)
+    assert enqueue_sync(redis_client, settings)
+    assert not enqueue_sync(redis_client, settings), "a second sync queued behind one that waits"
+    job = Job.fetch(redis_client.get(SYNC_JOB_KEY.format(queue=settings.ingest_queue)).decode(),
+                    connection=redis_client, serializer=JSONSerializer)
+    job.set_status(JobStatus.STARTED)
+    job.worker_name = "a-worker-killed-mid-sync"  # no heartbeat: dead
+    job.save()
+    assert enqueue_sync(redis_client, settings), "a sync whose worker died blocks the next one"
+    assert not tick(redis_client, settings.replace(sync_interval=0))
+    redis_client.delete("regionscribe:sync:tick")
+    assert not tick(redis_client, settings)  # the last one still waits: the tick queues nothing more
+    assert redis_client.ttl("regionscribe:sync:tick") > 0  # and the clock waits a SYNC_INTERVAL
+    redis_client.delete(SYNC_JOB_KEY.format(queue=settings.ingest_queue))
+    assert not tick(redis_client, settings), "ticked twice within SYNC_INTERVAL"
