@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -71,8 +71,7 @@ class SyncReport:
     tasks: int = 0
     regions_changed: int = 0  # regions whose content the sync brought (new or changed content)
     seconds: float = 0.0
-    training: dict | None = None
-    problems: list[str] = field(default_factory=list)
+    training: dict | None = None  # what the retraining policy answered, when the sync changed regions
 
     def counts(self) -> dict:
         return {k: getattr(self, k) for k in COUNTS}

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECTED_KEY = "regionscribe:connected_projects"  # hash: project id -> {"url": the backend as LS reaches it, "seen_at"}
+CONNECTED_KEY = "regionscribe:connected_projects"  # hash: project id -> {"url": backend URL LS uses, "seen_at"}
 CHECK_KEY = "regionscribe:webhook_check:{project}"  # set while a check of the project is recent (CHECK_EVERY)
 CHECK_EVERY = 60  # seconds: /setup runs often (every model list, every prediction batch); check a project this often
 REFUSED_KEY = "regionscribe:webhook_refused:{hour}"  # 401s on /webhook per UTC hour, kept REFUSED_KEEP seconds
