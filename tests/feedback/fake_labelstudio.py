@@ -12,6 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
+# ids (projects, tasks, annotations, webhooks) unique across every fake of the session: tests share one Redis, where
+# per-project keys (the training policy's) must not collide
+_IDS = itertools.count(int(datetime.now().timestamp()) % 100000 * 1000 + 500_000_000)
+
+
 def stamp(seconds: float) -> str:
     return datetime.fromtimestamp(1714564800 + seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -29,7 +34,7 @@ class FakeLabelStudio:
         self.hidden: set[int] = set()  # annotation ids left out of task listings (a page that shifted)
         self.fail_pages: set[int] = set()  # task pages answered with 500
         self.clock = itertools.count(1)
-        self.ids = itertools.count(int(datetime.now().timestamp()) % 100000 * 1000 + 500)
+        self.ids = _IDS
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
