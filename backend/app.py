@@ -33,10 +33,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from .ingest import fast_redis
 from .logs import REQUEST_ID
 from .metrics import Metrics
 from .model_backend import QueueUnavailable, RegionScribeModel, read_model_version
-from .ingest import fast_redis
 from .settings import Settings, get_settings
 from .webhooks import record_refusal, remember_connection, schedule_check, warn_unfixable
 from .worker import live_workers, redis_connection
