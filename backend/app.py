@@ -1,7 +1,9 @@
 """The HTTP app Label Studio talks to (Flask 3; served by gunicorn, see backend.server).
 
     GET  /health   under 1 s, no model work: Redis reachable? how many inference workers are up?
-    POST /setup    under 3 s: {"model_version": ...} (read from Redis or the checkpoint's config.json, never by loading)
+    POST /setup    under 3 s: {"model_version": ...} (read from Redis or the checkpoint's config.json, never by
+                   loading); remembers the project as connected and queues the check of its webhook
+                   (backend.webhooks), which runs on the ingest worker after the answer
     POST /predict  batch (context null) or interactive (params.context.result holds the drawn boxes)
     POST /webhook  annotation events; answers 201 at once (the feedback loop builds on it)
     POST /export   a curated dataset from the store, written under <DATA_DIR>/exports/<name> (backend.export)
@@ -31,10 +33,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from .ingest import fast_redis
 from .logs import REQUEST_ID
 from .metrics import Metrics
 from .model_backend import QueueUnavailable, RegionScribeModel, read_model_version
 from .settings import Settings, get_settings
+from .webhooks import record_refusal, remember_connection, schedule_check, warn_unfixable
 from .worker import live_workers, redis_connection
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
         if not g.get("redis_down"):  # counters live in Redis: do not spend a second timeout on one found down
             metrics.observe_request(route, request.method, response.status_code, seconds)
+            if route == "/webhook" and response.status_code == 401 and connection is not None:
+                try:  # `regionscribe doctor` reports recent refusals: Label Studio itself never shows them
+                    record_refusal(connection)
+                except redis.RedisError:
+                    pass
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
@@ -128,7 +137,26 @@ def create_app(settings: Settings | None = None) -> Flask:
                 connection.set(PROJECT_CONFIG_KEY.format(project=project), schema, ex=30 * 24 * 3600)
             except redis.RedisError:
                 pass
-        return jsonify(model(schema, project).setup())
+        answer = model(schema, project).setup()
+        if project:
+            _connected(int(project), request.url_root)
+        return jsonify(answer)
+
+    def _connected(project: int, backend_url: str) -> None:
+        """The project reached this backend at `backend_url`: remember it (the sync and the doctor go through the
+        connected projects) and queue the check of its webhook; nothing here waits on Label Studio."""
+        if settings.basic_auth_enabled and not settings.label_studio_api_enabled:
+            warn_unfixable(settings, project, backend_url)
+        client = fast_redis(settings.redis_url)  # short timeouts: /setup stays well inside Label Studio's 3 s
+        if client is None:
+            return
+        try:
+            remember_connection(client, project, backend_url)
+            if settings.label_studio_api_enabled:
+                schedule_check(client, settings, project, backend_url)
+        except redis.RedisError as exc:
+            log.warning("project %s: connection not remembered, webhook not checked (Redis: %s)", project,
+                        type(exc).__name__)
 
     @app.post("/predict")
     def predict():
@@ -302,6 +330,28 @@ def _gauges(connection: redis.Redis, settings: Settings) -> dict:
         gauges["regionscribe_prefilled_regions"] = (
             "Live annotated regions a model version had pre-filled.",
             [({"model_version": v}, r["regions"]) for v, r in rates.items()])
+        by_source = Store.shared(settings).regions_by_source()
+        gauges["regionscribe_regions_live"] = (
+            "Live (not deleted) annotated regions in the store, by project.",
+            [({"project": str(p)}, c["regions"]) for p, c in sorted(by_source.items())])
+        gauges["regionscribe_regions_sync_only"] = (
+            "Live regions whose current content arrived only through a sync with Label Studio (no webhook delivered "
+            "it), by project: a rising count means the webhook path is broken (regionscribe doctor says why).",
+            [({"project": str(p)}, c["sync"]) for p, c in sorted(by_source.items())])
     except Exception as exc:  # the store is optional for /metrics
-        log.warning("edit rate not available for /metrics: %s", exc)
+        log.warning("store figures not available for /metrics: %s", exc)
+    last = _last_sync(connection)
+    if last is not None:
+        gauges["regionscribe_sync_last_run_timestamp_seconds"] = (
+            "When the last periodic sync with Label Studio finished (epoch seconds).", [({}, last)])
     return gauges
+
+
+def _last_sync(connection: redis.Redis) -> float | None:
+    from .sync import LAST_KEY
+
+    raw = connection.get(LAST_KEY)
+    try:
+        return float(json.loads(raw)["at"]) if raw else None
+    except (ValueError, KeyError, TypeError):
+        return None

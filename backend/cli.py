@@ -9,6 +9,7 @@
     regionscribe report  an HTML page with the metrics across versions and the edit rate per model version
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
     regionscribe export  curated region-text datasets from the feedback store (conversations, vg, coco, hf)
+    regionscribe sync    bring the feedback store in line with Label Studio (annotations the webhook missed)
 """
 from __future__ import annotations
 
@@ -133,6 +134,72 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from backend.settings import get_settings
+    from backend.store import StoreError
+    from backend.sync import SyncReport, parse_since, sync_all
+
+    settings = get_settings()
+    try:
+        since = parse_since(args.since)
+    except ValueError as exc:
+        print(f"regionscribe sync: error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.label_studio_api_enabled:
+        print("regionscribe sync: error: set LABEL_STUDIO_URL (Label Studio's base URL) and LABEL_STUDIO_API_KEY (a "
+              "personal access token: Account & Settings) so the backend can read the annotations", file=sys.stderr)
+        return 2
+    connection = _redis_or_none(settings)
+    bar = None
+    if not args.quiet and not args.json:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" tasks", desc="sync", file=sys.stderr)
+    try:
+        reports = sync_all(settings, projects=args.project, since=since, connection=connection,
+                           on_task=bar.update if bar is not None else None)
+    except StoreError as exc:
+        print(f"regionscribe sync: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    failed = {p: r for p, r in reports.items() if not isinstance(r, SyncReport)}
+    if args.json:
+        print(json.dumps({str(p): (r.as_dict() if isinstance(r, SyncReport) else {"error": r})
+                          for p, r in reports.items()}, indent=2))
+    else:
+        if not reports:
+            print("no project to sync: none is connected (Label Studio calls /setup when a project connects) and the "
+                  "store holds none; name one with --project")
+        for p, r in reports.items():
+            if isinstance(r, SyncReport):
+                print(f"project {p}: {r.new} new, {r.changed} changed, {r.unchanged} unchanged, {r.deleted} deleted"
+                      + (f", {r.skipped} skipped (see the log)" if r.skipped else "")
+                      + f" ({r.tasks} tasks in {r.seconds:.1f} s)")
+            else:
+                print(f"project {p}: not synced: {r}")
+    return 1 if failed else 0
+
+
+def _redis_or_none(settings):
+    """Redis when REDIS_URL is set and answers (to queue image fetches and ask the retraining policy), else None."""
+    if not settings.redis_url:
+        return None
+    import redis
+
+    from backend.worker import redis_connection
+
+    connection = redis_connection(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        print(f"regionscribe sync: Redis unreachable ({type(exc).__name__}): the store is still synced; images and "
+              "the retraining policy wait for the next event", file=sys.stderr)
+        return None
+    return connection
+
+
 def _versions(args: argparse.Namespace) -> int:
     from backend.reporting import format_table, version_rows, versions_json
 
@@ -253,6 +320,15 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--chunk-size", type=int, default=1000, help="rows read from the store at a time")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     x.set_defaults(func=_export)
+
+    y = sub.add_parser("sync", help="bring the feedback store in line with Label Studio (annotations the webhook "
+                                    "missed: backend down, 401, timeout)")
+    y.add_argument("--project", type=int, action="append",
+                   help="project id (repeatable; default: every connected project and every project in the store)")
+    y.add_argument("--since", help="only tasks Label Studio changed at or after this ISO date/time (UTC)")
+    y.add_argument("--json", action="store_true", help="print the counts as JSON")
+    y.add_argument("--quiet", action="store_true", help="no progress bar")
+    y.set_defaults(func=_sync)
     return p
 
 

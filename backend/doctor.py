@@ -19,6 +19,11 @@ Checks, with the settings of this process's environment (run it where the servic
 - label_studio: LABEL_STUDIO_URL answers /health, and LABEL_STUDIO_API_KEY is accepted
   (/api/current-user/whoami; a personal access token is first exchanged for an access token, as the image fetcher
   does);
+- webhooks: for every connected project (its /setup reached this deployment), Label Studio's webhook to this
+  backend's /webhook is there, carries the Basic auth header when BASIC_AUTH_USER/BASIC_AUTH_PASS are set, is not
+  duplicated and is active; and how many requests to /webhook were refused with 401 in the last hour and day;
+- sync: the periodic sync with Label Studio (SYNC_INTERVAL) is on and ran recently, and how many live regions
+  arrived only through it (events the webhook lost);
 - backend (only with --backend URL): the web server's /health.
 
 No secret is ever printed: the API key, BASIC_AUTH_PASS and passwords inside REDIS_URL/STORE_URL are scrubbed from
@@ -422,6 +427,137 @@ def check_label_studio(settings: Settings, timeout: float) -> list[Check]:
     return checks
 
 
+def check_webhooks(settings: Settings, connection, timeout: float) -> list[Check]:
+    from .webhooks import basic_auth_header, connected_projects, refusals
+
+    checks = []
+    if connection is None:
+        return [Check("webhooks", SKIP, "needs Redis (the connected projects and the refusals are kept there)")]
+    try:
+        refused = refusals(connection)
+        projects = connected_projects(connection)
+    except Exception as exc:
+        return [Check("webhooks", FAIL, f"cannot read Redis: {_error(exc)}", "check Redis (see the redis check)")]
+    recover = ("the events refused so far are recovered by the sync (`regionscribe sync`, or the ingest worker every "
+               "SYNC_INTERVAL seconds)")
+    if refused["last_day"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(refused["last_at"])) if refused["last_at"] else "?"
+        detail = (f"{refused['last_hour']} request(s) to /webhook refused with 401 in the last hour, "
+                  f"{refused['last_day']} in the last 24 h (last at {when})")
+        fix = ("Label Studio's webhook carries no or wrong Basic auth credentials (see the webhooks.project-N checks); "
+               + recover)
+        checks.append(Check("webhooks.401", FAIL if refused["last_hour"] else WARN, detail, fix))
+    else:
+        checks.append(Check("webhooks.401", OK, "no request to /webhook refused with 401 in the last 24 h"))
+    if not projects:
+        checks.append(Check("webhooks", SKIP, "no connected project yet (Label Studio calls /setup when a project "
+                                              "connects the model)"))
+        return checks
+    if not settings.label_studio_api_enabled:
+        status = FAIL if settings.basic_auth_enabled else WARN
+        checks.append(Check("webhooks", status, f"{len(projects)} connected project(s), but LABEL_STUDIO_URL and "
+                            "LABEL_STUDIO_API_KEY are not both set: their webhooks cannot be checked"
+                            + (" or given the Basic auth header, so Label Studio's events get 401" if
+                               settings.basic_auth_enabled else ""),
+                            "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (a personal access token) for the web "
+                            "server and the workers"))
+        return checks
+    from .labelstudio import LabelStudioError, client
+    from .webhooks import inspect
+
+    c = client(settings, timeout=timeout)
+    header = basic_auth_header(settings)
+    for pid, info in sorted(projects.items()):
+        name = f"webhooks.project-{pid}"
+        try:
+            state = inspect(settings, c, pid, info.get("url") or "")
+        except LabelStudioError as exc:
+            gone = exc.status == 404
+            checks.append(Check(name, WARN if gone else FAIL, str(exc),
+                                "the project is gone from Label Studio; nothing to do" if gone else
+                                "see the label_studio checks"))
+            continue
+        if "missing" in state.problems:
+            checks.append(Check(name, WARN if settings.sync_interval > 0 else FAIL,
+                                f"no webhook to {state.url}: annotations reach the store only through the sync"
+                                + (f" (every {settings.sync_interval} s)" if settings.sync_interval > 0 else
+                                   ", and SYNC_INTERVAL=0 turns that off: they do not reach it at all"),
+                                f"in Label Studio, remove the model from project {pid}'s settings and connect it again "
+                                f"(Label Studio then creates the webhook), or POST /api/webhooks with "
+                                f"{{\"project\": {pid}, \"url\": \"{state.url}\", \"send_payload\": true, "
+                                "\"send_for_all_actions\": true}"))
+            continue
+        hook = state.keep
+        parts = [f"webhook {hook.get('id')} to {state.url}"]
+        if header is not None:
+            parts.append("carries the Basic auth header" if state.authenticated else
+                         "carries " + ("other credentials" if "wrong credentials" in state.problems else
+                                       "no credentials") + ": every event gets 401")
+        if state.duplicates:
+            ids = ", ".join(str(h.get("id")) for h in state.duplicates)
+            parts.append(f"{len(state.duplicates)} more to the same URL ({ids}): each event arrives more than once")
+        if "inactive" in state.problems:
+            parts.append("inactive: Label Studio sends nothing through it")
+        fix = ""
+        if state.authenticated is False or state.duplicates:
+            fix = (f"open project {pid}'s model settings in Label Studio (it calls /setup, and the ingest worker then "
+                   "sets the header and removes duplicates), or PATCH /api/webhooks/<id> with {\"headers\": "
+                   "{\"Authorization\": \"Basic <base64 of BASIC_AUTH_USER:BASIC_AUTH_PASS>\"}} and DELETE the "
+                   "duplicates; " + recover)
+        elif "inactive" in state.problems:
+            fix = f"activate webhook {hook.get('id')} in project {pid}'s settings (Webhooks); " + recover
+        status = FAIL if state.authenticated is False else WARN if state.problems else OK
+        checks.append(Check(name, status, "; ".join(parts), fix))
+    return checks
+
+
+def check_sync(settings: Settings, connection) -> Check:
+    if settings.sync_interval <= 0:
+        return Check("sync", WARN, "SYNC_INTERVAL=0: no periodic sync with Label Studio",
+                     "set SYNC_INTERVAL (seconds, default 300) so that events the webhook loses (backend down, 401, "
+                     "timeout) still reach the store; `regionscribe sync` does it by hand")
+    if not settings.label_studio_api_enabled:
+        return Check("sync", WARN, "the periodic sync is off: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both "
+                                   "set", "set both for the ingest worker (a personal access token)")
+    notes = []
+    try:
+        from .store import Store, default_url
+
+        store = Store.open(default_url(settings), Path(settings.data_dir) / "images")
+        try:
+            by_source = store.regions_by_source()
+        finally:
+            store.close()
+        only = sum(c["sync"] for c in by_source.values())
+        total = sum(c["regions"] for c in by_source.values())
+        notes.append(f"{only} of {total} live regions arrived only through the sync")
+    except Exception as exc:
+        notes.append(f"store not read ({_error(exc)})")
+    last = None
+    if connection is not None:
+        try:
+            from .sync import LAST_KEY
+
+            raw = connection.get(LAST_KEY)
+            last = json.loads(raw) if raw else None
+        except Exception:
+            last = None
+    if last is None:
+        return Check("sync", WARN, "; ".join(["no periodic sync has run yet", *notes]),
+                     "the ingest worker (`regionscribe worker --queue ingest`) runs it every SYNC_INTERVAL seconds; "
+                     "is one running with LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set?")
+    age = time.time() - float(last.get("at", 0))
+    errors = {p: r["error"] for p, r in (last.get("projects") or {}).items() if isinstance(r, dict) and "error" in r}
+    detail = "; ".join([f"last sync {age:.0f} s ago over {len(last.get('projects') or {})} project(s)", *notes])
+    if errors:
+        return Check("sync", WARN, detail + f"; failed for {', '.join(sorted(errors))}: "
+                     + "; ".join(sorted(errors.values()))[:300], "see the ingest worker's log")
+    if age > 3 * settings.sync_interval + 60:
+        return Check("sync", WARN, detail + f" (SYNC_INTERVAL is {settings.sync_interval} s)",
+                     "is the ingest worker running? (`regionscribe worker --queue ingest`)")
+    return Check("sync", OK, detail)
+
+
 def check_backend(url: str, timeout: float) -> Check:
     import requests
 
@@ -476,6 +612,8 @@ def run_checks(settings: Settings | None = None, load: bool = False, timeout: fl
     timed(check_model, settings, connection, load)
     timed(check_workers, settings, connection)
     timed(check_label_studio, settings, timeout)
+    timed(check_webhooks, settings, connection, timeout)
+    timed(check_sync, settings, connection)
     if backend_url:
         timed(check_backend, backend_url, timeout)
     secrets = _secrets(settings, env)

@@ -298,7 +298,8 @@ def suggestions_from_prediction(prediction: dict, config: ProjectConfig | None, 
 # ------------------------------------------------------------------------------------------------ label config
 
 
-def _parsed(xml: str | None) -> ProjectConfig | None:
+def parsed_config(xml: str | None) -> ProjectConfig | None:
+    """The labeling config as ingest reads it, or None when there is none or regionscribe cannot use it."""
     if not xml:
         return None
     try:
@@ -315,10 +316,10 @@ def resolve_config(payload: dict, project_id: int, store: Store, connection: red
     project = payload.get("project")
     xml = project.get("label_config") if isinstance(project, dict) else None
     if isinstance(xml, str) and xml.strip() and "\x00" not in xml:  # XML never holds NUL
-        return _parsed(xml), xml, False
+        return parsed_config(xml), xml, False
     saved = store.label_config(project_id)
     if saved:
-        return _parsed(saved), None, False
+        return parsed_config(saved), None, False
     if connection is not None:
         from .app import PROJECT_CONFIG_KEY
 
@@ -329,7 +330,7 @@ def resolve_config(payload: dict, project_id: int, store: Store, connection: red
             return None, None, True
         if raw:
             xml = raw.decode()
-            return _parsed(xml), xml, False
+            return parsed_config(xml), xml, False
     return None, None, False
 
 
@@ -424,20 +425,37 @@ def handle_event(settings: Settings, payload: dict, store: Store | None = None,
     outcome = store.record_annotation(annotation, action, payload, label_config=xml_to_save)
     answer = {"status": "ok", "action": action, "result": {k: v for k, v in outcome.items() if k != "images_missing"}}
     # durable from here on; what follows needs Redis and is skipped after its first failure (stay under 1 s)
-    for image_ref, task_id in outcome.get("images_missing") or []:
-        if connection is None:
-            answer["image"] = "deferred"
-            continue
-        try:
-            enqueue_image_fetch(connection, settings, image_ref, task_id)
-            answer["image"] = "queued"
-        except redis.RedisError as exc:
-            log.warning("image of task %s not queued (%s); the training sweep will fetch it", task_id, exc)
-            answer["image"] = "deferred"
-            connection = None
+    image, connection = queue_missing_images(settings, connection, outcome.get("images_missing") or [])
+    if image:
+        answer["image"] = image
     if outcome.get("outcome") == "applied":
         answer["training"] = _evaluate(settings, store, connection, project_id)
     return answer
+
+
+def queue_missing_images(settings: Settings, connection: redis.Redis | None, missing: list
+                         ) -> tuple[str | None, redis.Redis | None]:
+    """Queue the ingest job of each (image_ref, task_id) a write found uncached. Returns ("queued" | "deferred" |
+    None, the connection, or None once Redis failed: callers skip further Redis work)."""
+    status = None
+    for image_ref, task_id in missing:
+        if connection is None:
+            status = "deferred"
+            continue
+        try:
+            enqueue_image_fetch(connection, settings, image_ref, task_id)
+            status = "queued"
+        except redis.RedisError as exc:
+            log.warning("image of task %s not queued (%s); the training sweep will fetch it", task_id, exc)
+            status = "deferred"
+            connection = None
+    return status, connection
+
+
+def evaluate_policy(settings: Settings, store: Store, connection: redis.Redis | None, project_id: int) -> dict:
+    """Ask the retraining policy whether the project is due (needs Redis; without it the count waits in the store
+    for the next evaluation)."""
+    return _evaluate(settings, store, connection, project_id)
 
 
 def _evaluate(settings: Settings, store: Store, connection: redis.Redis | None, project_id: int) -> dict:
@@ -453,28 +471,31 @@ def _evaluate(settings: Settings, store: Store, connection: redis.Redis | None, 
         return {"evaluated": False, "detail": f"queue unavailable ({type(exc).__name__}); kept for the next event"}
 
 
-def replay(source: Store, target: Store, after_id: int = 0) -> int:
-    """Apply the raw events kept in `source` to `target`, in arrival order (both may be the same store: a no-op by
-    idempotency). Returns how many events were applied. Images are not fetched (run the sweep)."""
+def replay(origin: Store, target: Store, after_id: int = 0) -> int:
+    """Apply the raw events kept in `origin` to `target`, in arrival order, each with the source it came by (both
+    stores may be the same: a no-op by idempotency). Returns how many events were applied. Images are not fetched
+    (run the sweep)."""
     count = 0
     while True:
-        events = source.events(after_id=after_id, limit=500)
+        events = origin.events(after_id=after_id, limit=500)
         if not events:
             return count
         for event in events:
             after_id = event["id"]
             payload = event["payload"]
+            source = event.get("source") or "webhook"
             action = payload.get("action") if isinstance(payload, dict) else None
             try:
                 if action in (CREATED, UPDATED):
                     pid = project_id_of(payload)
                     config, xml, _ = resolve_config(payload, pid, target, None)
-                    target.record_annotation(parse_annotation(payload, config), action, payload, label_config=xml)
+                    target.record_annotation(parse_annotation(payload, config), action, payload, label_config=xml,
+                                             source=source)
                 elif action == DELETED:
                     ids = [_int(item, "annotations[].id") for item in payload.get("annotations") or []]
-                    target.delete_annotations(ids, payload)
+                    target.delete_annotations(ids, payload, source=source)
                 elif action == START_TRAINING:
-                    target.record_event(action, payload, project_id_of(payload))
+                    target.record_event(action, payload, project_id_of(payload), source=source)
                 count += 1
             except BadEvent as exc:
                 log.warning("event %s not replayed: %s", event["id"], exc)

@@ -1,5 +1,7 @@
 """What the feedback loop produced, for people: `regionscribe versions` (the registry's versions with their metrics)
-and `regionscribe report` (an HTML page with the metrics across versions and the edit rate per model version).
+and `regionscribe report` (an HTML page with the metrics across versions, the edit rate per model version, and per
+project how many live regions arrived only through a sync with Label Studio: a rising count means the webhook path is
+broken).
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ def write_report(path: str, settings: Settings | None = None) -> dict:
     rows = version_rows(settings)
     store = Store.shared(settings)
     edit = {str(k): v for k, v in store.edit_rate().items()}
+    sources = store.regions_by_source()
     png = _plot(rows, edit)
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape('' if r[c] is None else str(r[c]))}</td>" for c in
@@ -91,6 +94,9 @@ def write_report(path: str, settings: Settings | None = None) -> dict:
                           "base_drop", "created")) + "</tr>" for r in rows)
     edits = "".join(f"<tr><td>{html.escape(v)}</td><td>{e['regions']}</td><td>{e['changed']}</td>"
                     f"<td>{100 * e['rate']:.1f}%</td></tr>" for v, e in sorted(edit.items()))
+    arrivals = "".join(f"<tr><td>{p}</td><td>{c['regions']}</td><td>{c['webhook']}</td><td>{c['sync']}</td>"
+                       f"<td>{100 * c['sync'] / c['regions'] if c['regions'] else 0:.1f}%</td></tr>"
+                       for p, c in sorted(sources.items()))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>regionscribe report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:3px 8px;font-size:13px}}</style></head><body>
@@ -101,11 +107,16 @@ synthetic base test split; held-out score: attribute accuracy and caption exact 
 <h2>Versions</h2><table><tr><th>version</th><th>status</th><th>current</th><th>parent</th><th>regions</th>
 <th>base score</th><th>held-out score</th><th>base drop</th><th>created</th></tr>{table}</table>
 <h2>Edit rate per model version</h2><table><tr><th>model version</th><th>pre-filled regions</th><th>changed</th>
-<th>edit rate</th></tr>{edits}</table></body></html>
+<th>edit rate</th></tr>{edits}</table>
+<h2>How the annotations arrived</h2><p>Live regions per project by the path that delivered their current content: Label
+Studio's webhook, or only the sync with Label Studio's API (regionscribe sync; the ingest worker every SYNC_INTERVAL
+seconds). Regions only the sync brought are events the webhook lost: a rising count means the webhook path is broken
+(regionscribe doctor says why).</p><table><tr><th>project</th><th>live regions</th><th>via webhook</th>
+<th>only via sync</th><th>only via sync (share)</th></tr>{arrivals}</table></body></html>
 """
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
-    return {"path": path, "versions": len(rows), "edit_rate": edit}
+    return {"path": path, "versions": len(rows), "edit_rate": edit, "regions_by_source": sources}
 
 
 def versions_json(settings: Settings | None = None) -> str:

@@ -77,6 +77,7 @@ class Settings:
     replay_ratio: float = 2.0  # REPLAY_RATIO: replayed base (synthetic) samples per correction sample, so old skills stay (README, Benchmarks: feedback_loop.py)
     promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points a candidate may lose on the base test split and still become current
     promotion_base_scenes: int = 60  # PROMOTION_BASE_SCENES: base test scenes scored for the promotion gate
+    sync_interval: int = 300  # SYNC_INTERVAL: seconds between reconciliations of every connected project with Label Studio (backend.sync; run by the ingest worker); 0 turns it off
 
     # --- model output -----------------------------------------------------------------------------------------
     multiple_choice_threshold: float = 0.3  # MULTIPLE_CHOICE_THRESHOLD: choice="multiple" gets every value at least this probable (and the top one)
@@ -114,6 +115,8 @@ class Settings:
                     kwargs[f.name] = raw
             except ValueError:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+        if kwargs.get("sync_interval", 0) < 0:
+            raise ValueError(f"SYNC_INTERVAL={get('SYNC_INTERVAL')!r}: seconds between syncs, or 0 for none")
         if kwargs.get("log_format", "text") not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT={get('LOG_FORMAT')!r}: use one of {', '.join(LOG_FORMATS)}")
         # Label Studio's own tools also accept these names
@@ -134,6 +137,12 @@ class Settings:
     @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def label_studio_api_enabled(self) -> bool:
+        """Whether the backend can call Label Studio's API (webhook repair, sync): LABEL_STUDIO_URL and
+        LABEL_STUDIO_API_KEY both set."""
+        return bool(self.label_studio_url and self.label_studio_api_key)
 
     def replace(self, **changes) -> "Settings":
         return replace(self, **changes)

@@ -193,7 +193,21 @@ ALTER TABLE training_runs ADD COLUMN finished_at {REAL};
 ALTER TABLE training_runs ADD COLUMN outcome TEXT;
 CREATE INDEX training_runs_project ON training_runs (project_id, id)
 """),
+    # where each event came from ("webhook": Label Studio's webhook; "sync": reconciliation with Label Studio's API,
+    # backend.sync), which path brought the version an annotation holds, and, per region, "webhook" when a webhook
+    # delivered its current content, else "sync" (a rising count of the latter means the webhook path is broken).
+    # Everything stored before this step came through the webhook.
+    (3, "event source", """
+ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook';
+ALTER TABLE annotations ADD COLUMN source TEXT;
+ALTER TABLE regions ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook';
+UPDATE annotations SET source = 'webhook' WHERE version_us IS NOT NULL;
+CREATE INDEX annotations_project ON annotations (project_id);
+CREATE INDEX regions_project_source ON regions (project_id, source)
+"""),
 ]
+
+SOURCES = ("webhook", "sync")  # the values of events.source, annotations.source and regions.source
 
 _TYPES = {
     "sqlite": {"AUTOID": "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT": "INTEGER", "REAL": "REAL"},
@@ -207,7 +221,7 @@ REGION_COLUMNS = (
     "px_x2", "px_y2",
     "labels", "caption", "detailed_caption", "relation_text", "attributes", "relations", "completed_by",
     "completed_by_email", "created_at", "updated_at", "lead_time", "prefilled_by", "changed", "has_content",
-    "content_digest", "change_seq", "deleted", "deleted_at", "ground_truth", "was_cancelled", "stored_at",
+    "content_digest", "change_seq", "deleted", "deleted_at", "ground_truth", "was_cancelled", "stored_at", "source",
 )
 
 
@@ -329,6 +343,7 @@ class RegionRecord:
     ground_truth: bool
     was_cancelled: bool
     image_path: Path | None  # the cached image file, when it is on disk
+    source: str = "webhook"  # "webhook" when a webhook delivered the region's current content, else "sync"
 
 
 @dataclass(frozen=True)
@@ -338,6 +353,12 @@ class Snapshot:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+
+
+def _source(value: str) -> str:
+    if value not in SOURCES:
+        raise ValueError(f"unknown event source {value!r}: use one of {', '.join(SOURCES)}")
+    return value
 
 
 def _canonical(value: Any) -> str:
@@ -661,15 +682,17 @@ class Store:
     # ------------------------------------------------------------------------------------------------ events
 
     def _event(self, tx: _Cursorish, action: str, payload: dict, project_id: int | None,
-               annotation_id: int | None) -> tuple[int, int]:
-        """Keep the raw event; a repeated delivery only bumps its count. Returns (event id, deliveries)."""
+               annotation_id: int | None, source: str = "webhook") -> tuple[int, int]:
+        """Keep the raw event with its source ("webhook" or "sync"); a repeated delivery only bumps its count.
+        Returns (event id, deliveries)."""
         text = _canonical(payload)
         digest = hashlib.sha256(text.encode()).hexdigest()
         now = time.time()
         row = tx.one("INSERT INTO events (digest, action, project_id, annotation_id, received_at, last_received_at, "
-                     "deliveries, payload) VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (digest) DO UPDATE SET "
-                     "deliveries = events.deliveries + 1, last_received_at = excluded.last_received_at "
-                     "RETURNING id, deliveries", (digest, action, project_id, annotation_id, now, now, text))
+                     "deliveries, payload, source) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT (digest) DO UPDATE "
+                     "SET deliveries = events.deliveries + 1, last_received_at = excluded.last_received_at "
+                     "RETURNING id, deliveries", (digest, action, project_id, annotation_id, now, now, text,
+                                                  _source(source)))
         return int(row["id"]), int(row["deliveries"])
 
     def _set_outcome(self, tx: _Cursorish, event_id: int, outcome: str) -> None:
@@ -683,22 +706,23 @@ class Store:
                        "(label_config IS NULL OR label_config <> ?)", (label_config, time.time(), project_id,
                                                                          label_config))
 
-    def record_event(self, action: str, payload: dict, project_id: int | None = None) -> int:
+    def record_event(self, action: str, payload: dict, project_id: int | None = None, source: str = "webhook") -> int:
         """Keep an event that changes no records (START_TRAINING) for audit; returns its id."""
 
         def write(tx):
             if project_id is not None:
                 self._project(tx, project_id)
-            event_id, _ = self._event(tx, action, payload, project_id, None)
+            event_id, _ = self._event(tx, action, payload, project_id, None, source)
             return event_id
 
         return self._run(write)
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[dict]:
-        """Raw events in arrival order (id, action, project_id, annotation_id, deliveries, outcome, payload dict)."""
+        """Raw events in arrival order (id, action, project_id, annotation_id, deliveries, outcome, source, payload
+        dict)."""
         rows = self._run(lambda tx: tx.all(
-            "SELECT id, action, project_id, annotation_id, received_at, deliveries, outcome, payload FROM events "
-            "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)), write=False)
+            "SELECT id, action, project_id, annotation_id, received_at, deliveries, outcome, source, payload FROM "
+            "events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)), write=False)
         for row in rows:
             row["payload"] = json.loads(row["payload"])
         return rows
@@ -706,17 +730,25 @@ class Store:
     # ------------------------------------------------------------------------------------------ annotations
 
     def record_annotation(self, annotation: AnnotationInput, action: str, payload: dict,
-                          label_config: str | None = None) -> dict:
+                          label_config: str | None = None, source: str = "webhook") -> dict:
         """Apply one ANNOTATION_CREATED/UPDATED in one transaction. Returns what happened:
         {"outcome": "applied" | "stale" | "tombstoned", "event_id", "regions", "changed_regions", "removed_regions",
-        "images_missing": [(image_ref, task_id)]}."""
+        "images_missing": [(image_ref, task_id)]}.
+
+        `source` is the path the annotation came by: "webhook" (Label Studio's webhook) or "sync" (backend.sync,
+        reading Label Studio's API). Both go through this one path, so a sync and a webhook delivering the same
+        version, in any order or at the same time, store it once and count each region once: a region's change
+        counter only moves when its content differs from what is stored. A region's `source` becomes "webhook" as
+        soon as a webhook delivers its current content (also when that delivery is stale because a sync stored the
+        same content first); content only a sync delivered stays "sync"."""
         a = annotation
         version = a.version_us
         inputs = {r.region_id: r for r in a.regions}
+        source = _source(source)
 
         def write(tx: _Cursorish) -> dict:
             now = time.time()
-            event_id, _ = self._event(tx, action, payload, a.project_id, a.annotation_id)
+            event_id, _ = self._event(tx, action, payload, a.project_id, a.annotation_id, source)
             result = {"event_id": event_id, "regions": 0, "changed_regions": 0, "removed_regions": 0,
                       "images_missing": []}
             # lock the annotation's row (PostgreSQL: FOR UPDATE; SQLite: the whole database is locked)
@@ -730,16 +762,20 @@ class Store:
                 return {**result, "outcome": "tombstoned"}
             if state["version_us"] is not None and \
                     (version, a.digest) <= (int(state["version_us"]), state["version_digest"] or ""):
+                if source == "webhook" and inputs:  # the webhook delivered what is stored: not "only via sync"
+                    tx.executemany("UPDATE regions SET source = 'webhook' WHERE annotation_id = ? AND region_id = ? "
+                                   "AND content_digest = ? AND deleted = 0 AND source <> 'webhook'",
+                                   [(a.annotation_id, rid, r.digest(a.was_cancelled)) for rid, r in inputs.items()])
                 self._set_outcome(tx, event_id, "stale")
                 return {**result, "outcome": "stale"}
             tx.execute("UPDATE annotations SET project_id = ?, task_id = ?, version_us = ?, version_digest = ?, "
                        "created_at = ?, updated_at = ?, was_cancelled = ?, ground_truth = ?, regions = ?, "
-                       "stored_at = ? WHERE annotation_id = ?",
+                       "stored_at = ?, source = ? WHERE annotation_id = ?",
                        (a.project_id, a.task_id, version, a.digest, a.created_at, a.updated_at, int(a.was_cancelled),
-                        int(a.ground_truth), len(inputs), now, a.annotation_id))
+                        int(a.ground_truth), len(inputs), now, source, a.annotation_id))
 
             existing = {row["region_id"]: row for row in tx.all(
-                "SELECT region_id, content_digest, change_seq, deleted FROM regions WHERE annotation_id = ?",
+                "SELECT region_id, content_digest, change_seq, deleted, source FROM regions WHERE annotation_id = ?",
                 (a.annotation_id,))}
             suggestions = self._suggestions(tx, a.project_id, a.task_id, list(inputs)) if inputs else {}
             image = None
@@ -753,7 +789,9 @@ class Store:
                 old = existing.get(rid)
                 if old is not None and old["content_digest"] == digest and not old["deleted"]:
                     change_seq = int(old["change_seq"])
+                    region_source = "webhook" if source == "webhook" else (old["source"] or "webhook")
                 else:
+                    region_source = source
                     if seq is None:
                         seq = int(tx.scalar("UPDATE projects SET change_seq = change_seq + 1 WHERE project_id = ? "
                                             "RETURNING change_seq", (a.project_id,)))
@@ -775,7 +813,7 @@ class Store:
                     region.detailed_caption, region.relation_text, _canonical(region.attributes),
                     _canonical(region.relations), a.completed_by, a.completed_by_email, a.created_at, a.updated_at,
                     a.lead_time, prefilled_by, changed, int(region.has_content), digest, change_seq, 0, None,
-                    int(a.ground_truth), int(a.was_cancelled), now))
+                    int(a.ground_truth), int(a.was_cancelled), now, region_source))
             columns = ", ".join(REGION_COLUMNS)
             updates = ", ".join(f"{c} = excluded.{c}" for c in REGION_COLUMNS[2:])
             tx.executemany(f"INSERT INTO regions ({columns}) VALUES ({', '.join('?' * len(REGION_COLUMNS))}) "
@@ -793,13 +831,15 @@ class Store:
         return self._run(write)
 
     def delete_annotations(self, annotation_ids: list[int], payload: dict, project_id: int | None = None,
-                           action: str = "ANNOTATIONS_DELETED") -> dict:
-        """Tombstone these annotations and mark all their regions deleted (kept for audit, never trained on)."""
+                           action: str = "ANNOTATIONS_DELETED", source: str = "webhook") -> dict:
+        """Tombstone these annotations and mark all their regions deleted (kept for audit, never trained on).
+        `source`: "webhook" (ANNOTATIONS_DELETED) or "sync" (gone from Label Studio, backend.sync)."""
         ids = sorted({int(i) for i in annotation_ids})
+        source = _source(source)
 
         def write(tx: _Cursorish) -> dict:
             now = time.time()
-            event_id, _ = self._event(tx, action, payload, project_id, ids[0] if len(ids) == 1 else None)
+            event_id, _ = self._event(tx, action, payload, project_id, ids[0] if len(ids) == 1 else None, source)
             if project_id is not None:
                 self._project(tx, project_id)
             regions = 0
@@ -1092,6 +1132,27 @@ class Store:
         return {row["k"]: {"regions": int(row["n"]), "changed": int(row["c"] or 0),
                            "rate": (int(row["c"] or 0) / int(row["n"])) if row["n"] else 0.0} for row in rows}
 
+    def regions_by_source(self, project_id: int | None = None) -> dict[int, dict[str, int]]:
+        """Live (not deleted) regions per project: {project_id: {"regions": n, "webhook": w, "sync": s}}, where
+        "sync" counts the regions whose current content arrived only through a sync (no webhook delivered it)."""
+        sql = ("SELECT project_id, source, COUNT(*) AS n FROM regions WHERE deleted = 0"
+               + (" AND project_id = ?" if project_id is not None else "") + " GROUP BY project_id, source")
+        rows = self._run(lambda tx: tx.all(sql, [int(project_id)] if project_id is not None else []), write=False)
+        out: dict[int, dict[str, int]] = {}
+        for row in rows:
+            counts = out.setdefault(int(row["project_id"]), {"regions": 0, **{s: 0 for s in SOURCES}})
+            counts[row["source"] or "webhook"] = counts.get(row["source"] or "webhook", 0) + int(row["n"])
+            counts["regions"] += int(row["n"])
+        return out
+
+    def annotation_versions(self, project_id: int) -> dict[int, dict]:
+        """Every annotation the store knows in a project, by id: {"task_id", "version_us", "version_digest",
+        "updated_at", "deleted_at", "stored_at", "source"} (what backend.sync compares Label Studio's with)."""
+        rows = self._run(lambda tx: tx.all(
+            "SELECT annotation_id, task_id, version_us, version_digest, updated_at, deleted_at, stored_at, source "
+            "FROM annotations WHERE project_id = ?", (int(project_id),)), write=False)
+        return {int(row.pop("annotation_id")): row for row in rows}
+
     # ------------------------------------------------------------------------------------------------ images
 
     def image_path(self, sha256: str) -> Path | None:
@@ -1180,4 +1241,4 @@ class Store:
             lead_time=float(row["lead_time"]) if row["lead_time"] is not None else None,
             prefilled_by=row["prefilled_by"], changed=None if row["changed"] is None else bool(row["changed"]),
             deleted=bool(row["deleted"]), deleted_at=row["deleted_at"], ground_truth=bool(row["ground_truth"]),
-            was_cancelled=bool(row["was_cancelled"]), image_path=path)
+            was_cancelled=bool(row["was_cancelled"]), image_path=path, source=row.get("source") or "webhook")

@@ -14,6 +14,12 @@ worker stops beating gets a clear error within a few seconds instead of waiting 
 A training worker (`--queue training`) evaluates every project's retraining policy once when it starts
 (`Policy.sweep`): a run whose worker died gives its count back and the next run is enqueued.
 
+A worker serving the ingest queue also keeps the periodic sync's clock (backend.sync): every SYNC_INTERVAL seconds
+one of them (a Redis key decides which) queues `sync_job` on the ingest queue, which brings every connected project
+in line with Label Studio. The first one comes a few seconds after a worker starts, so whatever Label Studio sent
+while the backend was down reaches the store soon after it is back. SYNC_INTERVAL=0 turns it off; without
+LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY it is off, with one warning.
+
 A worker killed mid-job (SIGKILL, OOM) leaves its job in rq's StartedJobRegistry. The waiting /predict notices the
 missing heartbeat (4 × WORKER_HEARTBEAT), answers that task with an error and records the job as failed
 (FailedJobRegistry) at once. Without a waiting request, rq 3's own maintenance (`StartedJobRegistry.cleanup`, run by
@@ -175,6 +181,44 @@ class _Heartbeat(threading.Thread):
             pass
 
 
+class _SyncClock(threading.Thread):
+    """Asks `backend.sync.tick` a few times per SYNC_INTERVAL whether a sync is due (the first time soon after the
+    worker starts); the tick key in Redis makes it one sync per interval across all ingest workers."""
+
+    def __init__(self, connection: redis.Redis, settings: Settings, first: float = 3.0):
+        super().__init__(name="regionscribe-sync-clock", daemon=True)
+        self.connection, self.settings, self.first = connection, settings, first
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from .sync import tick
+
+        wait = min(self.first, self.settings.sync_interval)
+        while not self.stopped.wait(wait):
+            wait = max(1.0, self.settings.sync_interval / 4)
+            try:
+                if tick(self.connection, self.settings):
+                    log.info("sync of every connected project queued")
+            except redis.RedisError as exc:
+                log.warning("sync not queued: %s", exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _start_sync_clock(settings: Settings, connection: redis.Redis) -> _SyncClock | None:
+    if settings.sync_interval <= 0:
+        return None
+    if not settings.label_studio_api_enabled:
+        log.warning("the periodic sync with Label Studio is off: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (a "
+                    "personal access token) for this worker, or SYNC_INTERVAL=0 to silence this; until then an "
+                    "annotation event the webhook loses (backend down, 401, timeout) never reaches the store")
+        return None
+    clock = _SyncClock(connection, settings)
+    clock.start()
+    return clock
+
+
 def _sweep_training(settings: Settings, connection: redis.Redis) -> None:
     """A training worker starting looks at every project once: a run left open by a training worker that died gives
     its count back and the next run is enqueued; a due project whose queued job was lost with Redis gets its run.
@@ -248,6 +292,7 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     heartbeat = _Heartbeat(connection, name, info, every=settings.worker_heartbeat)
     heartbeat.beat()  # a loading worker counts as up: jobs queued meanwhile wait for it
     heartbeat.start()
+    clock = None
     try:
         if settings.inference_queue in queue_names:  # a worker for other queues only (ingest) needs no model
             describer = load_describer(settings, connection)
@@ -262,6 +307,8 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
             info.update(state="ready")
         if settings.training_queue in queue_names:
             _sweep_training(settings, connection)
+        if settings.ingest_queue in queue_names and not burst:
+            clock = _start_sync_clock(settings, connection)
         heartbeat.beat()
         rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in queue_names]
         worker = _job_worker_class()(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
@@ -269,6 +316,8 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
         log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], redacted_url(settings.redis_url))
         return worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
     finally:
+        if clock is not None:
+            clock.stop()
         heartbeat.stop()
 
 

@@ -27,6 +27,17 @@ def test_bad_numbers_name_the_variable():
         Settings.from_env({"PORT": "abc"})
 
 
+def test_sync_interval():
+    assert Settings.from_env({}).sync_interval == 300
+    assert Settings.from_env({"SYNC_INTERVAL": "0"}).sync_interval == 0  # off
+    with pytest.raises(ValueError, match="SYNC_INTERVAL='-5'"):
+        Settings.from_env({"SYNC_INTERVAL": "-5"})
+    with pytest.raises(ValueError, match="SYNC_INTERVAL='often'"):
+        Settings.from_env({"SYNC_INTERVAL": "often"})
+    assert not Settings.from_env({"LABEL_STUDIO_URL": "http://ls:8080"}).label_studio_api_enabled
+    assert Settings.from_env({"LABEL_STUDIO_URL": "http://ls", "LABEL_STUDIO_API_KEY": "k"}).label_studio_api_enabled
+
+
 def test_secrets_are_not_in_the_repr():
     s = Settings.from_env({"LABEL_STUDIO_API_KEY": "sekrit-key", "BASIC_AUTH_PASS": "sekrit-pass"})
     assert "sekrit" not in repr(s)

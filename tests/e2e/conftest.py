@@ -291,11 +291,13 @@ def redis_url(e2e_dir, e2e_logs) -> str:
 
 
 def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_key: str, queue: str,
-                  e2e_dir: Path, e2e_logs: dict) -> tuple[Backend, list[Proc]]:
-    """One inference worker (`regionscribe worker`) + the web app (`regionscribe serve`: gunicorn, 1 process) on
-    loopback, sharing `redis_url`; jobs go through `queue`. Returns once /health shows a ready worker; the caller
-    stops the returned processes."""
-    web_port = free_port()
+                  e2e_dir: Path, e2e_logs: dict, queues: list[str] | None = None, port: int | None = None,
+                  extra_env: dict | None = None) -> tuple[Backend, list[Proc]]:
+    """One worker (`regionscribe worker`: inference on `queue`, or on `queues` when given) + the web app
+    (`regionscribe serve`: gunicorn, 1 process) on loopback (`port`: a free one by default), sharing `redis_url`;
+    `extra_env` adds settings. Returns once /health shows a ready inference worker (or, for a worker without the
+    inference queue, once /health answers and the worker listens); the caller stops the returned processes."""
+    web_port = port or free_port()
     env = _clean_env(
         REDIS_URL=redis_url, MODEL_DIR=os.environ.get("E2E_MODEL_DIR", ""),  # empty: the embedded default
         LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=api_key, INFERENCE_QUEUE=queue,
@@ -305,8 +307,11 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
         # whatever the model thinks of this pair
         RELATION_THRESHOLD=os.environ.get("E2E_RELATION_THRESHOLD", "0"),
         OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(BACKEND_SRC), PYTHONUNBUFFERED="1",
+        **(extra_env or {}),
     )
-    worker = Proc(f"{name}-worker", [sys.executable, "-m", "backend.cli", "worker"], env,
+    inference = queues is None or queue in queues
+    worker_args = [arg for q in (queues or []) for arg in ("--queue", q)]
+    worker = Proc(f"{name}-worker", [sys.executable, "-m", "backend.cli", "worker", *worker_args], env,
                   e2e_dir / f"{name}-worker.log", cwd=BACKEND_SRC)
     web = Proc(f"{name}-web", [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port",
                                str(web_port), "--workers", "1"], env, e2e_dir / f"{name}-web.log", cwd=BACKEND_SRC)
@@ -322,7 +327,8 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
         try:
             body = requests.get(f"{url}/health", timeout=2).json()
             # wait for THIS worker: its log says it listens (other backends' workers share Redis)
-            if body.get("redis") and body.get("workers_ready", 0) >= 1 and "Listening on" in tail(worker.log, 200_000):
+            if body.get("redis") and (body.get("workers_ready", 0) >= 1 or not inference) \
+                    and "Listening on" in tail(worker.log, 200_000):
                 break
         except (requests.RequestException, ValueError):
             pass
@@ -336,6 +342,15 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
 def _stop_all(procs: list[Proc]) -> None:
     for proc in reversed(procs):  # web first, then the worker
         proc.stop(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def backends():
+    """What a test needs to run a backend of its own (tests/e2e/test_sync.py): `start` (start_backend), `env`
+    (a child's clean environment) and `src` (the checkout it runs)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(start=start_backend, env=_clean_env, src=BACKEND_SRC)
 
 
 @pytest.fixture(scope="session")

@@ -246,7 +246,9 @@ def make_settings(store_url, redis_url, tmp_path, fake_ls):
         base = Settings(redis_url=redis_url, store_url=store_url, data_dir=str(tmp_path),
                         label_studio_url=fake_ls.url, label_studio_api_key=TOKEN, model_dir="tiny-untrained",
                         ingest_queue=f"ingest-{tag}", training_queue=f"training-{tag}", retrain_after=50,
-                        log_level="WARNING")
+                        log_level="WARNING",
+                        # the periodic sync only where a test asks for it: fake_ls serves uploads, not the API
+                        sync_interval=0)
         return base.replace(**changes)
 
     return make
@@ -261,8 +263,16 @@ def env_for(settings: Settings) -> dict:
         "INGEST_QUEUE": settings.ingest_queue, "TRAINING_QUEUE": settings.training_queue,
         "RETRAIN_AFTER": str(settings.retrain_after), "MODEL_DIR": "tiny-untrained", "WORKER_HEARTBEAT": "0.25",
         "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+        "SYNC_INTERVAL": str(settings.sync_interval),
+        "BASIC_AUTH_USER": settings.basic_auth_user or "", "BASIC_AUTH_PASS": settings.basic_auth_pass or "",
     })
     return env
+
+
+@pytest.fixture(scope="session")
+def settings_env():
+    """settings -> the environment a regionscribe subprocess needs to run with them."""
+    return env_for
 
 
 def Worker(settings: Settings, queues: list[str], burst: bool = False, env: dict | None = None) -> WorkerProcess:

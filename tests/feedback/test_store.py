@@ -302,8 +302,9 @@ def test_migrations_are_recorded_and_safe_under_concurrent_openers(store_url, tm
     assert not errors
     s = stores[0]
     rows = s._run(lambda tx: tx.all("SELECT version, name FROM schema_version ORDER BY version"), write=False)
-    assert rows == [{"version": 1, "name": "initial schema"}, {"version": 2, "name": "training run outcome"}]
-    assert s.schema_version() == 2
+    assert rows == [{"version": 1, "name": "initial schema"}, {"version": 2, "name": "training run outcome"},
+                    {"version": 3, "name": "event source"}]
+    assert s.schema_version() == 3
     for each in stores:
         each.close()
 
@@ -366,3 +367,36 @@ def test_raw_events_replay_into_a_new_store(store, tmp_path, ls):
     assert target.snapshot(p).id == store.snapshot(p).id
     assert replay(store, target) == 5 and fields(target) == fields(store)  # replaying again changes nothing
     target.close()
+
+
+
+def test_the_source_migration_keeps_what_a_v2_store_holds(store_url, tmp_path, ls, monkeypatch):
+    """A store written before migration 3 (no event sources) opens with everything it held marked as arrived
+    through the webhook, which is how it arrived."""
+    import backend.store
+
+    p, t, a = ls.new_id(), ls.new_id(), ls.new_id()
+    monkeypatch.setattr(backend.store, "MIGRATIONS", backend.store.MIGRATIONS[:2])
+    old = Store.open(store_url, images_dir=tmp_path / "images")
+    assert old.schema_version() == 2
+
+    def v2_rows(tx):  # what the v2 code wrote for one ANNOTATION_CREATED
+        tx.execute("INSERT INTO projects (project_id, created_at) VALUES (?, 1)", (p,))
+        tx.execute("INSERT INTO events (digest, action, project_id, annotation_id, received_at, last_received_at, "
+                   "payload, outcome) VALUES ('d1', 'ANNOTATION_CREATED', ?, ?, 1, 1, '{}', 'applied')", (p, a))
+        tx.execute("INSERT INTO annotations (annotation_id, project_id, task_id, version_us, version_digest, "
+                   "regions, stored_at) VALUES (?, ?, ?, 5, 'v', 1, 1)", (a, p, t))
+        tx.execute("INSERT INTO regions (annotation_id, region_id, project_id, task_id, x, y, width, height, labels, "
+                   "caption, attributes, relations, has_content, content_digest, change_seq, stored_at) VALUES "
+                   "(?, 'r1', ?, ?, 1, 1, 5, 5, '[]', 'from before', '{}', '[]', 1, 'c', 1, 1)", (a, p, t))
+
+    old._run(v2_rows)
+    old.close()
+    monkeypatch.undo()
+    new = Store.open(store_url, images_dir=tmp_path / "images")
+    assert new.schema_version() == 3
+    assert [(r.caption, r.source) for r in new.records(p)] == [("from before", "webhook")]
+    assert [e["source"] for e in new.events()] == ["webhook"]
+    assert new.annotation_versions(p)[a]["source"] == "webhook"
+    assert new.regions_by_source(p) == {p: {"regions": 1, "webhook": 1, "sync": 0}}
+    new.close()

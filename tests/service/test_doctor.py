@@ -69,13 +69,26 @@ def all_workers(heartbeats, s: Settings) -> None:
     heartbeats(s.ingest_queue)
 
 
-def test_everything_ok(settings, heartbeats, capsys):
+@pytest.fixture
+def quiet_webhooks(redis_client):
+    """The session's Redis as a deployment with no connected project, no 401 on /webhook and a sync a moment ago
+    (other tests share this Redis and leave their own)."""
+    import time
+
+    from backend.sync import LAST_KEY
+    from backend.webhooks import CONNECTED_KEY, REFUSED_LAST_KEY
+
+    redis_client.delete(CONNECTED_KEY, REFUSED_LAST_KEY, *redis_client.keys("regionscribe:webhook_refused:*"))
+    redis_client.set(LAST_KEY, json.dumps({"at": time.time(), "projects": {}}))
+
+
+def test_everything_ok(settings, heartbeats, capsys, quiet_webhooks):
     all_workers(heartbeats, settings)
     checks = by_name(run_checks(settings, env={}))
     assert {n: c.status for n, c in checks.items()} == {
         "settings": OK, "redis": OK, "store": OK, "registry": OK, "model": OK, "workers.inference": OK,
-        "workers.training": OK, "workers.ingest": OK, "label_studio": OK, "label_studio.auth": OK}, \
-        render(list(checks.values()))
+        "workers.training": OK, "workers.ingest": OK, "label_studio": OK, "label_studio.auth": OK,
+        "webhooks.401": OK, "webhooks": SKIP, "sync": OK}, render(list(checks.values()))
     assert "answers PING; Redis " in checks["redis"].detail
     assert "sqlite store" in checks["store"].detail and "(created now)" in checks["store"].detail
     assert "current v1" in checks["registry"].detail
