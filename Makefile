@@ -9,8 +9,8 @@ LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
 PIP_TOOLS := pip-tools==7.6.2
 # the lock files carry no index or find-links lines of the machine that compiled them
-PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe \
-	--no-emit-index-url --no-emit-find-links --custom-compile-command "make lock"
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes \
+	--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 
 .PHONY: run test test-fast test-latest e2e lock train-default train-baseline eval bench clean-venv
 
