@@ -271,7 +271,7 @@ class ProjectConfig:
 
     def validate(self, prediction: dict) -> list[str]:
         """Every reason Label Studio's own validator (and the <Relations> vocabulary) would refuse `prediction`."""
-        errors = list(self.interface.validate_prediction(prediction, return_errors=True) or [])
+        errors = _flat(self.interface.validate_prediction(prediction, return_errors=True) or [])
         for i, item in enumerate(prediction.get("result") or []):
             if item.get("type") == "relation" and self.relation_labels:
                 unknown = [label for label in item.get("labels") or [] if label not in self.relation_labels]
@@ -283,6 +283,14 @@ class ProjectConfig:
                     if key in value and not 0.0 <= float(value[key]) <= 100.0:
                         errors.append(f"Region {i}: {key}={value[key]} outside [0, 100]")
         return errors
+
+
+def _flat(errors) -> list[str]:
+    """label-studio-sdk 2.1 lists a relation's errors as one nested list among the other (string) errors."""
+    out: list[str] = []
+    for error in errors:
+        out += _flat(error) if isinstance(error, (list, tuple)) else [str(error)]
+    return out
 
 
 def _unit(value) -> float:

@@ -167,7 +167,10 @@ def test_validation_catches_what_label_studio_would_refuse():
     assert config.validate({**prediction, "score": 1.5})
     bad_relation = {**prediction, "result": prediction["result"] + [
         {"type": "relation", "from_id": "a", "to_id": "nope", "direction": "right", "labels": []}]}
-    assert config.validate(bad_relation)
+    errors = config.validate(bad_relation)
+    # one message per problem, all strings (the SDK nests a relation's errors in a list; /predict joins them)
+    assert errors and all(isinstance(e, str) for e in errors), errors
+    assert any("'nope' not found" in e for e in errors), errors
 
 
 def test_batch_regions_come_from_latest_annotation_then_draft_then_prediction():
