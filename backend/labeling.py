@@ -120,12 +120,14 @@ class ProjectConfig:
 
     # -- asks
 
-    def asks(self, max_new_tokens: int = 32) -> Asks:
+    def asks(self, max_new_tokens: int = 32, interactive: bool = False) -> Asks:
+        """What to ask the model. Interactive answers carry no <Relations> (see build_prediction), so they are not
+        asked for."""
         return Asks(
             caption=self.caption is not None,
             detailed=self.detailed is not None,
             attributes={a.question: list(a.candidates) for a in self.attributes},
-            relation_labels=list(self.relation_labels),
+            relation_labels=[] if interactive else list(self.relation_labels),
             relation_text=self.relation_text is not None,
             max_new_tokens=max_new_tokens,
         )
@@ -253,7 +255,12 @@ class ProjectConfig:
                     chosen += [v for v, p in ranked[1:] if p >= multiple_threshold]
                 per_region(control.name, "choices", "choices", chosen, top_p)
 
-        if self.has_relations and self.relation_labels:
+        # Interactive answers carry no <Relations> results. Label Studio 1.23.2's editor loads a suggestion's relation
+        # as a reference to `<from_id>#<annotation id>`, while a box drawn in the open annotation has the bare id:
+        # once the suggestion is accepted the reference dangles, MobX-state-tree throws "Failed to resolve
+        # reference", and the labeling page goes blank with the unsaved annotation (seen in headless Chromium with
+        # labeling_configs/region_relations.xml). Batch predictions load ids and relations alike, and keep them.
+        if self.has_relations and self.relation_labels and not interactive:
             pairs: dict[tuple[int, int], list[str]] = {}
             for rel in answer.get("relations") or []:
                 s, o, label, p = rel["subject"], rel["object"], rel["label"], float(rel["score"])

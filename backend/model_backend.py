@@ -121,7 +121,7 @@ class RegionScribeModel:
 
         answers: list[dict | None] = [None] * len(tasks)
         work: list[tuple[int, list, dict]] = []  # (task index, regions, payload)
-        asks = config.asks()
+        asks = config.asks(interactive=interactive)
         for i, task in enumerate(tasks):
             if not isinstance(task, dict):
                 answers[i] = error("the task is not a JSON object")
