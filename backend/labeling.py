@@ -10,6 +10,7 @@ import copy
 import hashlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -57,6 +58,9 @@ class Region:
     original_height: int | None = None
     image_rotation: float = 0.0
     source: dict | None = None  # the result dict it came from (echoed back in interactive mode)
+    # the results it came with already fill one of the project's per-region controls regionscribe fills (caption,
+    # attributes...): an answer the annotator accepted, or what they typed. Interactive mode leaves such a region alone.
+    filled: bool = False
 
     def to_job(self) -> dict:
         return {"id": self.id, "x": self.x, "y": self.y, "width": self.width, "height": self.height,
@@ -134,13 +138,24 @@ class ProjectConfig:
 
     # -- regions in, from Label Studio
 
+    @property
+    def filled_controls(self) -> frozenset[str]:
+        """The per-region controls regionscribe fills: caption, detailed caption, relation text, Choices, Taxonomy."""
+        names = {self.caption, self.detailed, self.relation_text} | {a.name for a in self.attributes}
+        return frozenset(n for n in names if n)
+
     def regions_from_results(self, results: list) -> list[Region]:
         """The boxes among a list of Label Studio results (an annotation's, a draft's, a prediction's or an
-        interactive context's), in order, one per region id."""
+        interactive context's), in order, one per region id. A box whose id also carries a result of one of
+        `filled_controls` is marked `filled`."""
         regions: list[Region] = []
         seen: set[str] = set()
         if not isinstance(results, list):
             return regions
+        filled_controls = self.filled_controls
+        filled_ids = {str(item["id"]) for item in results
+                      if isinstance(item, dict) and item.get("id") is not None
+                      and item.get("from_name") in filled_controls and item.get("type") != "relation"}
         for item in results:
             if not isinstance(item, dict):
                 continue
@@ -171,7 +186,7 @@ class ProjectConfig:
                 rotation=rotation, labels=labels,
                 original_width=_int_or_none(item.get("original_width")),
                 original_height=_int_or_none(item.get("original_height")),
-                image_rotation=_finite_or_zero(item.get("image_rotation")), source=item))
+                image_rotation=_finite_or_zero(item.get("image_rotation")), source=item, filled=rid in filled_ids))
         return regions
 
     def regions_from_task(self, task: dict) -> tuple[list[Region], str]:
@@ -193,15 +208,21 @@ class ProjectConfig:
     # -- results out, to Label Studio
 
     def build_prediction(self, regions: list[Region], answer: dict, *, interactive: bool,
-                         multiple_threshold: float = 0.3, relation_threshold: float = 0.5) -> dict:
-        """Label Studio prediction for `regions` from a worker's answer (see backend.jobs.describe_job)."""
+                         multiple_threshold: float = 0.3, relation_threshold: float = 0.5,
+                         describe: Collection[int] | None = None) -> dict:
+        """Label Studio prediction for `regions` from a worker's answer (see backend.jobs.describe_job).
+        `describe`: indices of the regions the prediction is about (None: all); the others are left out, and so
+        are the relations to them."""
         width, height = answer.get("width"), answer.get("height")
         described = answer["regions"]
         if len(described) != len(regions):
             raise ValueError(f"the worker described {len(described)} regions, {len(regions)} were asked")
+        wanted = set(range(len(regions)) if describe is None else describe)
         result: list[dict] = []
         confidences = []
-        for region, got in zip(regions, described):
+        for i, (region, got) in enumerate(zip(regions, described)):
+            if i not in wanted:
+                continue
             ow = region.original_width or width
             oh = region.original_height or height
             common = {"to_name": self.image_name, "original_width": ow, "original_height": oh,
@@ -266,7 +287,7 @@ class ProjectConfig:
                 s, o, label, p = rel["subject"], rel["object"], rel["label"], float(rel["score"])
                 if label not in self.relation_labels or p < relation_threshold or s == o:
                     continue
-                if not (0 <= s < len(regions) and 0 <= o < len(regions)):
+                if s not in wanted or o not in wanted:  # both in this prediction, or Label Studio refuses it
                     continue
                 pairs.setdefault((s, o), []).append(label)
             for (s, o), labels in pairs.items():
