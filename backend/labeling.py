@@ -154,8 +154,8 @@ class ProjectConfig:
             return regions
         filled_controls = self.filled_controls
         filled_ids = {str(item["id"]) for item in results
-                      if isinstance(item, dict) and item.get("id") is not None
-                      and item.get("from_name") in filled_controls and item.get("type") != "relation"}
+                      if isinstance(item, dict) and item.get("id") is not None and item.get("type") != "relation"
+                      and isinstance(item.get("from_name"), str) and item["from_name"] in filled_controls}
         for item in results:
             if not isinstance(item, dict):
                 continue

@@ -74,6 +74,9 @@ def test_a_box_with_a_caption_or_choices_is_filled_a_bare_box_is_not():
     other = [page[0], {**per_region(page[0], "caption", "textarea", ["x"]), "id": "elsewhere"},
              {**per_region(page[0], "notes", "textarea", ["x"])}]
     assert [r.filled for r in config.regions_from_results(other)] == [False]
+    # junk beside the box is ignored, not an error (a list or dict is no control name)
+    junk = [page[0], {"id": "box1", "from_name": ["caption"]}, {"id": "box1", "from_name": {"a": 1}}, 7, None]
+    assert [r.filled for r in config.regions_from_results(junk)] == [False]
 
 
 def test_the_prediction_describes_only_the_boxes_asked_and_leaves_the_rest_out():
