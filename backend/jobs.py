@@ -107,9 +107,9 @@ def describe_job(payload: dict) -> dict:
     except RegionScribeError as exc:
         return _error(state, "input", str(exc))
     described = len(boxes) if only is None else len(set(only))
-    log.info("request %s task %s: %d of %d region(s) in %.3f s (cache %s)", payload.get("request_id"),
-             payload.get("task_id"), described, len(boxes), time.perf_counter() - started,
-             "hit" if description.cache_hit else "miss")
+    log.info("request %s task %s: %s region(s) in %.3f s (cache %s)", payload.get("request_id"),
+             payload.get("task_id"), described if only is None else f"{described} of {len(boxes)}",
+             time.perf_counter() - started, "hit" if description.cache_hit else "miss")
     state.metrics.count("worker_jobs", outcome="ok")
     state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
     state.metrics.count("regions", described)
