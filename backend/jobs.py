@@ -3,7 +3,8 @@ process waits for the answers.
 
 A job carries one task: its id, its image reference, every box on it (Label Studio percent geometry with its region
 id and labels) and the `Asks`. The worker fetches and decodes the image, turns the boxes into pixels of the decoded
-(EXIF-rotated) image, describes all boxes in one batched pass, and returns a JSON-able dict. Boxes travel in percent,
+(EXIF-rotated) image, describes all boxes in one batched pass (or, when the payload lists which to `describe`, only
+those, every box still counting as a relation partner), and returns a JSON-able dict. Boxes travel in percent,
 not pixels, because only the worker knows the decoded image's true size (Label Studio's original_width/height may
 be missing, or refer to the un-rotated file).
 
@@ -42,9 +43,14 @@ JOB_FUNCTION = "backend.jobs.describe_job"
 
 
 def make_payload(task_id, image_ref: str, regions: list[dict], asks: Asks, interactive: bool,
-                 request_id: str | None = None) -> dict:
-    return {"task_id": task_id, "image": image_ref, "regions": regions, "asks": asdict(asks),
-            "interactive": interactive, "request_id": request_id}
+                 request_id: str | None = None, describe: list[int] | None = None) -> dict:
+    """`regions`: every box of the task (all of them are relation partners); `describe`: the indices of those to
+    describe (None: all of them)."""
+    payload = {"task_id": task_id, "image": image_ref, "regions": regions, "asks": asdict(asks),
+               "interactive": interactive, "request_id": request_id}
+    if describe is not None:
+        payload["describe"] = list(describe)
+    return payload
 
 
 # --------------------------------------------------------------------------------------- in the worker process
@@ -93,15 +99,20 @@ def describe_job(payload: dict) -> dict:
         boxes.append((x1, y1, max(x2, x1 + 1.0), max(y2, y1 + 1.0)))
     asks = Asks(**payload["asks"])
     try:
-        description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest())
+        only = payload.get("describe")
+        if only is not None and not isinstance(only, list):
+            raise RegionScribeError(f"`describe` must be a list of box indices, not {type(only).__name__}")
+        description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest(),
+                                               only=only)
     except RegionScribeError as exc:
         return _error(state, "input", str(exc))
-    log.info("request %s task %s: %d region(s) in %.3f s (cache %s)", payload.get("request_id"),
-             payload.get("task_id"), len(boxes), time.perf_counter() - started,
-             "hit" if description.cache_hit else "miss")
+    described = len(boxes) if only is None else len(set(only))
+    log.info("request %s task %s: %s region(s) in %.3f s (cache %s)", payload.get("request_id"),
+             payload.get("task_id"), described if only is None else f"{described} of {len(boxes)}",
+             time.perf_counter() - started, "hit" if description.cache_hit else "miss")
     state.metrics.count("worker_jobs", outcome="ok")
     state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
-    state.metrics.count("regions", len(boxes))
+    state.metrics.count("regions", described)
     return {
         "task_id": payload.get("task_id"),
         "width": width,

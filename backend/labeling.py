@@ -10,6 +10,7 @@ import copy
 import hashlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -57,6 +58,9 @@ class Region:
     original_height: int | None = None
     image_rotation: float = 0.0
     source: dict | None = None  # the result dict it came from (echoed back in interactive mode)
+    # the results it came with already fill one of the project's per-region controls regionscribe fills (caption,
+    # attributes...): an answer the annotator accepted, or what they typed. Interactive mode leaves such a region alone.
+    filled: bool = False
 
     def to_job(self) -> dict:
         return {"id": self.id, "x": self.x, "y": self.y, "width": self.width, "height": self.height,
@@ -120,25 +124,38 @@ class ProjectConfig:
 
     # -- asks
 
-    def asks(self, max_new_tokens: int = 32) -> Asks:
+    def asks(self, max_new_tokens: int = 32, interactive: bool = False) -> Asks:
+        """What to ask the model. Interactive answers carry no <Relations> (see build_prediction), so they are not
+        asked for."""
         return Asks(
             caption=self.caption is not None,
             detailed=self.detailed is not None,
             attributes={a.question: list(a.candidates) for a in self.attributes},
-            relation_labels=list(self.relation_labels),
+            relation_labels=[] if interactive else list(self.relation_labels),
             relation_text=self.relation_text is not None,
             max_new_tokens=max_new_tokens,
         )
 
     # -- regions in, from Label Studio
 
+    @property
+    def filled_controls(self) -> frozenset[str]:
+        """The per-region controls regionscribe fills: caption, detailed caption, relation text, Choices, Taxonomy."""
+        names = {self.caption, self.detailed, self.relation_text} | {a.name for a in self.attributes}
+        return frozenset(n for n in names if n)
+
     def regions_from_results(self, results: list) -> list[Region]:
         """The boxes among a list of Label Studio results (an annotation's, a draft's, a prediction's or an
-        interactive context's), in order, one per region id."""
+        interactive context's), in order, one per region id. A box whose id also carries a result of one of
+        `filled_controls` is marked `filled`."""
         regions: list[Region] = []
         seen: set[str] = set()
         if not isinstance(results, list):
             return regions
+        filled_controls = self.filled_controls
+        filled_ids = {str(item["id"]) for item in results
+                      if isinstance(item, dict) and item.get("id") is not None and item.get("type") != "relation"
+                      and isinstance(item.get("from_name"), str) and item["from_name"] in filled_controls}
         for item in results:
             if not isinstance(item, dict):
                 continue
@@ -169,7 +186,7 @@ class ProjectConfig:
                 rotation=rotation, labels=labels,
                 original_width=_int_or_none(item.get("original_width")),
                 original_height=_int_or_none(item.get("original_height")),
-                image_rotation=_finite_or_zero(item.get("image_rotation")), source=item))
+                image_rotation=_finite_or_zero(item.get("image_rotation")), source=item, filled=rid in filled_ids))
         return regions
 
     def regions_from_task(self, task: dict) -> tuple[list[Region], str]:
@@ -191,15 +208,21 @@ class ProjectConfig:
     # -- results out, to Label Studio
 
     def build_prediction(self, regions: list[Region], answer: dict, *, interactive: bool,
-                         multiple_threshold: float = 0.3, relation_threshold: float = 0.5) -> dict:
-        """Label Studio prediction for `regions` from a worker's answer (see backend.jobs.describe_job)."""
+                         multiple_threshold: float = 0.3, relation_threshold: float = 0.5,
+                         describe: Collection[int] | None = None) -> dict:
+        """Label Studio prediction for `regions` from a worker's answer (see backend.jobs.describe_job).
+        `describe`: indices of the regions the prediction is about (None: all); the others are left out, and so
+        are the relations to them."""
         width, height = answer.get("width"), answer.get("height")
         described = answer["regions"]
         if len(described) != len(regions):
             raise ValueError(f"the worker described {len(described)} regions, {len(regions)} were asked")
+        wanted = set(range(len(regions)) if describe is None else describe)
         result: list[dict] = []
         confidences = []
-        for region, got in zip(regions, described):
+        for i, (region, got) in enumerate(zip(regions, described)):
+            if i not in wanted:
+                continue
             ow = region.original_width or width
             oh = region.original_height or height
             common = {"to_name": self.image_name, "original_width": ow, "original_height": oh,
@@ -253,13 +276,18 @@ class ProjectConfig:
                     chosen += [v for v, p in ranked[1:] if p >= multiple_threshold]
                 per_region(control.name, "choices", "choices", chosen, top_p)
 
-        if self.has_relations and self.relation_labels:
+        # Interactive answers carry no <Relations> results. Label Studio 1.23.2's editor loads a suggestion's relation
+        # as a reference to `<from_id>#<annotation id>`, while a box drawn in the open annotation has the bare id:
+        # once the suggestion is accepted the reference dangles, MobX-state-tree throws "Failed to resolve
+        # reference", and the labeling page goes blank with the unsaved annotation (seen in headless Chromium with
+        # labeling_configs/region_relations.xml). Batch predictions load ids and relations alike, and keep them.
+        if self.has_relations and self.relation_labels and not interactive:
             pairs: dict[tuple[int, int], list[str]] = {}
             for rel in answer.get("relations") or []:
                 s, o, label, p = rel["subject"], rel["object"], rel["label"], float(rel["score"])
                 if label not in self.relation_labels or p < relation_threshold or s == o:
                     continue
-                if not (0 <= s < len(regions) and 0 <= o < len(regions)):
+                if s not in wanted or o not in wanted:  # both in this prediction, or Label Studio refuses it
                     continue
                 pairs.setdefault((s, o), []).append(label)
             for (s, o), labels in pairs.items():
@@ -271,7 +299,7 @@ class ProjectConfig:
 
     def validate(self, prediction: dict) -> list[str]:
         """Every reason Label Studio's own validator (and the <Relations> vocabulary) would refuse `prediction`."""
-        errors = list(self.interface.validate_prediction(prediction, return_errors=True) or [])
+        errors = _flat(self.interface.validate_prediction(prediction, return_errors=True) or [])
         for i, item in enumerate(prediction.get("result") or []):
             if item.get("type") == "relation" and self.relation_labels:
                 unknown = [label for label in item.get("labels") or [] if label not in self.relation_labels]
@@ -283,6 +311,14 @@ class ProjectConfig:
                     if key in value and not 0.0 <= float(value[key]) <= 100.0:
                         errors.append(f"Region {i}: {key}={value[key]} outside [0, 100]")
         return errors
+
+
+def _flat(errors) -> list[str]:
+    """label-studio-sdk 2.1 lists a relation's errors as one nested list among the other (string) errors."""
+    out: list[str] = []
+    for error in errors:
+        out += _flat(error) if isinstance(error, (list, tuple)) else [str(error)]
+    return out
 
 
 def _unit(value) -> float:

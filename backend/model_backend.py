@@ -9,6 +9,15 @@ other tasks, and the answer always has one item per task:
   as an empty prediction, and the skip rule would then never re-predict it).
 - interactive mode: `{"result": [], "model_version", "score": 0, "error": "..."}`: interactive answers are shown
   as suggestions and never stored, and the editor expects a `result` list.
+
+Interactive mode describes only the boxes of `context.result` that carry none of the per-region results regionscribe
+fills (the box just drawn; Label Studio sends every box with the drawn one's label, described or not). A box that has
+a caption or choices already, accepted from an earlier answer or typed by the annotator, is left out of the answer:
+the editor then raises no suggestion for it and overwrites nothing. Leaving it out does not delete it: accepting
+suggestions deletes only `dynamic` regions (smart-tool boxes whose own suggestion was never accepted), and a box
+replaced by an accepted suggestion is not dynamic any more. All boxes still go to the worker, as the partners the new
+box's relation text may talk about. When every box is filled already the answer is an empty `result`, without asking
+a worker. Batch mode describes every box.
 """
 from __future__ import annotations
 
@@ -120,8 +129,8 @@ class RegionScribeModel:
             return [error(str(exc)) for _ in tasks]
 
         answers: list[dict | None] = [None] * len(tasks)
-        work: list[tuple[int, list, dict]] = []  # (task index, regions, payload)
-        asks = config.asks()
+        work: list[tuple[int, list, list[int] | None, dict]] = []  # (task index, regions, which to describe, payload)
+        asks = config.asks(interactive=interactive)
         for i, task in enumerate(tasks):
             if not isinstance(task, dict):
                 answers[i] = error("the task is not a JSON object")
@@ -135,18 +144,29 @@ class RegionScribeModel:
                                    f"{' or '.join(config.rectangles)} first" if interactive else
                                    "no boxes on this task yet (no annotation, draft or prediction with rectangles)")
                 continue
+            describe = None
+            if interactive:
+                # only the boxes with nothing filled in yet (the one just drawn); every box goes to the worker all
+                # the same, as the partners the new box's relation text may talk about
+                describe = [k for k, region in enumerate(regions) if not region.filled]
+                if not describe:
+                    answers[i] = {"result": [], "model_version": version, "score": 0.0}
+                    continue
+                if len(describe) == len(regions):
+                    describe = None
             data = task.get("data")
             ref = data.get(config.image_key) if isinstance(data, dict) else None
             if not isinstance(ref, str) or not ref:
                 answers[i] = error(f"the task has no image under data.{config.image_key}")
                 continue
-            work.append((i, regions, make_payload(task.get("id"), ref, [r.to_job() for r in regions], asks,
-                                                  interactive, request_id=self.request_id)))
+            work.append((i, regions, describe, make_payload(task.get("id"), ref, [r.to_job() for r in regions], asks,
+                                                            interactive, request_id=self.request_id,
+                                                            describe=describe)))
 
         if work:
-            outcomes = self._run([payload for _, _, payload in work])
-            for (i, regions, _payload), outcome in zip(work, outcomes):
-                answers[i] = self._prediction(config, regions, outcome, interactive, version, error)
+            outcomes = self._run([payload for *_, payload in work])
+            for (i, regions, describe, _payload), outcome in zip(work, outcomes):
+                answers[i] = self._prediction(config, regions, outcome, interactive, version, error, describe)
             self._remember_suggestions(config, tasks, answers)
         return [a if a is not None else error("not processed") for a in answers]
 
@@ -191,7 +211,7 @@ class RegionScribeModel:
         return outcomes
 
     def _prediction(self, config: ProjectConfig, regions, outcome: Outcome, interactive: bool, version: str,
-                    error) -> dict:
+                    error, describe: list[int] | None = None) -> dict:
         if not outcome.ok:
             log.warning("task error: %s", outcome.message)
             return error(outcome.message)
@@ -199,7 +219,7 @@ class RegionScribeModel:
             prediction = config.build_prediction(
                 regions, outcome.value, interactive=interactive,
                 multiple_threshold=self.settings.multiple_choice_threshold,
-                relation_threshold=self.settings.relation_threshold)
+                relation_threshold=self.settings.relation_threshold, describe=describe)
         except (KeyError, TypeError, ValueError) as exc:
             log.exception("cannot turn the worker's answer into a prediction")
             return error(f"the worker's answer could not be turned into a prediction: {exc}")

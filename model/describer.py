@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -95,22 +96,29 @@ class RegionDescriber:
     # ----------------------------------------------------------------------------------------------- describe
     @torch.no_grad()
     def describe(self, image: Image.Image | bytes, boxes: list[Box], asks: Asks | None = None,
-                 image_key: str | None = None, naive: bool = False) -> Description:
+                 image_key: str | None = None, naive: bool = False,
+                 only: Sequence[int] | None = None) -> Description:
+        """Describe `boxes` on `image`. `only`: indices of the boxes to describe (caption, attributes, relation text,
+        relations from them to their nearest boxes); every box still counts as a partner. The other boxes come back
+        as empty RegionDescriptions. None: describe every box."""
         asks = asks or Asks()
         with self._lock:  # one model, one call at a time (a worker is single-threaded anyway)
             image = image if isinstance(image, Image.Image) else load_image(image)
             w, h = image.size
             boxes = check_boxes(boxes, w, h)
+            targets = self._targets(only, len(boxes))
             norm = normalise_boxes(boxes, w, h).to(self.model.device)
-            questions = self._questions(len(boxes), boxes, asks)
+            questions = self._questions(targets, boxes, asks)
             timings = {"encode": 0.0, "answer": 0.0}
             if naive:
                 answers: dict[int, object] = {}
                 for r in range(len(boxes)):
+                    mine = [i for i, q in enumerate(questions) if q.regions[0] == r]
+                    if not mine:
+                        continue
                     t0 = time.perf_counter()
                     enc = self._encode(image)
                     timings["encode"] += time.perf_counter() - t0
-                    mine = [i for i, q in enumerate(questions) if q.regions[0] == r]
                     t0 = time.perf_counter()
                     got = self._answer(enc, norm, [questions[i] for i in mine], asks.max_new_tokens)
                     answers.update({mine[k]: v for k, v in enumerate(got)})
@@ -151,9 +159,17 @@ class RegionDescriber:
             answers = self._answer(enc, norm, qs, max_new_tokens=48)
             return [sorted(a, key=lambda kv: -kv[1]) if q.candidates else a for q, a in zip(qs, answers)]
 
-    def _questions(self, n: int, boxes: list[Box], asks: Asks) -> list[_Question]:
+    @staticmethod
+    def _targets(only: Sequence[int] | None, n: int) -> list[int]:
+        if only is None:
+            return list(range(n))
+        if any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < n for r in only):
+            raise BoxError(f"`only` names boxes {list(only)!r}; there are {n} boxes (indices 0..{n - 1})")
+        return sorted(set(only))
+
+    def _questions(self, targets: list[int], boxes: list[Box], asks: Asks) -> list[_Question]:
         qs: list[_Question] = []
-        for r in range(n):
+        for r in targets:
             if asks.caption:
                 qs.append(_Question("caption", [r], conv.CAPTION_PROMPT))
             if asks.detailed:
@@ -161,9 +177,9 @@ class RegionDescriber:
             for name, values in asks.attributes.items():
                 if values:
                     qs.append(_Question("attribute", [r], conv.ATTRIBUTE_PROMPT.format(name=name), list(values), name))
-        if n > 1 and (asks.relation_labels or asks.relation_text):
-            for r in range(n):
-                partners = self._partners(r, boxes)
+        if len(boxes) > 1 and (asks.relation_labels or asks.relation_text):
+            for r in targets:
+                partners = self._partners(r, boxes)  # among all the boxes, described or not
                 for p in partners:
                     for label in asks.relation_labels:
                         qs.append(_Question("yesno", [r, p], conv.YESNO_PROMPT.format(label=label), ["yes", "no"],

@@ -156,6 +156,23 @@ def test_relations_between_region_ids_only_with_known_labels():
     assert [r["id"] for r in relation_text] == ["a", "b"]
 
 
+def test_interactive_answers_carry_no_relations_but_keep_relation_text():
+    """Label Studio 1.23.2's editor cannot take a <Relations> result in an interactive answer (the page goes blank on
+    a dangling region reference), so none is asked for or sent; batch predictions keep them."""
+    config = ProjectConfig.parse(config_xml("region_relations"))
+    assert config.asks(interactive=True).relation_labels == []
+    assert config.asks(interactive=True).relation_text is True
+    assert config.asks().relation_labels == list(config.relation_labels)
+    regions = config.regions_from_results([box("a", 10, 10, 30, 40), box("b", 60, 30, 30, 50)])
+    answer = hand_written_answer(2, relations=[{"subject": 0, "object": 1, "label": "left of", "score": 0.9}])
+    interactive = config.build_prediction(regions, answer, interactive=True)
+    assert config.validate(interactive) == []
+    assert [r for r in interactive["result"] if r["type"] == "relation"] == []
+    assert sorted(r["id"] for r in interactive["result"] if r.get("from_name") == "relation_text") == ["a", "b"]
+    batch = config.build_prediction(regions, answer, interactive=False)
+    assert [(r["from_id"], r["to_id"]) for r in batch["result"] if r["type"] == "relation"] == [("a", "b")]
+
+
 def test_validation_catches_what_label_studio_would_refuse():
     config = ProjectConfig.parse(config_xml("region_attributes"))
     regions = config.regions_from_results([box("a", 10, 10, 30, 40)])
@@ -167,7 +184,10 @@ def test_validation_catches_what_label_studio_would_refuse():
     assert config.validate({**prediction, "score": 1.5})
     bad_relation = {**prediction, "result": prediction["result"] + [
         {"type": "relation", "from_id": "a", "to_id": "nope", "direction": "right", "labels": []}]}
-    assert config.validate(bad_relation)
+    errors = config.validate(bad_relation)
+    # one message per problem, all strings (the SDK nests a relation's errors in a list; /predict joins them)
+    assert errors and all(isinstance(e, str) for e in errors), errors
+    assert any("'nope' not found" in e for e in errors), errors
 
 
 def test_batch_regions_come_from_latest_annotation_then_draft_then_prediction():

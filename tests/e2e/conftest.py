@@ -10,10 +10,15 @@ If Label Studio cannot be installed (no network for pip) the tests FAIL with pip
 A second backend (own worker and queue, same Redis) uses a personal access token instead of the legacy token; it
 starts only for the test that needs it. When a test fails, the tail of every service's log is attached to the report.
 
+The browser test drives Label Studio's labeling page in Debian's Chromium, headless, with Selenium: scripts/chromium.sh
+installs chromium and chromium-driver with apt-get when they are missing (the tests FAIL with its output if it
+cannot). Each backend keeps its feedback store under its own DATA_DIR in the session's folder.
+
 Knobs (environment): E2E_MODEL_DIR (worker checkpoint; default: the embedded model/default), E2E_RELATION_THRESHOLD
 (default 0: every <Relations> label is sent), E2E_BACKEND_SRC (another checkout's backend/ and model/ to run, e.g. to try a fix),
-E2E_LS_START_TIMEOUT (240 s), E2E_LS_INSTALL_TIMEOUT (1200 s), E2E_BACKEND_START_TIMEOUT (120 s); LSVENV and PYTHON
-are passed on to scripts/labelstudio.sh.
+E2E_LS_START_TIMEOUT (240 s), E2E_LS_INSTALL_TIMEOUT (1200 s), E2E_BACKEND_START_TIMEOUT (120 s),
+E2E_CHROMIUM_INSTALL_TIMEOUT (600 s); LSVENV and PYTHON are passed on to scripts/labelstudio.sh, CHROMIUM and
+CHROMEDRIVER (other binaries) to scripts/chromium.sh.
 """
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ BACKEND_START_TIMEOUT = float(os.environ.get("E2E_BACKEND_START_TIMEOUT", "120")
 # be tried against the real Label Studio without touching this tree.
 BACKEND_SRC = Path(os.environ.get("E2E_BACKEND_SRC") or ROOT).resolve()
 LS_USER = "admin@example.com"
+CHROMIUM_SCRIPT = ROOT / "scripts" / "chromium.sh"
+CHROMIUM_INSTALL_TIMEOUT = float(os.environ.get("E2E_CHROMIUM_INSTALL_TIMEOUT", "600"))
+# Chromium's switches for a headless run on a closed network (loopback only): nothing of its own goes out
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1600,1000")
 
 _STARTED: list["Proc"] = []  # every process this session started, for the atexit safety net
 
@@ -172,10 +183,11 @@ def label_studio_bin() -> Path:
 class LabelStudio:
     url: str
     token: str
-    password: str
+    password: str  # of `user`, who logs in on the web pages
     proc: Proc
     data_dir: Path
     started_in: float
+    user: str = LS_USER
 
     @property
     def headers(self) -> dict:
@@ -247,6 +259,14 @@ class Backend:
     model_version: str
     web: Proc
     worker: Proc
+    data_dir: Path  # DATA_DIR of its web and worker processes: the feedback store (store.sqlite3) lives there
+
+    def store(self):
+        """The backend's feedback store (backend.store.Store), opened in this process."""
+        from backend.settings import Settings
+        from backend.store import Store
+
+        return Store.shared(Settings(data_dir=str(self.data_dir)))
 
     def metrics(self) -> str:
         return requests.get(f"{self.url}/metrics", timeout=5).text
@@ -298,17 +318,19 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
     `extra_env` adds settings. Returns once /health shows a ready inference worker (or, for a worker without the
     inference queue, once /health answers and the worker listens); the caller stops the returned processes."""
     web_port = port or free_port()
-    env = _clean_env(
-        REDIS_URL=redis_url, MODEL_DIR=os.environ.get("E2E_MODEL_DIR", ""),  # empty: the embedded default
+    data_dir = e2e_dir / f"{name}-data"  # its own feedback store, never the checkout's ./var (extra_env may name another)
+    env = _clean_env(**{
+        **dict(REDIS_URL=redis_url, MODEL_DIR=os.environ.get("E2E_MODEL_DIR", ""),  # empty: the embedded default
+        DATA_DIR=data_dir, STORE_URL="", DATABASE_URL="",
         LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=api_key, INFERENCE_QUEUE=queue,
         ALLOWED_HOSTS="", IMAGE_ROOT="", DEVICE="cpu", LOG_LEVEL="INFO", WORKER_HEARTBEAT="0.5",
         PREDICT_TIMEOUT="60", HOST="127.0.0.1", PORT=str(web_port), WEB_WORKERS="1", WEB_THREADS="4",
         # every relation label counts as predicted, so <Relations> results always travel through Label Studio,
         # whatever the model thinks of this pair
         RELATION_THRESHOLD=os.environ.get("E2E_RELATION_THRESHOLD", "0"),
-        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(BACKEND_SRC), PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(BACKEND_SRC), PYTHONUNBUFFERED="1"),
         **(extra_env or {}),
-    )
+    })
     inference = queues is None or queue in queues
     worker_args = [arg for q in (queues or []) for arg in ("--queue", q)]
     worker = Proc(f"{name}-worker", [sys.executable, "-m", "backend.cli", "worker", *worker_args], env,
@@ -336,7 +358,8 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
     else:
         raise RuntimeError(f"the backend was not healthy within {BACKEND_START_TIMEOUT:.0f} s (last /health: "
                            f"{body})\n{worker.describe()}\n{web.describe()}")
-    return Backend(url=url, redis_url=redis_url, model_version=body["model_version"], web=web, worker=worker), procs
+    return Backend(url=url, redis_url=redis_url, model_version=body["model_version"], web=web, worker=worker,
+                   data_dir=data_dir), procs
 
 
 def _stop_all(procs: list[Proc]) -> None:
@@ -396,12 +419,78 @@ def pat_backend(label_studio, redis_url, personal_access_token, e2e_dir, e2e_log
         _stop_all(procs)
 
 
+# ------------------------------------------------------------------------------------------------- Chromium
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[Path, Path]:
+    """(browser, chromedriver): scripts/chromium.sh installs Debian's chromium and chromium-driver with apt-get
+    when either is missing, and checks that both run. If it cannot, the tests FAIL with its output."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(["bash", str(CHROMIUM_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=CHROMIUM_INSTALL_TIMEOUT, env=_clean_env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"scripts/chromium.sh did not finish in {CHROMIUM_INSTALL_TIMEOUT:.0f} s:\n"
+                    f"{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}", pytrace=False)
+    output = f"{done.stdout}\n{done.stderr}"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or len(lines) < 2:
+        pytest.fail(f"Chromium is not usable: scripts/chromium.sh exited with {done.returncode}. Output:\n"
+                    f"{output[-6000:]}", pytrace=False)
+    browser, driver = Path(lines[-2]), Path(lines[-1])
+    print(f"\n[e2e] chromium ready in {time.monotonic() - started:.1f} s ({browser}, {driver})")
+    return browser, driver
+
+
+@pytest.fixture
+def browser(chromium, tmp_path):
+    """A headless Chromium under Selenium, on a fresh profile. Its `shots` folder (under the test's tmp_path)
+    gets a screenshot per step; on a failure the report names it and a last screenshot and the page's HTML are
+    added."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver_path = chromium
+    shots = tmp_path / "browser"
+    shots.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(binary)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for failure reports
+    service = Service(executable_path=str(driver_path), log_output=str(shots / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.shots = shots
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _save_failure(driver) -> str:
+    shots = driver.shots
+    try:
+        driver.save_screenshot(str(shots / "failure.png"))
+        (shots / "failure.html").write_text(driver.page_source)
+        console = driver.get_log("browser")
+        (shots / "console.log").write_text("".join(f"{e.get('level')} {e.get('message')}\n" for e in console))
+    except Exception as exc:  # the browser may be the thing that broke
+        return f"{shots} (no failure screenshot: {exc})"
+    errors = [e.get("message", "")[:300] for e in console if e.get("level") == "SEVERE"][-5:]
+    return (f"{shots}: one PNG per step, failure.png, failure.html and console.log at the failure, chromedriver.log"
+            + "".join(f"\nconsole error: {m}" for m in errors))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On a failure, attach the last lines of every service's log to the report."""
+    """On a failure, attach the last lines of every service's log to the report, and for a browser test save a
+    last screenshot and name the folder of its screenshots."""
     outcome = yield
     report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", None) or {}
+    if report.failed and "browser" in funcargs and report.when == "call":
+        report.sections.append(("browser screenshots", _save_failure(funcargs["browser"])))
     if report.failed and "e2e_logs" in getattr(item, "fixturenames", ()):
-        procs = item.funcargs.get("e2e_logs") if hasattr(item, "funcargs") else None
-        for name, proc in (procs or {}).items():
+        for name, proc in (funcargs.get("e2e_logs") or {}).items():
             report.sections.append((f"e2e log: {name}", proc.describe()))

@@ -4,7 +4,7 @@ For every config in labeling_configs/: create a project, upload a real PNG (so t
 `/data/upload/...` URL the worker must fetch back from Label Studio with the API token), connect the backend as an
 interactive ML backend, then
 - interactive: what the labeling UI's smart tool sends (`/api/ml/{id}/interactive-annotating` with a drawn box)
-  comes back with the box echoed under its own id and the caption/attributes/relations filled in under that id;
+  comes back with the box echoed under its own id and the caption/attributes/relation text filled in under that id;
 - batch: the Data Manager's "Retrieve predictions" action on an annotated task stores one prediction with the
   backend's model_version, every region linked by id, score in [0, 1].
 And: a task whose image the backend may not fetch (a private host not in ALLOWED_HOSTS) gets no prediction while the
@@ -207,10 +207,12 @@ def by_id(results: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
-def check_region_results(spec: ConfigSpec, results: list[dict], region_ids: list[str], where: str) -> None:
+def check_region_results(spec: ConfigSpec, results: list[dict], region_ids: list[str], where: str,
+                         relations_expected: bool = True) -> None:
     """Each region id carries its box, a non-empty caption and one valid value per attribute control; relations
     reference existing ids with labels from the config (and, with RELATION_THRESHOLD=0 as the e2e backend runs, a
-    <Relations> config with two regions gets at least one)."""
+    <Relations> config with two regions gets at least one). `relations_expected=False` (interactive answers, which
+    Label Studio's editor cannot take relations in): there is none."""
     groups = by_id(results)
     for rid in region_ids:
         items = groups.get(rid)
@@ -246,7 +248,9 @@ def check_region_results(spec: ConfigSpec, results: list[dict], region_ids: list
     unknown = set(groups) - set(region_ids)
     assert not unknown, f"{where}: results under ids nobody drew: {sorted(unknown)}"
     relations = [r for r in results if r.get("type") == "relation"]
-    if spec.has_relations and spec.relation_labels and len(region_ids) >= 2 and FORCED_RELATIONS:
+    if not relations_expected:
+        assert relations == [], f"{where}: relations in an answer that must carry none: {relations}"
+    elif spec.has_relations and spec.relation_labels and len(region_ids) >= 2 and FORCED_RELATIONS:
         assert relations, f"{where}: no relations between {region_ids} although RELATION_THRESHOLD=0"
     for rel in relations:
         assert spec.has_relations, f"{where}: a relation for a config without <Relations>: {rel}"
@@ -295,7 +299,8 @@ def test_connect_calls_health_and_setup(project: Project, ls_api: LS, backend: B
 @by_config
 def test_interactive_prefill(project: Project, ls_api: LS, backend: Backend, label_studio, e2e_logs):
     """What the smart tool sends after a box is drawn: the answer echoes the box (same id, same geometry) and adds
-    the caption, one value per attribute control, and for <Relations> configs relation text and relations."""
+    the caption, one value per attribute control, and for <Relations> configs relation text (no relations: the
+    labeling page cannot take them in an interactive answer, see backend/labeling.py)."""
     spec = project.spec
     drawn = [box(spec, "userBox01", *RED)]
     if spec.has_relations or spec.relation_text:  # relations need a second box
@@ -310,7 +315,7 @@ def test_interactive_prefill(project: Project, ls_api: LS, backend: Backend, lab
     assert data.get("model_version") == backend.model_version, data
     result = data["result"]
     ids = [d["id"] for d in drawn]
-    check_region_results(spec, result, ids, "interactive")
+    check_region_results(spec, result, ids, "interactive", relations_expected=False)
 
     for d in drawn:  # the annotator's own box comes back unchanged, so accepting the suggestion keeps it
         echoed = [r for r in result if r.get("id") == d["id"] and r["type"] == "rectanglelabels"]
@@ -431,6 +436,7 @@ def test_personal_access_token(ls_api: LS, pat_backend: Backend, label_studio, e
                        json={"task": tid, "context": {"result": [box(spec, "userBox01", *RED)]}})
     data = body.get("data") or {}
     assert "errors" not in body and "error" not in data, body
-    check_region_results(spec, data["result"], ["userBox01"], "interactive (personal access token)")
+    check_region_results(spec, data["result"], ["userBox01"], "interactive (personal access token)",
+                         relations_expected=False)
     assert re.search(r'"POST /api/token/refresh/ HTTP/1\.1" 200', tail(label_studio.proc.log, 500_000)), \
         "Label Studio's log shows no successful token refresh by the worker"

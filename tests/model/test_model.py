@@ -6,7 +6,7 @@ from model.asks import Asks
 from model.config import tiny
 from model.conversation import IMAGE_PREFIX, encode
 from model.describer import RegionDescriber
-from model.errors import PlaceholderError
+from model.errors import BoxError, PlaceholderError
 from model.images import pixel_values
 from model.modeling import RegionScribeModel
 from model.tokenizer import BBOX
@@ -56,6 +56,29 @@ def test_batched_equals_one_by_one(untrained):
             assert [p for _, p in a.attributes[k]] == pytest.approx([p for _, p in b.attributes[k]], abs=1e-4)
     single = d.describe(_image(), BOXES[2:3], ASKS)
     assert single.regions[0].caption == batched.regions[2].caption
+
+
+def test_only_describes_the_named_boxes_with_every_box_as_partner(untrained):
+    """`only`: the named boxes get the same answers as when every box is described (their partners are found among
+    all the boxes); the others come back empty, and their own questions are never asked."""
+    d = RegionDescriber(untrained, "t")
+    every = d.describe(_image(), BOXES, ASKS)
+    only = d.describe(_image(), BOXES, ASKS, only=[2])
+    naive = d.describe(_image(), BOXES, ASKS, only=[2], naive=True)
+    for got in (only, naive):
+        assert len(got.regions) == len(BOXES)
+        mine = got.regions[2]
+        assert mine.caption == every.regions[2].caption and mine.relation_text == every.regions[2].relation_text
+        assert mine.relation_partner == every.regions[2].relation_partner
+        assert [v for v, _ in mine.attributes["color"]] == [v for v, _ in every.regions[2].attributes["color"]]
+        for k in (0, 1, 3):
+            assert got.regions[k].caption is None and got.regions[k].attributes == {}
+            assert got.regions[k].relation_text is None and got.regions[k].confidence == 0.0
+        assert got.relations == [] or {r.subject for r in got.relations} == {2}
+    with pytest.raises(BoxError, match="there are 4 boxes"):
+        d.describe(_image(), BOXES, ASKS, only=[4])
+    with pytest.raises(BoxError, match="`only` names boxes"):
+        d.describe(_image(), BOXES, ASKS, only=["0"])
 
 
 def test_ranking_equals_full_sequence_likelihood(untrained):
