@@ -3,6 +3,7 @@ on the web request's lines and on the worker's lines for the job it queued, guni
 dependency prints straight to stdout or stderr in a worker job or a request in JSON too, and no secret in any line."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -272,16 +273,19 @@ def test_no_secret_in_any_line(capture, app_settings, image_root, logged_worker)
 # ----------------------------------------------------------------------------------------------- gunicorn
 
 
-def test_gunicorn_lines_are_json_with_the_request_id(redis_url, tmp_path):
+@contextlib.contextmanager
+def json_web_server(redis_url: str, tmp_path: Path, app_code: str = "", **env):
+    """`serve()` under gunicorn in a subprocess with LOG_FORMAT=json, its stdout and stderr in tmp_path/web.log; yields
+    (url, log path) once /health answers; SIGTERM at the end (its last lines are written at exit). `app_code` runs
+    before serve() (to add routes); `env` adds settings."""
     port = free_port()
     log_path = tmp_path / "web.log"
     env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "PYTHONPATH": str(ROOT),
-           "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": PASSWORD,
-           "DATA_DIR": str(tmp_path)}
+           "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "DATA_DIR": str(tmp_path), **env}
+    code = f"{app_code}\nfrom backend.server import serve\nserve('127.0.0.1', {port}, workers=1)\n"
     with open(log_path, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-c", f"from backend.server import serve; serve('127.0.0.1', {port}, workers=1)"],
-            env=env, cwd=ROOT, start_new_session=True, stdout=output, stderr=output)
+        process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True,
+                                   stdout=output, stderr=output)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -293,9 +297,7 @@ def test_gunicorn_lines_are_json_with_the_request_id(redis_url, tmp_path):
             except requests.RequestException:
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
-        response = requests.post(f"{url}/setup", json={}, auth=("ls", PASSWORD), headers={"X-Request-Id": "gun-1"},
-                                 timeout=5)
-        assert response.status_code == 200 and response.headers["X-Request-Id"] == "gun-1"
+        yield url, log_path
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -303,6 +305,13 @@ def test_gunicorn_lines_are_json_with_the_request_id(redis_url, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             raise
+
+
+def test_gunicorn_lines_are_json_with_the_request_id(redis_url, tmp_path):
+    with json_web_server(redis_url, tmp_path, BASIC_AUTH_USER="ls", BASIC_AUTH_PASS=PASSWORD) as (url, log_path):
+        response = requests.post(f"{url}/setup", json={}, auth=("ls", PASSWORD), headers={"X-Request-Id": "gun-1"},
+                                 timeout=5)
+        assert response.status_code == 200 and response.headers["X-Request-Id"] == "gun-1"
     text = log_path.read_text()
     entries = json_lines(text)
     assert any(e["logger"] == "gunicorn.error" and "Starting gunicorn" in e["message"] for e in entries), entries
@@ -329,11 +338,7 @@ def test_a_dependencys_bare_output_in_a_worker_job_is_json(start_worker, redis_c
 
 
 def test_a_dependencys_bare_output_in_a_request_is_json(redis_url, tmp_path):
-    port = free_port()
-    log_path = tmp_path / "web.log"
-    env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "PYTHONPATH": str(ROOT),
-           "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "DATA_DIR": str(tmp_path)}
-    code = f"""
+    app_code = """
 import backend.app
 from tests.service.test_logs import noisy_job
 create_app = backend.app.create_app
@@ -344,31 +349,10 @@ def noisy_app(settings):
     return app
 
 backend.app.create_app = noisy_app
-from backend.server import serve
-serve("127.0.0.1", {port}, workers=1)
 """
-    with open(log_path, "wb") as output:
-        process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True,
-                                   stdout=output, stderr=output)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                response = requests.get(f"{url}/noisy", timeout=5)
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
+    with json_web_server(redis_url, tmp_path, app_code) as (url, log_path):
+        response = requests.get(f"{url}/noisy", timeout=5)
         assert response.status_code == 200 and response.text == "ok"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise
     text = log_path.read_text()
     assert_noisy_lines_are_json(text, "request")
     assert any(e["logger"] == "gunicorn.access" and "GET /noisy" in e["message"] for e in json_lines(text))
