@@ -369,7 +369,7 @@ def _stop_all(procs: list[Proc]) -> None:
 
 @pytest.fixture(scope="session")
 def backends():
-    """What a test needs to run a backend of its own (tests/e2e/test_sync.py): `start` (start_backend), `env`
+    """What a test needs to run a backend of its own (tests/e2e/test_no_lost_corrections.py): `start` (start_backend), `env`
     (a child's clean environment) and `src` (the checkout it runs)."""
     from types import SimpleNamespace
 
