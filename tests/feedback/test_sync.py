@@ -1,6 +1,6 @@
 """Reconciliation with Label Studio (backend.sync): annotations the webhook lost reach the store, newest wins,
 deletions are seen, a sync and a webhook together count each region once, and the store says which path brought what.
-Label Studio's API is tests/feedback/fake_labelstudio.py here; tests/e2e/test_sync.py runs the same against the real
+Label Studio's API is tests/feedback/fake_labelstudio.py here; tests/e2e/test_no_lost_corrections.py runs the same against the real
 Label Studio 1.23.2."""
 from __future__ import annotations
 

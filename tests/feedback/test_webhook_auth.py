@@ -1,7 +1,7 @@
 """The webhook made right automatically (backend.webhooks): /setup queues the repair without waiting on Label Studio,
 the ingest worker gives Label Studio's webhook the Basic auth header and removes duplicates, and a backend without an
 API key says once how to fix it. Label Studio's API is
-tests/feedback/fake_labelstudio.py; tests/e2e/test_sync.py runs the same against the real Label Studio 1.23.2."""
+tests/feedback/fake_labelstudio.py; tests/e2e/test_no_lost_corrections.py runs the same against the real Label Studio 1.23.2."""
 from __future__ import annotations
 
 import base64
