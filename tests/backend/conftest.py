@@ -179,7 +179,7 @@ def worker_env(redis_url: str, image_root, http_host, queue: str = "inference", 
 @pytest.fixture(scope="session")
 def worker(redis_url, redis_client, image_root, http_host, worker_process):
     """One long-lived inference worker on queue "inference" for the whole session."""
-    w = worker_process(worker_env(redis_url, image_root, http_host), "test-worker-main")
+    w = worker_process(worker_env(redis_url, image_root, http_host), "test-worker-main", queues=["inference"])
     try:
         w.wait_ready(redis_client)
         yield w
@@ -192,8 +192,11 @@ def spawn_worker(redis_url, redis_client, image_root, http_host, worker_process)
     """Start extra workers (own queue names); all are killed at teardown."""
     started = []
 
-    def spawn(name: str, queue: str, wait: bool = True, **extra):
-        w = worker_process(worker_env(redis_url, image_root, http_host, queue=queue, **extra), name)
+    def spawn(name: str, queue: str, wait: bool = True, queues: list[str] | None = None, plain: bool = False,
+              **extra):
+        """`queues`: what it serves (default: `queue` alone); `plain`: no --queue at all, as a deployment starts it."""
+        w = worker_process(worker_env(redis_url, image_root, http_host, queue=queue, **extra), name,
+                           queues=None if plain else (queues or [queue]))
         started.append(w)
         if wait:
             w.wait_ready(redis_client)

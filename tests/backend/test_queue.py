@@ -59,7 +59,7 @@ def test_a_plain_worker_serves_the_inference_and_the_ingest_queue(redis_client, 
     have a worker too (doctor counts it as a live ingest worker)."""
     from rq import Worker
 
-    spawn_worker("plain-worker", "inference-plain", INGEST_QUEUE="ingest-plain")
+    spawn_worker("plain-worker", "inference-plain", plain=True, INGEST_QUEUE="ingest-plain")
     assert "plain-worker" in {w["name"] for w in live_workers(redis_client, "inference-plain")}
     assert "plain-worker" in {w["name"] for w in live_workers(redis_client, "ingest-plain")}
     deadline = time.monotonic() + 10

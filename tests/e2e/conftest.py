@@ -332,7 +332,7 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
         **(extra_env or {}),
     })
     inference = queues is None or queue in queues
-    worker_args = [arg for q in (queues or []) for arg in ("--queue", q)]
+    worker_args = [arg for q in (queues or [queue]) for arg in ("--queue", q)]
     worker = Proc(f"{name}-worker", [sys.executable, "-m", "backend.cli", "worker", *worker_args], env,
                   e2e_dir / f"{name}-worker.log", cwd=BACKEND_SRC)
     web = Proc(f"{name}-web", [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port",

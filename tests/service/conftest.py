@@ -125,7 +125,7 @@ def start_worker(redis_url, redis_client, image_root, worker_process, tmp_path_f
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
         })
         env.update({k: str(v) for k, v in extra.items()})
-        worker = worker_process(env, f"service-{queue}", log_path=log_path)
+        worker = worker_process(env, f"service-{queue}", log_path=log_path, queues=[queue])
         worker.queue = queue
         started.append(worker)
         worker.wait_ready(redis_client)
