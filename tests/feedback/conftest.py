@@ -113,6 +113,16 @@ def deleted_event(project_id: int, annotation_ids: list[int]) -> dict:
             "project": {"id": project_id, "title": "regions"}}
 
 
+@pytest.fixture
+def api(ls):
+    """A fake of Label Studio's REST API (tests/feedback/fake_labelstudio.py) for the sync and webhook tests."""
+    from tests.feedback.fake_labelstudio import FakeLabelStudio
+
+    fake = FakeLabelStudio(ls.TOKEN)
+    yield fake
+    fake.close()
+
+
 @pytest.fixture(scope="session")
 def ls():
     """Payload builders (a fixture, so tests never import conftest by module name)."""

@@ -4,6 +4,7 @@ same code against the real Label Studio): projects, tasks with their annotations
 and ML backends. Every call needs `Authorization: Token <token>`; every request is logged in `calls`."""
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
@@ -14,6 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 
 # ids (projects, tasks, annotations, webhooks) unique across every fake of the session: tests share one Redis, where
 # per-project keys (the training policy's) must not collide
+# the Basic auth a backend under test is protected with, and the header Label Studio's webhook must carry for it
+USER, PASSWORD = "ls-robot", "s3cret-pass"
+HEADER = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 _IDS = itertools.count(int(datetime.now().timestamp()) % 100000 * 1000 + 500_000_000)
 
 

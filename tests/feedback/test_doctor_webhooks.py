@@ -3,7 +3,6 @@ duplicated), requests to /webhook refused with 401, and the periodic sync. Label
 tests/feedback/fake_labelstudio.py."""
 from __future__ import annotations
 
-import base64
 import json
 import time
 
@@ -13,17 +12,8 @@ import requests
 
 from backend.doctor import FAIL, OK, SKIP, WARN, check_sync, check_webhooks
 from backend.webhooks import refusals, remember_connection
-from tests.feedback.fake_labelstudio import FakeLabelStudio
 
-USER, PASSWORD = "ls-robot", "s3cret-pass"
-HEADER = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-
-
-@pytest.fixture
-def api(ls):
-    fake = FakeLabelStudio(ls.TOKEN)
-    yield fake
-    fake.close()
+from tests.feedback.fake_labelstudio import HEADER, PASSWORD, USER
 
 
 def test_doctor_reports_webhooks_and_refusals(make_settings, api, serve, own_redis, ls):

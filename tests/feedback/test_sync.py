@@ -17,16 +17,8 @@ import requests
 from backend.ingest import handle_event
 from backend.store import Store
 from backend.sync import SyncError, parse_since, sync_project
-from tests.feedback.fake_labelstudio import FakeLabelStudio
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def api(ls):
-    fake = FakeLabelStudio(ls.TOKEN)
-    yield fake
-    fake.close()
 
 
 @pytest.fixture

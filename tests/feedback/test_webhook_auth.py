@@ -4,7 +4,6 @@ API key says once how to fix it. Label Studio's API is
 tests/feedback/fake_labelstudio.py; tests/e2e/test_no_lost_corrections.py runs the same against the real Label Studio 1.23.2."""
 from __future__ import annotations
 
-import base64
 import logging
 import socket
 import time
@@ -15,17 +14,8 @@ import requests
 
 from backend import webhooks
 from backend.webhooks import ensure_webhook
-from tests.feedback.fake_labelstudio import FakeLabelStudio
 
-USER, PASSWORD = "ls-robot", "s3cret-pass"
-HEADER = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-
-
-@pytest.fixture
-def api(ls):
-    fake = FakeLabelStudio(ls.TOKEN)
-    yield fake
-    fake.close()
+from tests.feedback.fake_labelstudio import HEADER, PASSWORD, USER
 
 
 def setup_call(server, pid: int, auth=(USER, PASSWORD), xml="<View/>"):
