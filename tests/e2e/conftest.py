@@ -156,17 +156,23 @@ def e2e_logs(e2e_dir) -> dict[str, Proc]:
     return {}
 
 
+def _run_script(script: Path, timeout: float) -> tuple[subprocess.CompletedProcess, str]:
+    """Run one of scripts/ (an installer); fails the test with its output if it does not finish in `timeout` s.
+    Returns the finished process and its stdout and stderr together."""
+    try:
+        done = subprocess.run(["bash", str(script)], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env=_clean_env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"scripts/{script.name} did not finish in {timeout:.0f} s:\n"
+                    f"{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}", pytrace=False)
+    return done, f"{done.stdout}\n{done.stderr}"
+
+
 @pytest.fixture(scope="session")
 def label_studio_bin() -> Path:
     """scripts/labelstudio.sh: installs label-studio==1.23.2 into .lsvenv the first time, then only checks it."""
     started = time.monotonic()
-    try:
-        done = subprocess.run(["bash", str(LS_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
-                              timeout=LS_INSTALL_TIMEOUT, env=_clean_env())
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"scripts/labelstudio.sh did not finish in {LS_INSTALL_TIMEOUT:.0f} s:\n"
-                    f"{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}", pytrace=False)
-    output = f"{done.stdout}\n{done.stderr}"
+    done, output = _run_script(LS_SCRIPT, LS_INSTALL_TIMEOUT)
     if done.returncode != 0:
         pytest.fail("Label Studio could not be installed by scripts/labelstudio.sh (rc "
                     f"{done.returncode}); the e2e tests need PyPI access the first time. Output:\n{output[-6000:]}",
@@ -427,13 +433,7 @@ def chromium() -> tuple[Path, Path]:
     """(browser, chromedriver): scripts/chromium.sh installs Debian's chromium and chromium-driver with apt-get
     when either is missing, and checks that both run. If it cannot, the tests FAIL with its output."""
     started = time.monotonic()
-    try:
-        done = subprocess.run(["bash", str(CHROMIUM_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
-                              timeout=CHROMIUM_INSTALL_TIMEOUT, env=_clean_env())
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"scripts/chromium.sh did not finish in {CHROMIUM_INSTALL_TIMEOUT:.0f} s:\n"
-                    f"{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}", pytrace=False)
-    output = f"{done.stdout}\n{done.stderr}"
+    done, output = _run_script(CHROMIUM_SCRIPT, CHROMIUM_INSTALL_TIMEOUT)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or len(lines) < 2:
         pytest.fail(f"Chromium is not usable: scripts/chromium.sh exited with {done.returncode}. Output:\n"

@@ -334,22 +334,35 @@ def label_two_boxes(page: LabelingPage, config: dict, auto_accept: bool) -> tupl
     return edited, corrected
 
 
-@pytest.mark.parametrize("auto_accept", [True, False], ids=["auto-accept-on", "auto-accept-off"])
-def test_the_next_box_keeps_the_annotators_edits(auto_accept, browser, label_studio, backend, project_on, e2e_logs):
-    api, project_id = project_on("region_attributes")
+def open_new_task(config_name: str, browser, label_studio, project_on):
+    """A new task in a project on labeling_configs/<config_name>.xml, opened in the labeling page after logging in.
+    Returns (api, project id, task id, the config's names, the page)."""
+    api, project_id = project_on(config_name)
     task_id = api.new_task(project_id)
-    config = read_config("region_attributes")
+    config = read_config(config_name)
     page = LabelingPage(browser, label_studio.url, config["image"], config["label"])
     page.login(label_studio.user, label_studio.password)
     page.open_task(project_id, task_id)
+    return api, project_id, task_id, config, page
+
+
+def submitted(api, task_id: int, timeout: float = 30.0) -> list:
+    """The task's annotations once Label Studio lists any (a submit is saved asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not (annotations := api.annotations(task_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return annotations
+
+
+@pytest.mark.parametrize("auto_accept", [True, False], ids=["auto-accept-on", "auto-accept-off"])
+def test_the_next_box_keeps_the_annotators_edits(auto_accept, browser, label_studio, backend, project_on, e2e_logs):
+    api, project_id, task_id, config, page = open_new_task("region_attributes", browser, label_studio, project_on)
     edited, corrected = label_two_boxes(page, config, auto_accept)
 
     page.submit()
-    deadline = time.monotonic() + 30
-    while not api.annotations(task_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    annotations = submitted(api, task_id)
     page.shot("submitted")
-    [annotation] = api.annotations(task_id)
+    [annotation] = annotations
     captions = {r["id"]: r["value"]["text"][0] for r in annotation["result"] if r.get("from_name") == "caption"}
     assert len(captions) == 2, annotation["result"]
     first = next(rid for rid, text in captions.items() if text == edited)
@@ -367,12 +380,7 @@ def test_two_smart_boxes_on_a_relations_config_keep_the_page(browser, label_stud
     """region_relations.xml: the second box's answer holds relation text but no <Relations> result (one in an
     interactive answer makes Label Studio's editor drop the page: "Failed to resolve reference"); the page stays,
     and the submitted annotation carries both boxes."""
-    api, project_id = project_on("region_relations")
-    task_id = api.new_task(project_id)
-    config = read_config("region_relations")
-    page = LabelingPage(browser, label_studio.url, config["image"], config["label"])
-    page.login(label_studio.user, label_studio.password)
-    page.open_task(project_id, task_id)
+    api, _, task_id, _, page = open_new_task("region_relations", browser, label_studio, project_on)
     page.switch("Auto-Annotation", "bottombar-auto-annotation-toggle", True)
     page.switch("Auto-Accept Suggestions", "bottombar-auto-accept-toggle", True)
     page.smart_box(RED_CIRCLE)
@@ -382,10 +390,7 @@ def test_two_smart_boxes_on_a_relations_config_keep_the_page(browser, label_stud
     page.shot("both-boxes")
     page.select(1)  # the editor still answers clicks
     page.submit()
-    deadline = time.monotonic() + 30
-    while not api.annotations(task_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    [annotation] = api.annotations(task_id)
+    [annotation] = submitted(api, task_id)
     result = annotation["result"]
     assert len({r["id"] for r in result if r.get("from_name") == "caption"}) == 2, result
     assert [r for r in result if r.get("from_name") == "relation_text" and r["value"]["text"][0].strip()], \
