@@ -413,7 +413,7 @@ def handle_event(settings: Settings, payload: dict, store: Store | None = None,
     if action == START_TRAINING:
         store = store or Store.shared(settings)
         store.request_training(project_id, payload=payload)
-        return {"status": "ok", "action": action, "training": _evaluate(settings, store, connection, project_id)}
+        return {"status": "ok", "action": action, "training": evaluate_policy(settings, store, connection, project_id)}
 
     # ANNOTATION_CREATED / ANNOTATION_UPDATED: validate the shape before touching anything
     parse_annotation(payload, None)
@@ -429,7 +429,7 @@ def handle_event(settings: Settings, payload: dict, store: Store | None = None,
     if image:
         answer["image"] = image
     if outcome.get("outcome") == "applied":
-        answer["training"] = _evaluate(settings, store, connection, project_id)
+        answer["training"] = evaluate_policy(settings, store, connection, project_id)
     return answer
 
 
@@ -455,10 +455,6 @@ def queue_missing_images(settings: Settings, connection: redis.Redis | None, mis
 def evaluate_policy(settings: Settings, store: Store, connection: redis.Redis | None, project_id: int) -> dict:
     """Ask the retraining policy whether the project is due (needs Redis; without it the count waits in the store
     for the next evaluation)."""
-    return _evaluate(settings, store, connection, project_id)
-
-
-def _evaluate(settings: Settings, store: Store, connection: redis.Redis | None, project_id: int) -> dict:
     from .policy import Policy, PolicyBusy
 
     if connection is None:
