@@ -161,10 +161,11 @@ def sync_project(settings: Settings, project_id: int, *, since: int | None = Non
     if report.regions_changed:
         report.training = evaluate_policy(settings, store, connection, pid)
     report.seconds = round(time.time() - started_at, 3)
-    Metrics(connection).count("sync_runs", project=str(pid))
+    metrics = Metrics(connection)
+    metrics.count("sync_runs", project=str(pid))
     for name in COUNTS:
         if getattr(report, name):
-            Metrics(connection).count("sync_annotations", getattr(report, name), outcome=name)
+            metrics.count("sync_annotations", getattr(report, name), outcome=name)
     return report
 
 
