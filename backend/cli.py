@@ -215,6 +215,48 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from collections import Counter
+
+    from model.datasets import FormatError, Source
+
+    try:
+        sources = [Source.parse(spec, images=args.images, split=args.split) for spec in args.sources]
+    except (ValueError, FormatError) as exc:
+        print(f"regionscribe data: error: {exc}", file=sys.stderr)
+        return 2
+    bar = None
+    if not args.quiet and not args.json:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" samples", desc="data", file=sys.stderr)
+    out = {}
+    try:
+        for src in sources:
+            kinds: Counter[str] = Counter()
+            n = 0
+            for sample in src.samples(stage=args.stage):
+                n += 1
+                kinds.update(t.kind for t in sample.turns)
+                if n <= args.show:
+                    print(json.dumps({"boxes": [[round(v, 1) for v in b] for b in sample.boxes],
+                                      "turns": [[t.question, t.answer] for t in sample.turns]}, ensure_ascii=False))
+                if bar is not None:
+                    bar.update()
+            out[f"{src.name}:{src.path}"] = {"samples": n, "turns": dict(kinds), **src.report.to_dict()}
+            if not args.json:
+                print(f"{src.report}\n  -> {n} stage-{args.stage} conversations, turns {dict(kinds)}")
+    except FormatError as exc:
+        print(f"regionscribe data: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from model.config import POSITION_ENCODINGS  # torch-free: the parser stays quick to build
 
@@ -329,6 +371,19 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--json", action="store_true", help="print the counts as JSON")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(func=_sync)
+
+    dt = sub.add_parser("data", help="read public region-text datasets or exports as training conversations and "
+                                     "report what was kept and skipped")
+    dt.add_argument("sources", nargs="+", metavar="SOURCE:PATH[:WEIGHT]",
+                    help="e.g. vg:data/visual_genome, refcoco:data/refcoco, coco:data/coco/annotations/"
+                         "instances_train2017.json, export-hf:exports/v1 (see model/datasets/__init__.py)")
+    dt.add_argument("--stage", type=int, choices=(1, 2), default=2, help="GPT4RoI stage whose conversations to build")
+    dt.add_argument("--split", default="train", help="the split to read where a dataset has several")
+    dt.add_argument("--images", default=None, help="image folder (default: the dataset's own layout)")
+    dt.add_argument("--show", type=int, default=0, help="print the first N conversations")
+    dt.add_argument("--json", action="store_true", help="print the counts and skip reports as JSON")
+    dt.add_argument("--quiet", action="store_true", help="no progress bar")
+    dt.set_defaults(func=_data)
     return p
 
 

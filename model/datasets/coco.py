@@ -1,0 +1,169 @@
+"""COCO-format files: COCO instances (category phrases, stage 1), GRiT's Visual Genome train.json and the project's own
+`coco` export (a caption per annotation, stage 2).
+
+`CocoFile` streams a COCO-format JSON (see jsonstream) into a temporary SQLite file and hands out each image with its
+annotations, in the order of the file's `images`, so memory does not grow with the number of annotations. MDETR's
+converted RefCOCO and Flickr30k files use it too (mdetr.py).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from model.datasets.jsonstream import iter_array, top_level_keys
+from model.datasets.records import (Deduper, FormatError, ImageRecord, RegionRecord, SkipReport, clean_text,
+                                    xywh_box)
+
+
+class CocoFile:
+    """A COCO-format file opened for streaming: `categories` in memory (small), images and annotations spilled to
+    SQLite. Use as a context manager, or call close()."""
+
+    def __init__(self, path: str | Path, require: tuple[str, ...] = ("images", "annotations")):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FormatError(self.path, "no such file")
+        keys = top_level_keys(self.path)
+        missing = [k for k in require if k not in keys]
+        if missing:
+            raise FormatError(self.path, f"expected a COCO-format JSON object with {', '.join(require)}; "
+                                         f"it has no {', '.join(missing)} (keys: {', '.join(keys) or 'none'})")
+        self.categories = {}
+        for c in iter_array(self.path, "categories"):
+            if isinstance(c, dict) and "id" in c:
+                self.categories[c["id"]] = c
+        self._dir = tempfile.TemporaryDirectory(prefix="regionscribe-coco-")
+        self.db = sqlite3.connect(Path(self._dir.name) / "coco.sqlite")
+        self.db.execute("CREATE TABLE images (seq INTEGER PRIMARY KEY, id TEXT, json TEXT)")
+        self.db.execute("CREATE TABLE annotations (image_id TEXT, json TEXT)")
+        batch = []
+        for image in iter_array(self.path, "images"):
+            if not isinstance(image, dict) or "id" not in image:
+                raise FormatError(self.path, f"an 'images' entry without an id: {str(image)[:80]}")
+            batch.append((json.dumps(image["id"]), json.dumps(image)))
+            if len(batch) == 10000:
+                self.db.executemany("INSERT INTO images (id, json) VALUES (?, ?)", batch)
+                batch = []
+        self.db.executemany("INSERT INTO images (id, json) VALUES (?, ?)", batch)
+        batch = []
+        for ann in iter_array(self.path, "annotations"):
+            if not isinstance(ann, dict) or "image_id" not in ann:
+                raise FormatError(self.path, f"an 'annotations' entry without an image_id: {str(ann)[:80]}")
+            batch.append((json.dumps(ann["image_id"]), json.dumps(ann)))
+            if len(batch) == 10000:
+                self.db.executemany("INSERT INTO annotations VALUES (?, ?)", batch)
+                batch = []
+        self.db.executemany("INSERT INTO annotations VALUES (?, ?)", batch)
+        self.db.execute("CREATE INDEX annotations_image ON annotations (image_id)")
+        self.db.commit()
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def __iter__(self) -> Iterator[tuple[dict, list[dict]]]:
+        """(image, its annotations in file order) for every image, in file order."""
+        images = self.db.cursor()
+        for key, text in images.execute("SELECT id, json FROM images ORDER BY seq"):
+            anns = [json.loads(a) for (a,) in
+                    self.db.execute("SELECT json FROM annotations WHERE image_id = ? ORDER BY rowid", (key,))]
+            yield json.loads(text), anns
+
+    def close(self) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> "CocoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def image_size(image: dict) -> tuple[int, int] | None:
+    """(width, height) of a COCO image entry; MDETR's Flickr file writes them as strings."""
+    try:
+        w, h = int(float(image["width"])), int(float(image["height"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def find_image(root: Path, names: list[str]) -> Path | None:
+    for name in names:
+        if name:
+            p = Path(name) if Path(name).is_absolute() else root / name
+            if p.is_file():
+                return p
+    return None
+
+
+def read_instances(path: str | Path, image_root: str | Path, report: SkipReport | None = None,
+                   source: str = "coco") -> Iterator[ImageRecord]:
+    """COCO instances_*.json: each non-crowd object's category name as its phrase (GPT4RoI's CocoDet, stage 1)."""
+    report = report if report is not None else SkipReport(source)
+    root = Path(image_root)
+    with CocoFile(path, require=("images", "annotations", "categories")) as coco:
+        names = tuple(dict.fromkeys(clean_text(c.get("name")) for c in coco.categories.values() if c.get("name")))
+        for image, anns in coco:
+            record = _record(image, anns, root, report, source, lambda a: _category(coco, a), "phrase")
+            if record is not None:
+                record.choices = names
+                yield record
+
+
+def read_captions(path: str | Path, image_root: str | Path, report: SkipReport | None = None,
+                  source: str = "grit-vg") -> Iterator[ImageRecord]:
+    """A COCO-format file with a `caption` per annotation: GRiT's VG train.json (category "object") and the project's
+    `coco` export. Each annotation is one region caption (stage 2)."""
+    report = report if report is not None else SkipReport(source)
+    root = Path(image_root)
+    with CocoFile(path) as coco:
+        for image, anns in coco:
+            record = _record(image, anns, root, report, source, lambda a: clean_text(a.get("caption")), "caption")
+            if record is not None:
+                yield record
+
+
+def _category(coco: CocoFile, ann: dict) -> str:
+    cat = coco.categories.get(ann.get("category_id"))
+    return clean_text(cat.get("name")) if cat else ""
+
+
+def _record(image: dict, anns: list[dict], root: Path, report: SkipReport, source: str, text_of, field: str
+            ) -> ImageRecord | None:
+    key = f"{source}:{image.get('id')}"
+    size = image_size(image)
+    if size is None:
+        report.skip("bad_record", f"image {image.get('id')} has no width/height")
+        return None
+    name = str(image.get("file_name") or "")
+    path = find_image(root, [name, name.split("/")[-1]])
+    if path is None:
+        report.skip("missing_image", str(root / name))
+        return None
+    regions, dedup = [], Deduper()
+    for ann in anns:
+        if ann.get("iscrowd"):
+            report.skip("crowd", f"annotation {ann.get('id')}")
+            continue
+        box = xywh_box(ann.get("bbox"), *size)
+        if isinstance(box, str):
+            report.skip(box, f"annotation {ann.get('id')} {ann.get('bbox')}")
+            continue
+        text = text_of(ann)
+        if not text:
+            report.skip("empty_text", f"annotation {ann.get('id')}")
+            continue
+        if dedup.seen_before(box, text):
+            report.skip("duplicate", f"annotation {ann.get('id')}")
+            continue
+        regions.append(RegionRecord(box, **{field: text}))
+    if not regions:
+        report.skip("no_regions", key)
+        return None
+    record = ImageRecord(path, size[0], size[1], regions, key)
+    report.kept(record)
+    return record
