@@ -45,21 +45,47 @@ def _train(args: argparse.Namespace) -> int:
     if args.scaled_region_tokens:
         overrides["match_embedding_scale"] = True
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
+    from model.datasets import FormatError
+    from model.trainer import RunOptions, is_main_process
+    from model.training import recipe
+
     try:
+        data = {1: list(args.stage1_data or []), 2: list(args.stage2_data or [])}
+        if args.recipe:
+            if not args.data_root:
+                raise ValueError("--recipe needs --data-root (the folder that holds GPT4RoI's data/ layout)")
+            for stage, specs in recipe(args.recipe, args.data_root).items():
+                data[stage] = specs + data[stage]
         cfg = TrainConfig(
             out=args.out, preset=args.preset, init=args.init, seed=args.seed,
             stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
-            stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size),
-            stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
+            stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size,
+                               epochs=args.stage1_epochs),
+            stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size,
+                               epochs=args.stage2_epochs),
             lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
             visual_lr_scale=args.visual_lr_scale,
             drills=[_drill(d) for d in args.drill or []], drill_lr=args.drill_lr, drill_balance=args.drill_balance,
+            stage1_data=data[1], stage2_data=data[2], data_images=args.data_images,
+            run=RunOptions(grad_accum=args.grad_accum, mixed_precision="bf16" if args.bf16 else "no",
+                           gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
+                           state_dir=args.state_dir, resume=args.resume),
         )
-    except ValueError as exc:  # model overrides that an --init checkpoint cannot take
+        result = train(cfg, progress=not args.quiet)
+    except (ValueError, FormatError, FileNotFoundError) as exc:  # bad options, data or resume state
         raise SystemExit(f"regionscribe train: {exc}") from None
-    result = train(cfg, progress=not args.quiet)
+    if not is_main_process():
+        return 0
     summary = {"checkpoint": str(result.path), "seconds": round(result.seconds, 1),
                "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in result.history.items()}}
+    if args.eval_data:
+        from model.describer import RegionDescriber
+        from model.evaluation import evaluate_sources
+
+        heldout = evaluate_sources(RegionDescriber.from_pretrained(result.path), args.eval_data,
+                                   limit=args.eval_regions, images=args.data_images, progress=not args.quiet)
+        (result.path / "heldout_metrics.json").write_text(json.dumps(heldout, indent=2) + "\n")
+        summary["heldout"] = heldout
     if args.eval_scenes:
         from model.describer import RegionDescriber
         from model.evaluation import evaluate
@@ -276,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--stage2-steps", type=int, default=2200)
     t.add_argument("--stage1-lr", type=float, default=1e-3)
     t.add_argument("--stage2-lr", type=float, default=6e-4)
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=8, help="per process and micro-batch")
     t.add_argument("--drill", action="append", metavar="AXES:STEPS",
                    help="before stage 2, STEPS steps (batch 16) on relation questions of AXES alone, e.g. "
                         "horizontal,vertical:400 or all:300 (repeatable, run in order)")
@@ -296,6 +322,28 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     t.add_argument("--version", default=None, help="model_version to record (default: preset + timestamp)")
     t.add_argument("--eval-scenes", type=int, default=0, help="evaluate on this many test scenes afterwards")
+    t.add_argument("--stage1-data", action="append", metavar="SOURCE:PATH[:WEIGHT]",
+                   help="a stage-1 data source (repeatable; see `regionscribe data`); none: the synthetic corpus")
+    t.add_argument("--stage2-data", action="append", metavar="SOURCE:PATH[:WEIGHT]",
+                   help="a stage-2 data source (repeatable), e.g. vg:data/visual_genome:2 or export-hf:exports/v1")
+    t.add_argument("--recipe", choices=["gpt4roi"],
+                   help="GPT4RoI's mixtures: stage 1 COCO, RefCOCO, RefCOCO+; stage 2 RefCOCOg, Flickr30k, VG "
+                        "(MDETR's and GRiT's files under --data-root), plus any --stage2-data")
+    t.add_argument("--data-root", help="the folder holding GPT4RoI's data layout (coco/, mdetr_annotations/, ...)")
+    t.add_argument("--data-images", help="one image folder for every data source (default: each dataset's layout)")
+    t.add_argument("--stage1-epochs", type=int, default=None, help="passes over the stage-1 data instead of steps")
+    t.add_argument("--stage2-epochs", type=int, default=None, help="passes over the stage-2 data instead of steps")
+    t.add_argument("--eval-data", action="append", metavar="SOURCE:PATH",
+                   help="held-out data: region-caption CIDEr-D and METEOR of the trained model on it")
+    t.add_argument("--eval-regions", type=int, default=500, help="at most this many held-out regions")
+    t.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per step: global batch = --batch-size x processes x --grad-accum")
+    t.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="the LM's gradient checkpointing")
+    t.add_argument("--save-every", type=int, default=0,
+                   help="save the whole training state every N steps (model, optimiser, scheduler, RNG, data position)")
+    t.add_argument("--state-dir", help="where the training state goes (default: <out>/state)")
+    t.add_argument("--resume", action="store_true", help="continue from the saved training state")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
 

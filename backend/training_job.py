@@ -73,28 +73,22 @@ def split_by_image(items: list, heldout_fraction: float = 0.2) -> tuple[list, li
 
 
 def mixed(corrections: list, replay: Iterator, ratio: float, seed: int, stage: int) -> Iterator:
-    """Endless samples: corrections (reshuffled each pass) interleaved with replayed base data at `ratio`
-    replay samples per correction sample."""
+    """Endless samples through the trainer's mixer (model/mixture.py), as any dataset mixture: the corrections are
+    one source (re-made and reshuffled each pass), the replayed base data another, weighted `ratio` to 1."""
     from model.annotations import training_samples
+    from model.mixture import Mixture
 
-    rng = random.Random(seed)
-    epoch = 0
-    while True:
-        samples = list(training_samples(corrections, seed=seed + epoch)) if corrections else []
+    def fixes(n: int) -> Iterator:
+        samples = list(training_samples(corrections, seed=seed + n))
         if stage == 1:  # stage 1 aligns on simple region -> phrase pairs: captions only
             samples = [s for s in samples if all(t.kind == "caption" for t in s.turns)] or samples
-        rng.shuffle(samples)
-        if not samples:
-            yield next(replay)
-            continue
-        credit = 0.0
-        for s in samples:
-            yield s
-            credit += ratio
-            while credit >= 1:
-                yield next(replay)
-                credit -= 1
-        epoch += 1
+        random.Random(seed + n).shuffle(samples)
+        return iter(samples)
+
+    if not corrections:
+        return replay
+    streams = [("corrections", fixes, 1.0)] + ([("replay", lambda n: replay, ratio)] if ratio > 0 else [])
+    return iter(Mixture(streams, seed=seed))
 
 
 def base_score(metrics: dict) -> float:

@@ -126,3 +126,19 @@ def evaluate(describer: RegionDescriber, split: str = "test", n_scenes: int = 20
         result.update(caption_agreement(describer, scenes, progress=progress))
     result["split"], result["n_scenes"], result["model_version"] = split, n_scenes, describer.model_version
     return result
+
+
+def evaluate_sources(describer: RegionDescriber, specs: list[str], limit: int = 500, images: str | None = None,
+                     progress: bool = False) -> dict[str, Any]:
+    """Region-caption CIDEr-D and METEOR (as GPT4RoI reports them on VG) on held-out dataset sources
+    ("SOURCE:PATH", model/datasets): each region with a caption, asked with the canonical caption prompt; at most
+    `limit` regions per source."""
+    from model.datasets import Source, caption_eval_samples
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        src = Source.parse(spec, images=images)
+        metrics = evaluate_samples(describer, caption_eval_samples(src, limit), progress=progress)
+        out[spec] = {**{k: v for k, v in metrics.items() if k.startswith("caption:") or k == "counts"},
+                     "skipped": dict(src.report.counts)}
+    return out

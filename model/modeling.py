@@ -101,6 +101,17 @@ class RegionScribeModel(nn.Module):
         if config.frozen_vision():
             self.vision.requires_grad_(False)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The LM's and the tower's own block classes (HF's `_no_split_modules`): what FSDP's transformer auto-wrap
+        shards by (scripts/accelerate/fsdp.yaml names no class, so it works whatever the LM)."""
+        present = {type(m).__name__ for m in self.modules()}
+        names: list[str] = []
+        for part in (self.lm, self.vision):
+            base = part.get_base_model() if hasattr(part, "get_base_model") else part
+            names += [n for n in getattr(base, "_no_split_modules", None) or [] if n in present and n not in names]
+        return names
+
     def _fit_embeddings(self) -> None:
         """Grow the LM's embeddings to the tokenizer; new rows start at the mean of the old ones (GPT4RoI)."""
         emb = self.lm.get_input_embeddings()
@@ -175,12 +186,15 @@ class RegionScribeModel(nn.Module):
         return emb
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere)."""
+                labels: torch.Tensor, boxes: list[torch.Tensor],
+                num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere), their mean; with
+        `num_items_in_batch` their sum divided by it (model/trainer.py passes 1 and normalises across processes)."""
         feats = self.encode_images(pixel_values)
         regions = self.region_tokens(feats, boxes)
         emb = self.embed(input_ids, feats.image_tokens, regions)
-        return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels).loss
+        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels, **extra).loss
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None,

@@ -32,15 +32,18 @@ from model.config import ModelConfig, preset as make_preset
 from model.corpus import (BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples,
                           relations, vocabulary_text)
 from model.data import batches
+from model.mixture import Mixture
 from model.modeling import RegionScribeModel
+from model.trainer import RunOptions, cosine_with_warmup, fit, is_main_process, process_state, resume_point
 
 
 @dataclass
 class StageConfig:
     steps: int
     lr: float
-    batch_size: int = 8
+    batch_size: int = 8  # per process and micro-batch (model/trainer.py)
     warmup: float = 0.05  # fraction of the steps
+    epochs: int | None = None  # with data sources: passes over the stage's mixture instead of `steps`
 
 
 # model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
@@ -74,6 +77,11 @@ class TrainConfig:
     drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     version: str | None = None
+    # data sources per stage, "SOURCE:PATH[:WEIGHT]" (model/datasets); empty: the synthetic corpus
+    stage1_data: list[str] = field(default_factory=list)
+    stage2_data: list[str] = field(default_factory=list)
+    data_images: str | None = None  # image folder for every source (default: each dataset's own layout)
+    run: RunOptions = field(default_factory=RunOptions)  # processes, precision, saved state, resume
 
     def __post_init__(self) -> None:
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
@@ -245,64 +253,67 @@ def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def cosine_with_warmup(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: Iterable, weight_decay: float = 0.0,
               grad_clip: float = 0.0, progress: bool = True, log: Callable[[str], None] | None = None,
-              visual_lr_scale: float = 1.0, name: str | None = None) -> list[float]:
-    from accelerate import Accelerator
-    from tqdm import tqdm
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+              visual_lr_scale: float = 1.0, name: str | None = None, run: RunOptions | None = None,
+              phase: str | None = None, history: dict[str, list[float]] | None = None) -> list[float]:
+    """One phase: the parameters of `stage` (set_trainable), the LM's at sc.lr and the visual side's at
+    sc.lr * visual_lr_scale, trained by model/trainer.py's loop on `samples` (Samples or dataset Units)."""
     params = set_trainable(model, stage)
     lm_params = {id(p) for p in model.lm.parameters()}
     groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
               {"params": [p for p in params if id(p) not in lm_params], "lr": sc.lr * visual_lr_scale}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps)
-    model.train()
-    model, opt, sched = accelerator.prepare(model, opt, sched)
-    losses: list[float] = []
-    data = batches(accelerator.unwrap_model(model), samples, sc.batch_size)
-    name = name or f"stage {stage}"
-    bar = tqdm(range(sc.steps), desc=name, disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        batch = {k: ([b.to(accelerator.device) for b in v] if isinstance(v, list) else v.to(accelerator.device))
-                 for k, v in next(data).items()}
-        loss = model(**batch)
-        accelerator.backward(loss)
-        if grad_clip:
-            accelerator.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
-        if log and step % 100 == 0:
-            log(f"{name} step {step} loss {losses[-1]:.4f}")
-    model = accelerator.unwrap_model(model)
-    model.eval()
-    return losses
+    return fit(model, params, [g for g in groups if g["params"]], sc.steps, sc.batch_size, int(sc.warmup * sc.steps),
+               samples, run or RunOptions(), phase or f"stage{stage}", history or {}, weight_decay, grad_clip,
+               progress, log, desc=name or f"stage {stage}")
+
+
+def data_mixture(specs: list[str], stage: int, seed: int, epochs: int | None, pad_to: int = 1,
+                 images: str | None = None) -> tuple[Mixture, list]:
+    """The stage's mixture of dataset sources ("SOURCE:PATH[:WEIGHT]", model/datasets) and the sources (whose
+    .report says what was skipped)."""
+    from model.datasets import Source
+
+    sources = [Source.parse(spec, images=images) for spec in specs]
+    streams = [(src.name, (lambda n, src=src: src.units(stage, seed=seed * 1000 + n)), src.weight)
+               for src in sources]
+    return Mixture(streams, seed=seed * 7919 + stage, epochs=epochs, pad_to=pad_to), sources
+
+
+GPT4ROI_RECIPE = {  # GPT4RoI's configs/stage{1,2}.py, on its data layout (../shared/research/datasets.md, §5)
+    1: ["coco:{root}/coco/annotations/instances_train2017.json",
+        "mdetr-refcoco:{root}/mdetr_annotations/finetune_refcoco_train.json",
+        "mdetr-refcoco+:{root}/mdetr_annotations/finetune_refcoco+_train.json"],
+    2: ["mdetr-refcocog:{root}/mdetr_annotations/finetune_refcocog_train.json",
+        "mdetr-flickr30k:{root}/mdetr_annotations/final_flickr_mergedGT_train.json",
+        "grit-vg:{root}/visual_genome/train.json"],
+}
+
+
+def recipe(name: str, root: str | Path) -> dict[int, list[str]]:
+    """A named recipe's data sources per stage under `root` (GPT4RoI's ./data folder)."""
+    if name != "gpt4roi":
+        raise ValueError(f"unknown recipe {name!r}; known: gpt4roi")
+    return {stage: [spec.format(root=str(root).rstrip("/")) for spec in specs]
+            for stage, specs in GPT4ROI_RECIPE.items()}
 
 
 def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
           progress: bool = True, metadata: dict[str, Any] | None = None) -> TrainResult:
-    """Run both stages and save an HF-shaped checkpoint (plus loss_curve.png and train_config.json) to cfg.out.
+    """Run the phases (stage 0 for a from-scratch tower, stage 1, the drills, stage 2) and save an HF-shaped
+    checkpoint (plus loss_curve.png, history.json and the data reports) to cfg.out.
 
-    Without data arguments the stages draw fresh samples from the synthetic corpus. Either stage may be skipped
-    with steps=0.
+    Data per stage: the caller's iterable, else cfg.stage{1,2}_data's dataset mixture, else fresh samples from the
+    synthetic corpus. Either stage may be skipped with steps=0 (and no epochs). Under `accelerate launch` every
+    process runs this; each trains on its own share of the data, and only the main process writes. With
+    cfg.run.resume the phases before the saved one are skipped and the saved one continues at its saved step.
     """
     start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    state_dir = Path(cfg.run.state_dir or Path(cfg.out) / "state")
+    run = dataclasses.replace(cfg.run, state_dir=str(state_dir))
+    saved = resume_point(state_dir, run.resume)
     if cfg.init:
         model = RegionScribeModel.from_pretrained(cfg.init)
         apply_switches(model, cfg.model_overrides)
@@ -310,47 +321,87 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         model = new_model(cfg)
     if cfg.lora:
         model.config.lora = cfg.lora
-    history: dict[str, list[float]] = {"stage0": [], "stage1": []}  # in the order the phases run
-    if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision():
+    world = process_state().num_processes
+    phases = ["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))] + ["stage2"]
+    if saved is not None and saved["phase"] not in phases:
+        raise ValueError(f"--resume: the saved state is of phase {saved['phase']!r}, which this run does not have "
+                         f"({', '.join(phases)}): resume with the same options")
+    skip = set(phases[:phases.index(saved["phase"])]) if saved else set()
+    history: dict[str, list[float]] = {k: list(v) for k, v in (saved["history"] if saved else {}).items()}
+    history.setdefault("stage0", [])
+    history.setdefault("stage1", [])  # in the order the phases run
+    reports: list = []
+
+    def stage_data(stage: int, sc: StageConfig, given: Iterable | None, specs: list[str], synthetic: Callable):
+        if given is not None:
+            return given, sc
+        if not specs:
+            if sc.epochs:
+                raise ValueError(f"stage {stage}: epochs need data sources (--stage{stage}-data); the synthetic "
+                                 "corpus is endless: give steps")
+            return synthetic(), sc
+        per_step = sc.batch_size * world * run.grad_accum
+        mixture, sources = data_mixture(specs, stage, cfg.seed, sc.epochs, pad_to=per_step, images=cfg.data_images)
+        reports.extend(src.report for src in sources)
+        if sc.epochs:
+            sc = dataclasses.replace(sc, steps=mixture.count() // per_step)
+        return mixture, sc
+
+    def phase(name: str, stage: int, sc: StageConfig, data: Iterable, label: str) -> list[float]:
+        return run_stage(model, stage, sc, data, cfg.weight_decay, cfg.grad_clip, progress,
+                         visual_lr_scale=cfg.visual_lr_scale, name=label, run=run, phase=name, history=history)
+
+    if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision() and not saved:
         if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
             model.to("cuda")
         history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
-    if cfg.stage1.steps:
-        data = stage1_data if stage1_data is not None else synthetic_stream(1, cfg.seed)
-        history["stage1"] = run_stage(model, 1, cfg.stage1, data, cfg.weight_decay, cfg.grad_clip, progress,
-                                      visual_lr_scale=cfg.visual_lr_scale)
+    s1 = cfg.stage1
+    if (s1.steps or s1.epochs) and "stage1" not in skip:
+        data, s1 = stage_data(1, s1, stage1_data, cfg.stage1_data, lambda: synthetic_stream(1, cfg.seed))
+        if s1.steps:
+            history["stage1"] = phase("stage1", 1, s1, data, "stage 1")
     for k, (axes, steps) in enumerate(cfg.drills):  # every drill draws the same scenes (seed + 2), on its own axes
+        if f"drill{k + 1}" in skip:
+            continue
         sc = StageConfig(steps=steps, lr=cfg.drill_lr, batch_size=cfg.drill_batch, warmup=0.0)
         stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance)
-        history[f"drill{k + 1}"] = run_stage(model, 2, sc, stream,
-                                             cfg.weight_decay, cfg.grad_clip, progress,
-                                             visual_lr_scale=cfg.visual_lr_scale, name=f"drill {'/'.join(axes)}")
-    history["stage2"] = []
-    if cfg.stage2.steps:
+        history[f"drill{k + 1}"] = phase(f"drill{k + 1}", 2, sc, stream, f"drill {'/'.join(axes)}")
+    history.setdefault("stage2", [])
+    s2 = cfg.stage2
+    if s2.steps or s2.epochs:
+        data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data, lambda: synthetic_stream(2, cfg.seed + 1))
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
             model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
-        data = stage2_data if stage2_data is not None else synthetic_stream(2, cfg.seed + 1)
-        history["stage2"] = run_stage(model, 2, cfg.stage2, data, cfg.weight_decay, cfg.grad_clip, progress,
-                                      visual_lr_scale=cfg.visual_lr_scale)
+        if s2.steps:
+            history["stage2"] = phase("stage2", 2, s2, data, "stage 2")
         if cfg.lora:
             model.lm = model.lm.merge_and_unload()
             model.config.lora = None
     seconds = time.time() - start
     out = Path(cfg.out)
     version = cfg.version or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    synthetic = stage2_data is None and not cfg.stage2_data
     meta = {
         "version": version,
         "preset": cfg.preset,
         "train_config": cfg.to_dict(),
         "train_seconds": round(seconds, 1),
         "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in history.items()},
-        "data": "synthetic corpus (model/corpus.py) train split" if stage2_data is None else "caller-supplied",
+        "data": ("synthetic corpus (model/corpus.py) train split" if synthetic else
+                 "caller-supplied" if stage2_data is not None else {"stage1": cfg.stage1_data,
+                                                                    "stage2": cfg.stage2_data}),
+        "processes": world,
+        **({"data_reports": [r.to_dict() for r in reports]} if reports else {}),
         **(metadata or {}),
     }
-    model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
-    (out / "history.json").write_text(json.dumps(history))
-    plot_losses(history, out / "loss_curve.png", title=version)
+    if is_main_process():
+        model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
+        (out / "history.json").write_text(json.dumps(history))
+        plot_losses(history, out / "loss_curve.png", title=version)
+        for report in reports:
+            print(report)
+    process_state().wait_for_everyone()
     return TrainResult(out, model, history, seconds)
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 from model.datasets import coco, exports, flickr30k, mdetr, prompts, refer, visual_genome
 from model.datasets.records import FormatError, ImageRecord, SkipReport
 
-__all__ = ["Source", "SOURCES", "FormatError", "SkipReport", "ImageRecord"]
+__all__ = ["Source", "SOURCES", "Unit", "FormatError", "SkipReport", "ImageRecord", "caption_eval_samples"]
 
 
 def _coco_images(p: Path, split: str) -> Path:
@@ -113,23 +113,77 @@ class Source:
             raise ValueError(f"{self.name} holds finished conversations, not records: use samples()")
         return read(self.path, self.image_root, self.split, self.report, self.name)
 
-    def samples(self, stage: int, seed: int = 0) -> Iterator:
-        """GPT4RoI-format conversations (model.conversation.Sample), images loaded one record at a time."""
-        from model.images import load_image
-
+    def units(self, stage: int, seed: int = 0) -> Iterator["Unit"]:
+        """The conversations this source gives, not yet with their image: cheap to make and to skip, so that each
+        training process loads only the images of its own share (model/mixture.py). Each call is a new pass with
+        a new skip report."""
+        self.report = SkipReport(self.name)
         upright = SOURCES[self.name][3]
         if self.name == "export-conversations":
-            yield from exports.read_conversations(self.path / "conversations" / f"{self.split}.json",
-                                                  self.image_root, self.report, load_image)
+            for boxes, turns, key, image in exports.conversation_units(
+                    self.path / "conversations" / f"{self.split}.json", self.image_root, self.report):
+                yield Unit(image, True, boxes, turns, key, self.report)
             return
         rng = random.Random(f"{seed}:{self.name}:{stage}")
+        build = prompts.stage1 if stage == 1 else prompts.stage2
         for record in self.records():
-            try:
-                image = _open(record.image, upright)
-            except OSError as exc:
-                self.report.skip("missing_image", f"{record.key}: {exc}")
-                continue
-            yield from prompts.samples(record, self.kind, stage, rng, image)
+            for n, (boxes, turns) in enumerate(build(record, self.kind, rng)):
+                yield Unit(record.image, upright, list(boxes), turns, f"{record.key}#{n}" if n else record.key,
+                           self.report)
+
+    def samples(self, stage: int, seed: int = 0) -> Iterator:
+        """GPT4RoI-format conversations (model.conversation.Sample), each image loaded when its sample is made;
+        an image that cannot be read is skipped and reported."""
+        for unit in self.units(stage, seed):
+            sample = unit.load()
+            if sample is not None:
+                yield sample
+
+
+@dataclass
+class Unit:
+    """One conversation before its image is read."""
+
+    image: Path | bytes
+    upright: bool
+    boxes: list
+    turns: list
+    key: str
+    report: SkipReport | None = None
+
+    def load(self):
+        """The Sample, or None (reported) when the image cannot be read."""
+        from model.conversation import Sample
+
+        try:
+            image = _open(self.image, self.upright)
+        except OSError as exc:
+            if self.report is not None:
+                self.report.skip("missing_image", f"{self.key}: {exc}")
+            return None
+        return Sample(image, self.boxes, self.turns, self.key)
+
+
+def caption_eval_samples(source: Source, limit: int = 500) -> Iterator:
+    """Single-turn caption questions (the canonical caption prompt) for at most `limit` captioned regions of a
+    held-out source, one scene per image: what model.evaluation scores with CIDEr-D and METEOR."""
+    from model.conversation import CAPTION_PROMPT, IMAGE_PREFIX, Sample, Turn
+
+    upright, n = SOURCES[source.name][3], 0
+    for record in source.records():
+        captioned = [r for r in record.regions if r.caption][:max(0, limit - n)]
+        if not captioned:
+            if n >= limit:
+                return
+            continue
+        try:
+            image = _open(record.image, upright)
+        except OSError as exc:
+            source.report.skip("missing_image", f"{record.key}: {exc}")
+            continue
+        for reg in captioned:
+            yield Sample(image, [reg.box], [Turn(IMAGE_PREFIX + CAPTION_PROMPT, reg.caption, "caption")], record.key)
+        n += len(captioned)
 
 
 def _open(image, upright: bool):

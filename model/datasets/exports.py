@@ -15,18 +15,18 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from model.conversation import Sample, Turn
+from model.conversation import Turn
+from model.tokenizer import BBOX
 from model.datasets.coco import find_image
 from model.datasets.jsonstream import iter_array
 from model.datasets.records import (Deduper, FormatError, ImageRecord, RegionRecord, SkipReport, clean_text,
                                     xywh_box)
 
 
-def read_conversations(path: str | Path, image_root: str | Path, report: SkipReport | None = None,
-                       load=None) -> Iterator[Sample]:
-    """conversations/<split>.json as Samples; `load(path)` opens an image (model.images.load_image)."""
+def conversation_units(path: str | Path, image_root: str | Path, report: SkipReport
+                       ) -> Iterator[tuple[list, list[Turn], str, Path]]:
+    """conversations/<split>.json as (boxes, turns, key, image file), turns as written (boxes denormalised)."""
     path, root = Path(path), Path(image_root)
-    report = report if report is not None else SkipReport("export-conversations")
     if not path.is_file():
         raise FormatError(path, "no such file (an export's conversations/<split>.json)")
     for item in iter_array(path):
@@ -47,18 +47,16 @@ def read_conversations(path: str | Path, image_root: str | Path, report: SkipRep
         turns = [Turn(messages[2 * i]["value"], messages[2 * i + 1]["value"], info[i].get("kind") or "caption",
                       tuple(info[i]["candidates"]) if info[i].get("candidates") else None, info[i].get("key"))
                  for i in range(len(messages) // 2)]
+        if sum(t.question.count(BBOX) for t in turns) != len(boxes):
+            report.skip("bad_record", f"{key}: the <bbox> placeholders do not match the boxes")
+            continue
         file = find_image(root, [str(item.get("image") or "")])
         if file is None:
             report.skip("missing_image", str(item.get("image")))
             continue
-        try:
-            sample = Sample(load(file), boxes, turns, key)
-        except ValueError as exc:
-            report.skip("bad_record", f"{key}: {exc}")
-            continue
         report.images += 1
         report.regions += len(boxes)
-        yield sample
+        yield boxes, turns, key, file
 
 
 def _parquet_files(path: Path, split: str) -> list[Path]:
