@@ -31,7 +31,7 @@ import torch
 from model.config import ModelConfig, preset as make_preset
 from model.corpus import (BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples,
                           relations, vocabulary_text)
-from model.data import batches
+from model.data import batches, to_device
 from model.modeling import RegionScribeModel
 
 
@@ -45,7 +45,7 @@ class StageConfig:
 
 # model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
 # e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
-RUNTIME_SWITCHES = ("region_format", "use_image_tokens")
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling")
 
 
 @dataclass
@@ -274,8 +274,7 @@ def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: It
     name = name or f"stage {stage}"
     bar = tqdm(range(sc.steps), desc=name, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        batch = {k: ([b.to(accelerator.device) for b in v] if isinstance(v, list) else v.to(accelerator.device))
-                 for k, v in next(data).items()}
+        batch = to_device(next(data), accelerator.device)
         loss = model(**batch)
         accelerator.backward(loss)
         if grad_clip:
