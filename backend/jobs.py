@@ -122,10 +122,10 @@ def describe_job(payload: dict) -> dict:
         if region_errors:  # nothing left to describe: the task's error is its regions' errors
             return _error(state, "input", "; ".join(region_errors.values()))
         return _error(state, "input", "no region to describe")
-    extra = {"masks": masks} if any(m is not None for m in masks) else {}
     try:
         description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest(),
-                                               only=None if only is None and not region_errors else targets, **extra)
+                                               only=None if only is None and not region_errors else targets,
+                                               masks=masks if any(m is not None for m in masks) else None)
     except RegionScribeError as exc:
         return _error(state, "input", str(exc))
     described = len(targets)

@@ -203,13 +203,13 @@ class Shape:
             mask = flat.reshape(height, width, 4)[:, :, 3] > 0
         else:
             canvas = Image.new("1", (width, height), 0)
-            ImageDraw.Draw(canvas).polygon([(px, py) for px, py in self._outline(width, height)], fill=1, outline=1)
+            ImageDraw.Draw(canvas).polygon([(px, py) for px, py in self.outline(width, height)], fill=1, outline=1)
             mask = np.asarray(canvas, dtype=bool)
         if not mask.any():
             raise ShapeError(f"the {self.kind}'s mask is empty on the {width}×{height} image (nothing inside it)")
         return mask
 
-    def _outline(self, width: int, height: int) -> list[tuple[float, float]]:
+    def outline(self, width: int, height: int) -> list[tuple[float, float]]:
         """Polygon or ellipse outline in pixels."""
         if self.kind == "polygon":
             return [(x / 100.0 * width, y / 100.0 * height) for x, y in self.points]
