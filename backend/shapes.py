@@ -34,6 +34,8 @@ REGION_TAGS = tuple(KINDS)
 LABEL_KEYS = {"rectanglelabels", "polygonlabels", "ellipselabels", "brushlabels", "keypointlabels"}
 KEYPOINT_BOX = 0.04  # a keypoint's box: this share of the image's shorter side, centred on the point
 ELLIPSE_VERTICES = 72  # an ellipse is rasterised as a polygon of this many vertices
+MAX_BRUSH_PIXELS = 64_000_000  # a brush RLE may claim at most this many pixels (the default MAX_IMAGE_PIXELS)
+MAX_POLYGON_POINTS = 5_000  # the self-intersection check is quadratic: ~1-3 s at this size
 
 
 class ShapeError(ValueError):
@@ -118,7 +120,15 @@ class Shape:
         if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
             raise ShapeError("the brush RLE is not a list of byte values (0..255)")
         width, height = _positive_int(item.get("original_width")), _positive_int(item.get("original_height"))
-        return cls(kind, rle=tuple(rle), rle_width=width, rle_height=height)
+        shape = cls(kind, rle=tuple(rle), rle_width=width, rle_height=height)
+        values = shape.rle_values
+        if values > 4 * MAX_BRUSH_PIXELS or values % 4:
+            raise ShapeError(f"the brush RLE claims {values} values: not an RGBA image of at most "
+                             f"{MAX_BRUSH_PIXELS} pixels")
+        if width and height and values != width * height * 4:
+            raise ShapeError(f"the brush RLE holds {values} values; its original size {width}×{height} needs "
+                             f"{width * height * 4} (RGBA)")
+        return shape
 
     @classmethod
     def polygon(cls, points) -> "Shape":
@@ -127,6 +137,8 @@ class Shape:
             points = points[:-1]  # closed explicitly: the ring closes itself
         if len(points) < 3:
             raise ShapeError(f"the polygon has {len(points)} point(s); it needs at least 3")
+        if len(points) > MAX_POLYGON_POINTS:
+            raise ShapeError(f"the polygon has {len(points)} points; regionscribe reads at most {MAX_POLYGON_POINTS}")
         crossing = _self_intersection(points)
         if crossing is not None:
             raise ShapeError(f"the polygon is self-intersecting (edges {crossing[0]} and {crossing[1]} cross)")
@@ -185,6 +197,11 @@ class Shape:
     # ------------------------------------------------------------------------------------------------ geometry
 
     @property
+    def rle_values(self) -> int:
+        """How many values (width × height × 4) a brush RLE says it holds: its first 32 bits."""
+        return int.from_bytes(bytes(self.rle[:4]).ljust(4, b"\0"), "big")
+
+    @property
     def has_mask(self) -> bool:
         """Polygons, ellipses and brushes describe a mask; rectangles and keypoints a box."""
         return self.kind in ("polygon", "ellipse", "brush")
@@ -195,11 +212,15 @@ class Shape:
         if not self.has_mask:
             return None
         if self.kind == "brush":
-            flat = brush.decode_rle(list(self.rle))
-            if flat.size != width * height * 4:
+            if self.rle_values != width * height * 4:  # checked before decoding: the header says the size
                 told = f" (Label Studio said {self.rle_width}×{self.rle_height})" if self.rle_width else ""
-                raise ShapeError(f"the brush RLE holds {flat.size} values{told}; a {width}×{height} image needs "
-                                 f"{width * height * 4} (RGBA)")
+                raise ShapeError(f"the brush RLE holds {self.rle_values} values{told}; a {width}×{height} image "
+                                 f"needs {width * height * 4} (RGBA)")
+            try:
+                flat = brush.decode_rle(list(self.rle))
+            except (IndexError, ValueError) as exc:  # the SDK's bit reader runs past the end of a truncated RLE
+                raise ShapeError(f"the brush RLE does not decode ({type(exc).__name__}): truncated or not "
+                                 "Label Studio's RLE") from None
             mask = flat.reshape(height, width, 4)[:, :, 3] > 0
         else:
             canvas = Image.new("1", (width, height), 0)
@@ -292,28 +313,32 @@ def _positive_int(value) -> int | None:
 
 def _self_intersection(points: tuple[tuple[float, float], ...]) -> tuple[int, int] | None:
     """The first pair of non-adjacent edges of the closed ring `points` that touch or cross, else None. Edge k runs
-    from point k to point k+1 (the last one back to point 0)."""
+    from point k to point k+1 (the last one back to point 0). Each edge is tested against all later ones at once."""
     n = len(points)
-    edges = [(points[k], points[(k + 1) % n]) for k in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            if j == i + 1 or (i == 0 and j == n - 1):  # neighbours share a vertex
-                continue
-            if _segments_touch(*edges[i], *edges[j]):
-                return i, j
+    p = np.asarray(points, dtype=np.float64)
+    q = np.roll(p, -1, axis=0)  # edge k: p[k] → q[k]
+
+    def orient(a, b, c):  # sign of the turn a → b → c, for arrays of points
+        return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
+
+    def within(a, b, c):  # c (collinear with a-b) lies on the segment a-b
+        return ((np.minimum(a[..., 0], b[..., 0]) <= c[..., 0]) & (c[..., 0] <= np.maximum(a[..., 0], b[..., 0]))
+                & (np.minimum(a[..., 1], b[..., 1]) <= c[..., 1]) & (c[..., 1] <= np.maximum(a[..., 1], b[..., 1])))
+
+    for i in range(n - 2):
+        last = n - 1 if i > 0 else n - 2  # edge 0 and edge n-1 share point 0
+        if last < i + 2:
+            continue
+        js = np.arange(i + 2, last + 1)
+        a, b, c, d = p[i], q[i], p[js], q[js]
+        d1, d2 = orient(c, d, a[None]), orient(c, d, b[None])
+        d3, d4 = orient(a[None], b[None], c), orient(a[None], b[None], d)
+        proper = (d1 * d2 < 0) & (d3 * d4 < 0)
+        touching = (((d1 == 0) & within(c, d, np.broadcast_to(a, c.shape)))
+                    | ((d2 == 0) & within(c, d, np.broadcast_to(b, c.shape)))
+                    | ((d3 == 0) & within(np.broadcast_to(a, c.shape), np.broadcast_to(b, c.shape), c))
+                    | ((d4 == 0) & within(np.broadcast_to(a, c.shape), np.broadcast_to(b, c.shape), d)))
+        hits = np.nonzero(proper | touching)[0]
+        if len(hits):
+            return i, int(js[hits[0]])
     return None
-
-
-def _segments_touch(p1, p2, q1, q2) -> bool:
-    def orient(a, b, c) -> float:
-        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
-
-    def on_segment(a, b, c) -> bool:  # c collinear with a-b: is it between them?
-        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
-
-    d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
-    d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
-    if ((d1 > 0) != (d2 > 0)) and d1 != 0 and d2 != 0 and ((d3 > 0) != (d4 > 0)) and d3 != 0 and d4 != 0:
-        return True
-    return ((d1 == 0 and on_segment(q1, q2, p1)) or (d2 == 0 and on_segment(q1, q2, p2))
-            or (d3 == 0 and on_segment(p1, p2, q1)) or (d4 == 0 and on_segment(p1, p2, q2)))

@@ -335,7 +335,7 @@ class RegionRecord:
     height: float
     rotation: float  # degrees, about the top-left corner
     pixel_box: tuple[float, float, float, float] | None  # xyxy in pixels of the decoded image (else LS's original size)
-    labels: tuple[str, ...]  # RectangleLabels values
+    labels: tuple[str, ...]  # the region tool's label values (RectangleLabels, PolygonLabels...)
     caption: str | None
     detailed_caption: str | None
     relation_text: str | None
