@@ -437,6 +437,44 @@ def test_unfetchable_image_gets_no_prediction(ls_api: LS, backend: Backend, e2e_
     assert "10.255.77.1" in log, "the backend did not log why the private-host image was refused"
 
 
+def test_shapes_project_brush_and_broken_polygon(ls_api: LS, backend: Backend, e2e_logs):
+    """region_segments.xml through Label Studio: a brush mask (Label Studio's RLE) and a polygon are described
+    under their own ids, while a 2-point polygon drawn with them gets its own error in `region_errors`."""
+    import numpy as np
+
+    from backend.shapes import Shape
+
+    xml = (CONFIGS / "region_segments.xml").read_text()
+    spec = ConfigSpec.read(xml)
+    pid = create_project(ls_api, "e2e shapes with errors", xml)
+    tid, _ = upload_png(ls_api, pid)
+    ml = connect(ls_api, pid, backend)
+    mask = np.zeros(IMAGE_SIZE[::-1], bool)
+    mask[50:100, 90:140] = True  # the blue disc's square
+    common = {"to_name": spec.image, "original_width": IMAGE_SIZE[0], "original_height": IMAGE_SIZE[1],
+              "image_rotation": 0, "origin": "manual"}
+    painted = {**common, "id": "brush01", "type": "brushlabels", "from_name": "paint",
+               "value": {"format": "rle", "rle": list(Shape.from_mask(mask).rle), "brushlabels": [spec.label]}}
+    broken = {**common, "id": "line01", "type": "polygonlabels", "from_name": spec.region_tool,
+              "value": {"points": [[10, 10], [40, 40]], "closed": True, "polygonlabels": [spec.label]}}
+    drawn = [box(spec, "poly01", *RED), painted, broken]
+    body = ls_api.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                       json={"task": tid, "context": {"result": drawn}})
+    data = body.get("data") or {}
+    assert "error" not in data, f"the backend answered an error: {data}"
+    groups = by_id(data["result"])
+    assert set(groups) == {"poly01", "brush01"}, sorted(groups)
+    for rid in ("poly01", "brush01"):
+        captions = [i for i in groups[rid] if i["from_name"] == spec.caption]
+        assert len(captions) == 1 and captions[0]["value"]["text"][0].strip(), groups[rid]
+    echoed = next(i for i in groups["brush01"] if i["type"] == "brushlabels")
+    assert echoed["value"]["rle"] == painted["value"]["rle"]
+    assert [e["id"] for e in data.get("region_errors", [])] == ["line01"], data.get("region_errors")
+    assert "needs at least 3" in data["region_errors"][0]["error"]
+    assert not sdk_validate(xml, {"result": data["result"], "score": data.get("score", 0.5),
+                                  "model_version": data["model_version"]})
+
+
 def tail(path: Path, chars: int) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
