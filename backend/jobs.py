@@ -113,8 +113,12 @@ def describe_job(payload: dict) -> dict:
                  "; ".join(region_errors.values()))
     asks = Asks(**payload["asks"])
     only = payload.get("describe")
+    count = len(payload["regions"])
     if only is not None and not isinstance(only, list):
         return _error(state, "input", f"`describe` must be a list of box indices, not {type(only).__name__}")
+    if only is not None and any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < count for k in only):
+        return _error(state, "input", f"`describe` names boxes {only!r}; there are {count} boxes "
+                                      f"(indices 0..{count - 1})")
     position = {k: i for i, k in enumerate(kept)}
     wanted = range(len(payload["regions"])) if only is None else only
     targets = [position[k] for k in wanted if k in position]
