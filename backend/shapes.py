@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from label_studio_sdk.converter import brush
 from PIL import Image, ImageDraw
 
 # control tag (lowercase) → shape kind
@@ -150,7 +149,7 @@ class Shape:
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 2:
             raise ShapeError(f"a mask must be 2-D (H, W), not {mask.shape}")
-        return cls("brush", rle=tuple(int(b) for b in brush.mask2rle(mask.astype(np.uint8) * 255)),
+        return cls("brush", rle=tuple(int(b) for b in _brush().mask2rle(mask.astype(np.uint8) * 255)),
                    rle_width=int(mask.shape[1]), rle_height=int(mask.shape[0]))
 
     # -------------------------------------------------------------------------------------------- (de)serialise
@@ -217,7 +216,7 @@ class Shape:
                 raise ShapeError(f"the brush RLE holds {self.rle_values} values{told}; a {width}×{height} image "
                                  f"needs {width * height * 4} (RGBA)")
             try:
-                flat = brush.decode_rle(list(self.rle))
+                flat = _brush().decode_rle(list(self.rle))
             except (IndexError, ValueError) as exc:  # the SDK's bit reader runs past the end of a truncated RLE
                 raise ShapeError(f"the brush RLE does not decode ({type(exc).__name__}): truncated or not "
                                  "Label Studio's RLE") from None
@@ -301,6 +300,14 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     if not len(xs):
         raise ShapeError("the mask is empty")
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def _brush():
+    """label-studio-sdk's brush converter, imported on first use: its package imports nltk and the whole converter
+    (a second at start-up), which the web process does not need until a brush mask arrives."""
+    from label_studio_sdk.converter import brush
+
+    return brush
 
 
 def _positive_int(value) -> int | None:
