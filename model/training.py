@@ -72,6 +72,9 @@ class TrainConfig:
     drill_lr: float = 3e-4
     drill_batch: int = 16
     drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
+    # the share of regions that stage 2 and the drills give as their object's visible mask instead of the box alone, so
+    # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes
+    mask_share: float = 0.0
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     version: str | None = None
 
@@ -93,16 +96,18 @@ class TrainResult:
     seconds: float
 
 
-def synthetic_stream(stage: int, seed: int, chunk: int = 64) -> Iterator:
-    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes)."""
+def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0) -> Iterator:
+    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes);
+    `mask_share` of the regions come with their object's visible mask (corpus.with_masks)."""
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
-        yield from iter_samples(scenes, stage, seed=seed * 7919 + k)
+        yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
         k += 1
 
 
-def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False) -> Iterator:
+def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,
+                    mask_share: float = 0.0) -> Iterator:
     """Endless single-turn relation questions on `axes` from the train split, shuffled across `chunk` scenes.
 
     balance: per axis, keep only as many questions with the more common answer as there are with the other one.
@@ -114,7 +119,7 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
-        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k))
+        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share))
         random.Random(f"{seed}:{k}").shuffle(samples)
         if balance:
             counts = Counter((s.turns[0].key, s.turns[0].answer) for s in samples)
@@ -320,7 +325,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
                                       visual_lr_scale=cfg.visual_lr_scale)
     for k, (axes, steps) in enumerate(cfg.drills):  # every drill draws the same scenes (seed + 2), on its own axes
         sc = StageConfig(steps=steps, lr=cfg.drill_lr, batch_size=cfg.drill_batch, warmup=0.0)
-        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance)
+        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance, mask_share=cfg.mask_share)
         history[f"drill{k + 1}"] = run_stage(model, 2, sc, stream,
                                              cfg.weight_decay, cfg.grad_clip, progress,
                                              visual_lr_scale=cfg.visual_lr_scale, name=f"drill {'/'.join(axes)}")
@@ -329,7 +334,8 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
             model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
-        data = stage2_data if stage2_data is not None else synthetic_stream(2, cfg.seed + 1)
+        data = stage2_data if stage2_data is not None else synthetic_stream(2, cfg.seed + 1,
+                                                                             mask_share=cfg.mask_share)
         history["stage2"] = run_stage(model, 2, cfg.stage2, data, cfg.weight_decay, cfg.grad_clip, progress,
                                       visual_lr_scale=cfg.visual_lr_scale)
         if cfg.lora:

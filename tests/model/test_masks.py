@@ -156,3 +156,79 @@ def test_annotation_masks_reach_the_training_batch_and_the_encoder_learns_from_t
     assert collate([encode_sample(untrained, plain)], untrained.tokenizer.pad_token_id)["masks"] is None
     with pytest.raises(PlaceholderError, match="2 masks for 1 boxes"):
         Sample(image, [BOXES[0]], plain.turns, "img", [None, None])
+
+
+def test_corpus_objects_carry_their_visible_pixels():
+    from model.corpus import make_scenes
+
+    for scene in make_scenes("test", 25, seed=3):
+        w, h = scene.image_size
+        arr = np.asarray(scene.image, dtype=np.int16)
+        union = np.zeros((h, w), bool)
+        for k, obj in enumerate(scene.objects):
+            m = obj.mask
+            assert m.shape == (h, w) and m.dtype == np.bool_ and m.any()
+            assert not (m & union).any()  # visible pixels belong to one object
+            union |= m
+            check_masks([m], [obj.box], w, h)  # inside its box
+            later = scene.objects[k + 1:]
+            if not any(o.box[0] < obj.box[2] and obj.box[0] < o.box[2] and o.box[1] < obj.box[3]
+                       and obj.box[1] < o.box[3] for o in later):
+                ys, xs = np.nonzero(m)  # nothing drawn over it: the mask spans its whole box
+                assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == obj.box
+        background = arr[~union]
+        assert np.ptp(background[:, 0] - background[:, 2]) == 0  # grey + the same noise on every channel: no object
+
+
+def test_mask_share_gives_regions_their_masks_without_changing_the_conversations():
+    from model.corpus import iter_samples, make_scenes, relation_samples
+
+    scenes = make_scenes("train", 12, seed=4)
+    boxes_only = list(iter_samples(scenes, 2, seed=1))
+    half = list(iter_samples(scenes, 2, seed=1, mask_share=0.5))
+    again = list(iter_samples(scenes, 2, seed=1, mask_share=0.5))
+    assert all(m is None for s in boxes_only for m in s.masks)
+    assert [[t.question for t in s.turns] for s in half] == [[t.question for t in s.turns] for s in boxes_only]
+    assert [s.boxes for s in half] == [s.boxes for s in boxes_only]
+    flags = [m is not None for s in half for m in s.masks]
+    assert 0 < sum(flags) < len(flags)
+    assert flags == [m is not None for s in again for m in s.masks]  # deterministic per seed
+    for scene, sample in zip(scenes, half):
+        by_box = {o.box: o.mask for o in scene.objects}
+        assert all(m is None or m is by_box[tuple(b)] for b, m in zip(sample.boxes, sample.masks))
+    drill = list(relation_samples(scenes, ("overlap",), seed=0, mask_share=1.0))
+    assert drill and all(m is not None for s in drill for m in s.masks)
+    with pytest.raises(ValueError, match="mask_share"):
+        next(iter_samples(scenes, 2, mask_share=1.5))
+
+
+def test_overlapping_pairs_share_most_of_their_boxes():
+    import random
+
+    from model.corpus import render_overlapping_pair
+
+    for i in range(10):
+        scene = render_overlapping_pair(random.Random(f"t:{i}"))
+        a, b = scene.objects
+        inter = max(0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0])) * \
+            max(0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+        smaller = min((a.box[2] - a.box[0]) * (a.box[3] - a.box[1]), (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]))
+        assert inter >= 0.5 * smaller and a.color != b.color
+        assert 0 < a.mask.sum() < (a.box[2] - a.box[0]) * (a.box[3] - a.box[1])
+    same = render_overlapping_pair(random.Random("t:0"))
+    assert np.array_equal(np.asarray(same.image), np.asarray(render_overlapping_pair(random.Random("t:0")).image))
+
+
+def test_training_with_a_mask_share_runs_stage2_and_drills_on_masks(tmp_path):
+    from model.training import StageConfig, TrainConfig, relation_stream, synthetic_stream, train
+
+    assert any(m is not None for s in [next(synthetic_stream(2, 0, chunk=4, mask_share=0.5)) for _ in range(3)]
+               for m in s.masks)
+    assert any(m is not None for s in [next(relation_stream(("overlap",), 0, mask_share=0.5)) for _ in range(4)]
+               for m in s.masks)
+    cfg = TrainConfig(out=str(tmp_path / "run"), seed=1, stage0=StageConfig(steps=0, lr=1e-3),
+                      stage1=StageConfig(steps=0, lr=1e-3), stage2=StageConfig(steps=2, lr=1e-3, batch_size=2),
+                      drills=[(("overlap",), 2)], drill_batch=2, mask_share=1.0)
+    result = train(cfg, progress=False)
+    assert [len(result.history[k]) for k in ("drill1", "stage2")] == [2, 2]
+    assert all(np.isfinite(v) for v in result.history["stage2"])
