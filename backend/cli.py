@@ -44,6 +44,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["position_encoding"] = args.position_encoding
     if args.scaled_region_tokens:
         overrides["match_embedding_scale"] = True
+    if args.mask_pooling:
+        overrides["mask_pooling"] = args.mask_pooling
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     from model.datasets import FormatError
     from model.trainer import RunOptions, is_main_process
@@ -70,6 +72,7 @@ def _train(args: argparse.Namespace) -> int:
             run=RunOptions(grad_accum=args.grad_accum, mixed_precision="bf16" if args.bf16 else "no",
                            gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
                            state_dir=args.state_dir, resume=args.resume),
+            mask_share=args.mask_share,
         )
         result = train(cfg, progress=not args.quiet)
     except (ValueError, FormatError, FileNotFoundError) as exc:  # bad options, data or resume state
@@ -284,7 +287,7 @@ def _data(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from model.config import POSITION_ENCODINGS  # torch-free: the parser stays quick to build
+    from model.config import MASK_POOLINGS, POSITION_ENCODINGS  # torch-free: the parser stays quick to build
 
     p = argparse.ArgumentParser(prog="regionscribe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,6 +312,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--drill-lr", type=float, default=3e-4)
     t.add_argument("--drill-balance", action="store_true",
                    help="in the drills, as many questions with each answer of an axis (same colour, overlapping)")
+    t.add_argument("--mask-share", type=float, default=0.0,
+                   help="share of the regions that stage 2 and the drills give with their object's visible mask "
+                        "(mask pooling) instead of the box alone, 0-1")
+    t.add_argument("--mask-pooling", choices=MASK_POOLINGS, default=None,
+                   help="how a mask weights the RoI bins (filled: the rest holds the mask's mean; weighted: zero)")
     t.add_argument("--visual-lr-scale", type=float, default=0.05,
                    help="learning-rate factor of region encoder and projector in stages 1-2")
     t.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")

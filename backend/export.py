@@ -6,14 +6,21 @@ Formats (one sub-folder each; every format gets one file set per split: train, v
 
     conversations/<split>.json   GPT4RoI/LLaVA conversations: one sample per image, `regionK <bbox>` placeholders,
                                  "boxes" normalised xyxy in [0, 1], "conversations": [{"from": "human"|"gpt", ...}];
-                                 read back into model.conversation.Sample by `load_conversations`
+                                 "segmentation" (when some region is not a box), one per box: null (a box),
+                                 {"polygon": [[x, y], ...] normalised} (a polygon; an ellipse's outline) or
+                                 {"rle": COCO RLE} (a brush mask); read back into model.conversation.Sample
+                                 (boxes, turns, masks) by `load_conversations`
     vg/<split>/                  Visual Genome: region_descriptions.json, image_data.json, and attributes.json /
                                  relationships.json when the exported regions have attributes / relations
     coco/<split>.json            COCO region captions (images, annotations with bbox [x, y, w, h] + caption,
-                                 categories from the RectangleLabels): pycocotools.coco.COCO and COCO.loadRes
+                                 categories from the region labels; a polygon, ellipse or brush region adds
+                                 `segmentation`: pixel polygons, or RLE via pycocotools for a brush mask, its `area`
+                                 the mask's): pycocotools.coco.COCO and COCO.loadRes
     hf/data/<split>-00000-of-00001.parquet
                                  a Hugging Face `datasets` parquet dataset, one row per image, an `Image` column
-                                 (embedded bytes with --images copy) and a list of regions; `load_dataset("parquet")`
+                                 (embedded bytes with --images copy) and a list of regions (with `shape`, `polygon`
+                                 pixel points, and a `mask` Image column: the region's 1-bit mask, null for boxes);
+                                 `load_dataset("parquet")`
     images/                      with --images copy: the cached image files, <sha256>.<ext>
     manifest.json                counts, filters, split, store state and selection id, sha256 of every file
 
@@ -275,11 +282,59 @@ class _Region:
     box: tuple[float, float, float, float]  # pixel xyxy
     raw_relations: list[tuple[int, dict]] = field(default_factory=list)  # (annotation id, relation as stored)
     relations: list[tuple[int, str, str | None]] = field(default_factory=list)  # (target id, label, direction)
+    _segment: Any = None
 
     @property
     def xywh(self) -> list[float]:
         x1, y1, x2, y2 = self.box
         return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+
+    def segment(self, width: int, height: int) -> tuple[str, Any, Any] | None:
+        """The region's shape on the `width`×`height` image: ("polygon", pixel points, mask) for a polygon (an
+        ellipse: its outline), ("mask", None, mask) for a brush; None for a box or keypoint, or a shape with no
+        pixels on this image (an RLE of another size)."""
+        if self._segment is None:
+            self._segment = (_segment_of(self.rec.shape, width, height),)
+        return self._segment[0]
+
+
+def _segment_of(shape: dict | None, width: int, height: int) -> tuple[str, Any, Any] | None:
+    from .shapes import Shape, ShapeError
+
+    if not shape:
+        return None
+    try:
+        parsed = Shape.from_json(shape)
+        if not parsed.has_mask:
+            return None
+        mask = parsed.mask(width, height)
+    except ShapeError:
+        return None
+    if parsed.kind == "brush":
+        return "mask", None, mask
+    return "polygon", [(float(x), float(y)) for x, y in parsed.outline(width, height)], mask
+
+
+def _coco_rle(mask) -> dict:
+    """COCO's compressed RLE of a boolean mask ({"size": [h, w], "counts": str}), by pycocotools."""
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ExportError("exporting brush masks needs pycocotools (COCO RLE): pip install pycocotools") from None
+    import numpy as np
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _mask_png(mask) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(mask).convert("1").save(out, format="PNG")
+    return out.getvalue()
 
 
 @dataclass
@@ -396,6 +451,7 @@ def conversation(image: _Image) -> dict | None:
     names: dict[int, int] = {}
     boxes: list[list[float]] = []
     regions: list[dict] = []
+    segments: list[dict | None] = []
     by_id = {r.id: r for r in image.regions}
 
     def mention(reg: _Region) -> str:
@@ -406,6 +462,13 @@ def conversation(image: _Image) -> dict | None:
         boxes.append([round(min(max(v / size, 0.0), 1.0), 6)
                       for v, size in ((x1, image.width), (y1, image.height), (x2, image.width), (y2, image.height))])
         regions.append({"id": reg.id, "annotation_id": reg.rec.annotation_id, "region_id": reg.rec.region_id})
+        segment = reg.segment(image.width, image.height)
+        if segment is None:
+            segments.append(None)
+        elif segment[0] == "polygon":
+            segments.append({"polygon": [[x / image.width, y / image.height] for x, y in segment[1]]})
+        else:
+            segments.append({"rle": _coco_rle(segment[2])})
         return f"region{names[reg.id]} {BBOX}"
 
     turns: list[tuple[str, str, str, list | None, str | None]] = []
@@ -435,8 +498,9 @@ def conversation(image: _Image) -> dict | None:
     for i, (question, answer, *_rest) in enumerate(turns):
         messages.append({"from": "human", "value": (IMAGE_PREFIX if i == 0 else "") + question})
         messages.append({"from": "gpt", "value": answer})
+    shaped = {"segmentation": segments} if any(s is not None for s in segments) else {}
     return {"id": image.key, "image": image.file, "image_sha256": image.sha256, "width": image.width,
-            "height": image.height, "boxes": boxes, "regions": regions, "conversations": messages,
+            "height": image.height, "boxes": boxes, **shaped, "regions": regions, "conversations": messages,
             "turns": [{"kind": kind, "key": key, "candidates": candidates}
                       for _q, _a, kind, candidates, key in turns]}
 
@@ -528,11 +592,19 @@ class _Coco(_Writer):
             label = rec.labels[0] if rec.labels else "region"
             category = self.categories.setdefault(label, len(self.categories) + 1)
             x, y, w, h = reg.xywh
-            anns.append({"id": reg.id, "image_id": image.id, "category_id": category, "bbox": [x, y, w, h],
-                         "area": round(w * h, 2), "iscrowd": 0, "caption": rec.caption.strip(),
-                         "detailed_caption": (rec.detailed_caption or "").strip() or None,
-                         "labels": list(rec.labels), "attributes": rec.attributes,
-                         "annotation_id": rec.annotation_id, "task_id": rec.task_id, "ls_region_id": rec.region_id})
+            ann = {"id": reg.id, "image_id": image.id, "category_id": category, "bbox": [x, y, w, h],
+                   "area": round(w * h, 2), "iscrowd": 0, "caption": rec.caption.strip(),
+                   "detailed_caption": (rec.detailed_caption or "").strip() or None,
+                   "labels": list(rec.labels), "attributes": rec.attributes,
+                   "annotation_id": rec.annotation_id, "task_id": rec.task_id, "ls_region_id": rec.region_id}
+            segment = reg.segment(image.width, image.height)
+            if segment is not None:  # a polygon (an ellipse's outline) as pixel coordinates, a brush mask as RLE
+                kind, points, mask = segment
+                ann["segmentation"] = ([[round(v, 2) for p in points for v in p]] if kind == "polygon"
+                                       else _coco_rle(mask))
+                ann["area"] = int(mask.sum())
+                ann["ls_shape"] = rec.shape["kind"]
+            anns.append(ann)
         if not anns:
             return
         self.images[image.split].add({"id": image.id, "file_name": image.file, "width": image.width,
@@ -567,7 +639,8 @@ _HF_REGION = [("id", "int64"), ("annotation_id", "int64"), ("task_id", "int64"),
               ("detailed_caption", "string"), ("relation_text", "string"), ("attributes", "string"),
               ("relations", [[("to", "int64"), ("label", "string"), ("direction", "string")]]),
               ("completed_by", "int64"), ("completed_by_email", "string"), ("updated_at", "string"),
-              ("prefilled_by", "string"), ("changed", "bool"), ("ground_truth", "bool")]
+              ("prefilled_by", "string"), ("changed", "bool"), ("ground_truth", "bool"),
+              ("shape", "string"), ("polygon", [["float64"]]), ("mask", "Image")]
 _HF_ROW = [("image", "Image"), ("image_id", "int64"), ("image_sha256", "string"), ("image_ref", "string"),
            ("width", "int64"), ("height", "int64"), ("regions", [_HF_REGION])]
 
@@ -631,7 +704,7 @@ class _HuggingFace(_Writer):
                 "relations": [{"to": t, "label": label, "direction": d} for t, label, d in reg.relations],
                 "completed_by": rec.completed_by, "completed_by_email": rec.completed_by_email,
                 "updated_at": rec.updated_at, "prefilled_by": rec.prefilled_by, "changed": rec.changed,
-                "ground_truth": rec.ground_truth})
+                "ground_truth": rec.ground_truth, **self._shape(reg, image)})
         self.buffers[image.split].append({
             "image": {"bytes": data, "path": image.file}, "image_id": image.id, "image_sha256": image.sha256,
             "image_ref": image.image_ref, "width": image.width, "height": image.height, "regions": regions})
@@ -640,6 +713,17 @@ class _HuggingFace(_Writer):
         self.counts[image.split]["regions"] += len(regions)
         if len(self.buffers[image.split]) >= self.rows or self.buffered_bytes[image.split] >= self.max_bytes:
             self._flush(image.split)
+
+    @staticmethod
+    def _shape(reg: _Region, image: _Image) -> dict:
+        """shape: the Label Studio shape kind (None: a rectangle); polygon: pixel [x, y] points of a polygon (an
+        ellipse's outline); mask: the region's mask as a 1-bit PNG of the image's size (None for boxes)."""
+        segment = reg.segment(image.width, image.height)
+        kind = reg.rec.shape["kind"] if reg.rec.shape else None
+        if segment is None:
+            return {"shape": kind, "polygon": None, "mask": None}
+        points = [[x, y] for x, y in segment[1]] if segment[0] == "polygon" else None
+        return {"shape": kind, "polygon": points, "mask": {"bytes": _mask_png(segment[2]), "path": None}}
 
     def _flush(self, split: str) -> None:
         if self.buffers[split]:
@@ -974,6 +1058,7 @@ def load_conversations(path: str | Path, image_root: str | Path | None = None,
                  for i in range(len(messages) // 2)]
         w, h = float(item["width"]), float(item["height"])
         boxes = [(b[0] * w, b[1] * h, b[2] * w, b[3] * h) for b in item["boxes"]]
+        masks = [segment_mask(s, int(w), int(h)) for s in item.get("segmentation") or [None] * len(boxes)]
         image = None
         if load_images:
             name = item.get("image")
@@ -982,8 +1067,49 @@ def load_conversations(path: str | Path, image_root: str | Path | None = None,
                 raise FileNotFoundError(f"sample {item.get('id')}: image {name!r} is not a local file (export with "
                                         "--images copy, or pass image_root)")
             image = load_image(file)
-        samples.append(Sample(image, boxes, turns, str(item.get("id") or item.get("image_sha256"))))
+        samples.append(Sample(image, boxes, turns, str(item.get("id") or item.get("image_sha256")), masks))
     return samples
+
+
+def segment_mask(segment: dict | None, width: int, height: int):
+    """A conversations export's `segmentation` entry → boolean (height, width) mask, None for a box: a normalised
+    polygon rasterised as backend.shapes does it, a COCO RLE decoded by pycocotools."""
+    if segment is None:
+        return None
+    if "polygon" in segment:
+        from .shapes import Shape
+
+        return Shape.polygon([(x * 100.0, y * 100.0) for x, y in segment["polygon"]]).mask(width, height)
+    return coco_rle_mask(segment["rle"])
+
+
+def coco_rle_mask(rle: dict):
+    """COCO's compressed RLE ({"size": [h, w], "counts": str}, as pycocotools.mask.encode writes it) → boolean
+    (h, w) mask. Read here rather than by pycocotools.mask.decode, which raises a DeprecationWarning under numpy 2
+    (its __array__ lacks `copy`); the format is pycocotools' maskApi.c rleFrString."""
+    import numpy as np
+
+    height, width = (int(v) for v in rle["size"])
+    text = rle["counts"]
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(text[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    if sum(counts) != width * height or any(c < 0 for c in counts):
+        raise ValueError(f"the RLE's runs add up to {sum(counts)} pixels; its size says {width}x{height}")
+    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)  # runs alternate 0, 1, 0... from 0
+    return flat.reshape(width, height).T  # column-major, as COCO stores it
 
 
 # ------------------------------------------------------------------------------------------------ HTTP route

@@ -15,7 +15,8 @@ fetched later by the sweep, and the policy evaluates again on the next event (th
 request live in the store).
 
 How a region is read from an annotation's `result` (labelstudio.md §2): results sharing an `id` are one region. The
-box is its rectanglelabels/rectangle result (else the geometry a per-region result repeats); the caption, detailed
+shape is its rectangle, polygon, ellipse, brush or keypoint result (a rectangle's geometry may also come from a
+per-region result repeating it; other shapes are kept whole, backend.shapes); the caption, detailed
 caption and relation text are the TextAreas the project's labeling config names for them (`ProjectConfig`: from the
 payload's `project.label_config`, else the config last saved in the store, else the one /setup saved in Redis);
 without a config, a TextArea whose name says "relation"/"detail" takes that role and the first other TextArea of
@@ -36,7 +37,8 @@ import redis
 
 from model.files import write_atomic
 
-from .labeling import CAPTION_WORDS, RECTANGLE_TAGS, ConfigError, ProjectConfig
+from .labeling import CAPTION_WORDS, ConfigError, ProjectConfig
+from .shapes import LABEL_KEYS, REGION_TAGS, Shape, ShapeError
 from .logs import current_request_id
 from .settings import Settings, get_settings
 from .store import AnnotationInput, RegionInput, Store, Suggestion, _canonical
@@ -138,7 +140,10 @@ def _roles(config: ProjectConfig | None, names: list[str]) -> dict[str, str]:
 
 
 def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInput]:
-    """Label Studio results (an annotation's or a prediction's) → one RegionInput per region id with a box."""
+    """Label Studio results (an annotation's or a prediction's) → one RegionInput per region id with a shape: a box,
+    or a polygon, ellipse, brush mask or keypoint (kept in RegionInput.shape, its bounding box in x..height). A
+    shape that cannot be described (a polygon with 2 points...) is skipped with a log line; the event itself is
+    stored whole, so nothing is lost."""
     groups: dict[str, list[dict]] = {}
     relations: list[dict] = []
     for item in results or []:
@@ -159,9 +164,22 @@ def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInp
 
     regions: dict[str, RegionInput] = {}
     for rid, items in groups.items():
-        box = next((i for i in items if str(i.get("type", "")).lower() in RECTANGLE_TAGS
-                    and (config is None or i.get("from_name") in config.rectangles)), None)
-        geometry = _geometry((box or {}).get("value"))
+        box = next((i for i in items if str(i.get("type", "")).lower() in REGION_TAGS
+                    and (config is None or i.get("from_name") in config.region_controls)), None)
+        shape = None
+        if box is not None and str(box.get("type", "")).lower() not in ("rectanglelabels", "rectangle"):
+            try:
+                parsed = Shape.from_result(box)
+                sizes = [(_float(i.get("original_width")), _float(i.get("original_height"))) for i in items]
+                ow, oh = next(((int(w), int(h)) for w, h in sizes if w and h), (None, None))
+                x, y, w, h = parsed.percent_box(ow, oh)
+            except ShapeError as exc:
+                log.info("region %r: %s; skipped", rid, exc)
+                continue
+            shape = parsed.to_json()
+            geometry = (x, y, w, h, 0.0)
+        else:
+            geometry = _geometry((box or {}).get("value"))
         if geometry is None:  # the OCR pattern: per-region results repeat the box
             geometry = next((g for g in (_geometry(i.get("value")) for i in items) if g is not None), None)
         if geometry is None:
@@ -179,7 +197,7 @@ def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInp
                 ow, oh = _float(item.get("original_width")), _float(item.get("original_height"))
                 if ow and oh and 1 <= ow <= MAX_SIZE and 1 <= oh <= MAX_SIZE:
                     original = (int(ow), int(oh))
-            if kind in ("rectanglelabels", "labels"):
+            if kind in LABEL_KEYS or kind == "labels":
                 values = value.get(kind)
                 if isinstance(values, list):
                     labels += [str(v) for v in values if isinstance(v, (str, int, float))]
@@ -202,7 +220,8 @@ def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInp
         regions[rid] = RegionInput(region_id=rid, x=x, y=y, width=w, height=h, rotation=rotation,
                                    labels=tuple(dict.fromkeys(labels)), caption=texts["caption"],
                                    detailed_caption=texts["detailed"], relation_text=texts["relation_text"],
-                                   attributes=attributes, original_width=original[0], original_height=original[1])
+                                   attributes=attributes, original_width=original[0], original_height=original[1],
+                                   shape=shape)
     for rel in relations:
         src, dst = str(rel.get("from_id") or ""), str(rel.get("to_id") or "")
         if src in regions and dst:

@@ -1,12 +1,14 @@
 """Describe jobs: what the web process puts on the "inference" queue, what a worker does with it, and how the web
 process waits for the answers.
 
-A job carries one task: its id, its image reference, every box on it (Label Studio percent geometry with its region
-id and labels) and the `Asks`. The worker fetches and decodes the image, turns the boxes into pixels of the decoded
-(EXIF-rotated) image, describes all boxes in one batched pass (or, when the payload lists which to `describe`, only
-those, every box still counting as a relation partner), and returns a JSON-able dict. Boxes travel in percent,
-not pixels, because only the worker knows the decoded image's true size (Label Studio's original_width/height may
-be missing, or refer to the un-rotated file).
+A job carries one task: its id, its image reference, every region on it (Label Studio percent geometry of its
+bounding box with its region id and labels, and for a polygon, ellipse, brush or keypoint its `shape`, see
+backend.shapes) and the `Asks`. The worker fetches and decodes the image, turns the regions into pixel boxes and
+masks of the decoded (EXIF-rotated) image, describes all of them in one batched pass (or, when the payload lists
+which to `describe`, only those, every region still counting as a relation partner), and returns a JSON-able dict.
+Regions travel in percent, not pixels, because only the worker knows the decoded image's true size (Label Studio's
+original_width/height may be missing, or refer to the un-rotated file). A region whose shape cannot be described
+there (an empty mask, a brush RLE of another size) comes back as {"id", "error"}; the others are described.
 
 Jobs and results are JSON-serialized (rq's JSONSerializer), never pickled, so a Redis shared with other software
 cannot make a worker unpickle code.
@@ -32,6 +34,7 @@ from model.errors import RegionScribeError
 
 from .images import FetchError
 from .labeling import percent_box_to_pixels
+from .shapes import Shape, ShapeError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,28 +94,63 @@ def describe_job(payload: dict) -> dict:
         log.info("request %s task %s: image error: %s", payload.get("request_id"), payload.get("task_id"), exc)
         return _error(state, "image", str(exc))
     width, height = image.size
-    boxes = []
-    for region in payload["regions"]:
-        x1, y1, x2, y2 = percent_box_to_pixels(region, width, height)
-        # at least one pixel, inside the image: a sliver or a box dragged past the edge is still a region
-        x1, y1 = min(x1, width - 1.0), min(y1, height - 1.0)
-        boxes.append((x1, y1, max(x2, x1 + 1.0), max(y2, y1 + 1.0)))
+    # each region's pixel box and, for a polygon, ellipse or brush, its mask on this (EXIF-corrected) image; a
+    # region whose shape cannot be described (an empty mask, an RLE of another size) is reported on its own
+    kept: list[int] = []  # payload index of each box given to the describer
+    boxes, masks, region_errors = [], [], {}
+    for k, region in enumerate(payload["regions"]):
+        try:
+            box, mask = region_pixels(region, width, height)
+        except ShapeError as exc:
+            region_errors[k] = f"region {region.get('id')}: {exc}"
+            continue
+        kept.append(k)
+        boxes.append(box)
+        masks.append(mask)
+    if region_errors:
+        state.metrics.count("region_errors", len(region_errors))
+        log.info("request %s task %s: %s", payload.get("request_id"), payload.get("task_id"),
+                 "; ".join(region_errors.values()))
     asks = Asks(**payload["asks"])
+    only = payload.get("describe")
+    count = len(payload["regions"])
+    if only is not None and not isinstance(only, list):
+        return _error(state, "input", f"`describe` must be a list of box indices, not {type(only).__name__}")
+    if only is not None and any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < count for k in only):
+        return _error(state, "input", f"`describe` names boxes {only!r}; there are {count} boxes "
+                                      f"(indices 0..{count - 1})")
+    position = {k: i for i, k in enumerate(kept)}
+    wanted = range(len(payload["regions"])) if only is None else only
+    targets = [position[k] for k in wanted if k in position]
+    if not targets:
+        if region_errors:  # nothing left to describe: the task's error is its regions' errors
+            return _error(state, "input", "; ".join(region_errors.values()))
+        return _error(state, "input", "no region to describe")
     try:
-        only = payload.get("describe")
-        if only is not None and not isinstance(only, list):
-            raise RegionScribeError(f"`describe` must be a list of box indices, not {type(only).__name__}")
         description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest(),
-                                               only=only)
+                                               only=None if only is None and not region_errors else targets,
+                                               masks=masks if any(m is not None for m in masks) else None)
     except RegionScribeError as exc:
         return _error(state, "input", str(exc))
-    described = len(boxes) if only is None else len(set(only))
+    described = len(targets)
     log.info("request %s task %s: %s region(s) in %.3f s (cache %s)", payload.get("request_id"),
              payload.get("task_id"), described if only is None else f"{described} of {len(boxes)}",
              time.perf_counter() - started, "hit" if description.cache_hit else "miss")
     state.metrics.count("worker_jobs", outcome="ok")
     state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
     state.metrics.count("regions", described)
+    out_regions = []
+    for k, region in enumerate(payload["regions"]):
+        if k in region_errors:
+            out_regions.append({"id": region["id"], "error": region_errors[k]})
+            continue
+        d = description.regions[position[k]]
+        out_regions.append(
+            {"id": region["id"], "box": list(d.box), "caption": d.caption, "caption_confidence": d.caption_confidence,
+             "detailed": d.detailed, "attributes": {k: [[v, p] for v, p in ranked] for k, ranked in d.attributes.items()},
+             "relation_text": d.relation_text,
+             "relation_partner": None if d.relation_partner is None else kept[d.relation_partner],
+             "confidence": d.confidence})
     return {
         "task_id": payload.get("task_id"),
         "width": width,
@@ -122,15 +160,25 @@ def describe_job(payload: dict) -> dict:
         "timings": {**description.timings, "job": time.perf_counter() - started},
         "worker": state.name,
         "worker_loads": state.loads,
-        "regions": [
-            {"id": region["id"], "box": list(d.box), "caption": d.caption, "caption_confidence": d.caption_confidence,
-             "detailed": d.detailed, "attributes": {k: [[v, p] for v, p in ranked] for k, ranked in d.attributes.items()},
-             "relation_text": d.relation_text, "relation_partner": d.relation_partner, "confidence": d.confidence}
-            for region, d in zip(payload["regions"], description.regions)
-        ],
-        "relations": [{"subject": r.subject, "object": r.object, "label": r.label, "score": r.score}
+        "regions": out_regions,
+        "relations": [{"subject": kept[r.subject], "object": kept[r.object], "label": r.label, "score": r.score}
                       for r in description.relations],
     }
+
+
+def region_pixels(region: dict, width: int, height: int) -> tuple[tuple[float, float, float, float], object]:
+    """A payload region on a `width`×`height` image → (pixel xyxy box, boolean mask or None). A rectangle (no
+    `shape` in the payload) is its bounding box, at least one pixel, inside the image, as it always was; a polygon,
+    ellipse or brush its mask and the mask's bounding box; a keypoint a small box round it. Raises ShapeError."""
+    shape = region.get("shape")
+    if shape is None:
+        x1, y1, x2, y2 = percent_box_to_pixels(region, width, height)
+        # at least one pixel, inside the image: a sliver or a box dragged past the edge is still a region
+        x1, y1 = min(x1, width - 1.0), min(y1, height - 1.0)
+        return (x1, y1, max(x2, x1 + 1.0), max(y2, y1 + 1.0)), None
+    shape = Shape.from_json(shape)
+    mask = shape.mask(width, height)
+    return shape.pixel_box(width, height, mask), mask
 
 
 def _error(state, kind: str, message: str) -> dict:

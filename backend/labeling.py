@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Collection
@@ -18,14 +19,15 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from model.asks import Asks
 
+from .shapes import LABEL_KEYS, REGION_TAGS, Shape, ShapeError, rectangle_pixels
+
 log = logging.getLogger(__name__)
 
-RECTANGLE_TAGS = ("rectanglelabels", "rectangle")
 CAPTION_WORDS = ("caption", "description", "describe")
 
 
 class ConfigError(ValueError):
-    """The labeling config has nothing regionscribe can fill (no rectangle on an image, no per-region control)."""
+    """The labeling config has nothing regionscribe can fill (no region tool on an image, no per-region control)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,10 @@ class AttributeControl:
 
 @dataclass(frozen=True)
 class Region:
-    """One box on the task, in Label Studio's units (percent of the image, top-left corner, rotation in degrees)."""
+    """One region on the task, in Label Studio's units: `shape` is what was drawn (backend.shapes), and x, y, width,
+    height its axis-aligned bounding box in percent of the image (a rectangle's own geometry, rotation in degrees).
+    `error`: why the region cannot be described (a polygon with too few points, self-intersecting...); such a region
+    is reported, not sent to the model."""
 
     id: str
     from_name: str
@@ -61,26 +66,29 @@ class Region:
     # the results it came with already fill one of the project's per-region controls regionscribe fills (caption,
     # attributes...): an answer the annotator accepted, or what they typed. Interactive mode leaves such a region alone.
     filled: bool = False
+    shape: Shape | None = None  # None: a rectangle with the geometry above
+    error: str | None = None
+
+    @property
+    def geometry(self) -> dict:
+        """The geometry part of this region's Label Studio `value` (repeated in its per-region results)."""
+        if self.shape is not None and self.shape.kind != "rectangle":
+            return self.shape.value()
+        return {"x": self.x, "y": self.y, "width": self.width, "height": self.height, "rotation": self.rotation}
 
     def to_job(self) -> dict:
-        return {"id": self.id, "x": self.x, "y": self.y, "width": self.width, "height": self.height,
-                "rotation": self.rotation, "labels": list(self.labels)}
+        job = {"id": self.id, "x": self.x, "y": self.y, "width": self.width, "height": self.height,
+               "rotation": self.rotation, "labels": list(self.labels)}
+        if self.shape is not None and self.shape.kind != "rectangle":
+            job["shape"] = self.shape.to_json()  # the worker rasterises it once it knows the image size
+        return job
 
 
 def percent_box_to_pixels(box: dict, width: int, height: int) -> tuple[float, float, float, float]:
     """Label Studio percent geometry → pixel xyxy of its axis-aligned bounding box (rotation is about the top-left
     corner, clockwise, in degrees), clamped to the image."""
-    x, y = box["x"] / 100.0 * width, box["y"] / 100.0 * height
-    w, h = box["width"] / 100.0 * width, box["height"] / 100.0 * height
-    angle = math.radians(float(box.get("rotation") or 0.0))
-    if angle:
-        c, s = math.cos(angle), math.sin(angle)
-        xs = [x + dx * c - dy * s for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-        ys = [y + dx * s + dy * c for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    else:
-        xs, ys = [x, x + w], [y, y + h]
-    clamp = lambda v, hi: min(max(v, 0.0), float(hi))  # noqa: E731
-    return clamp(min(xs), width), clamp(min(ys), height), clamp(max(xs), width), clamp(max(ys), height)
+    return rectangle_pixels(box["x"], box["y"], box["width"], box["height"], float(box.get("rotation") or 0.0),
+                            width, height)
 
 
 def _readable(name: str) -> str:
@@ -110,7 +118,7 @@ class ProjectConfig:
     interface: LabelInterface
     image_name: str  # <Image name=...>: every result's to_name
     image_key: str  # the task data key holding the image ($image → "image")
-    rectangles: tuple[str, ...]  # names of the RectangleLabels/Rectangle controls on that image
+    region_controls: tuple[str, ...]  # names of the region tools on that image (RectangleLabels, PolygonLabels...)
     caption: str | None  # per-region TextArea for the caption
     detailed: str | None  # per-region TextArea for a detailed caption
     relation_text: str | None  # per-region TextArea for a free-text relation
@@ -145,9 +153,10 @@ class ProjectConfig:
         return frozenset(n for n in names if n)
 
     def regions_from_results(self, results: list) -> list[Region]:
-        """The boxes among a list of Label Studio results (an annotation's, a draft's, a prediction's or an
-        interactive context's), in order, one per region id. A box whose id also carries a result of one of
-        `filled_controls` is marked `filled`."""
+        """The regions among a list of Label Studio results (an annotation's, a draft's, a prediction's or an
+        interactive context's), in order, one per region id: rectangles, polygons, ellipses, brush masks, keypoints
+        of the config's region tools. A region whose id also carries a result of one of `filled_controls` is marked
+        `filled`. A region whose shape cannot be described keeps its place with `error` set (see backend.shapes)."""
         regions: list[Region] = []
         seen: set[str] = set()
         if not isinstance(results, list):
@@ -159,38 +168,42 @@ class ProjectConfig:
         for item in results:
             if not isinstance(item, dict):
                 continue
-            if str(item.get("type", "")).lower() not in RECTANGLE_TAGS:
+            type_ = str(item.get("type", "")).lower()
+            if type_ not in REGION_TAGS:
                 continue
-            if item.get("from_name") not in self.rectangles or item.get("to_name") != self.image_name:
-                continue
-            value = item.get("value") or {}
-            try:
-                x, y = float(value["x"]), float(value["y"])
-                w, h = float(value["width"]), float(value["height"])
-                rotation = float(value.get("rotation") or 0.0)
-            except (KeyError, TypeError, ValueError):
-                log.warning("skipping a rectangle result without usable geometry (id %r)", item.get("id"))
-                continue
-            if not all(math.isfinite(v) for v in (x, y, w, h, rotation)) or w <= 0 or h <= 0:
-                log.warning("skipping a degenerate rectangle (id %r)", item.get("id"))
+            if item.get("from_name") not in self.region_controls or item.get("to_name") != self.image_name:
                 continue
             rid = str(item.get("id") or _region_id(item))
             if rid in seen:
                 continue
-            seen.add(rid)
-            labels = value.get(item["type"].lower()) if item["type"].lower() == "rectanglelabels" else None
+            value = item.get("value") if isinstance(item.get("value"), dict) else {}
+            labels = value.get(type_) if type_ in LABEL_KEYS else None
             labels = tuple(str(v) for v in labels if isinstance(v, (str, int, float))) \
                 if isinstance(labels, list) else ()
-            regions.append(Region(
-                id=rid, from_name=item["from_name"], type=item["type"].lower(), x=x, y=y, width=w, height=h,
-                rotation=rotation, labels=labels,
-                original_width=_int_or_none(item.get("original_width")),
-                original_height=_int_or_none(item.get("original_height")),
-                image_rotation=_finite_or_zero(item.get("image_rotation")), source=item, filled=rid in filled_ids))
+            ow, oh = _int_or_none(item.get("original_width")), _int_or_none(item.get("original_height"))
+            common = dict(id=rid, from_name=item["from_name"], type=type_, labels=labels, original_width=ow,
+                          original_height=oh, image_rotation=_finite_or_zero(item.get("image_rotation")),
+                          source=item, filled=rid in filled_ids)
+            try:
+                shape = Shape.from_result(item)
+                x, y, w, h = shape.percent_box(ow, oh)
+            except ShapeError as exc:
+                if type_ in ("rectanglelabels", "rectangle"):  # as before shapes: a broken box is skipped
+                    log.warning("skipping a rectangle without usable geometry (id %r): %s", item.get("id"), exc)
+                    continue
+                seen.add(rid)
+                regions.append(Region(x=0.0, y=0.0, width=0.0, height=0.0, error=f"region {rid}: {exc}", **common))
+                continue
+            seen.add(rid)
+            if shape.kind == "rectangle":
+                regions.append(Region(x=shape.x, y=shape.y, width=shape.width, height=shape.height,
+                                      rotation=shape.rotation, **common))
+            else:
+                regions.append(Region(x=x, y=y, width=w, height=h, shape=shape, **common))
         return regions
 
     def regions_from_task(self, task: dict) -> tuple[list[Region], str]:
-        """The boxes already on a task, for batch prefill: the latest annotation with boxes, else the latest draft,
+        """The regions already on a task, for batch prefill: the latest annotation with regions, else the latest draft,
         else the latest prediction. Returns (regions, where they came from)."""
         for kind in ("annotations", "drafts", "predictions"):
             listed = task.get(kind)
@@ -220,15 +233,18 @@ class ProjectConfig:
         wanted = set(range(len(regions)) if describe is None else describe)
         result: list[dict] = []
         confidences = []
+        errors: list[dict] = []
         for i, (region, got) in enumerate(zip(regions, described)):
             if i not in wanted:
+                continue
+            if got.get("error"):  # the worker could not describe this one (an empty mask...): reported, not filled
+                errors.append({"id": region.id, "error": str(got["error"])})
                 continue
             ow = region.original_width or width
             oh = region.original_height or height
             common = {"to_name": self.image_name, "original_width": ow, "original_height": oh,
                       "image_rotation": region.image_rotation}
-            geometry = {"x": region.x, "y": region.y, "width": region.width, "height": region.height,
-                        "rotation": region.rotation}
+            geometry = region.geometry
             confidence = _unit(got.get("confidence", 0.0))
             confidences.append(confidence)
 
@@ -239,8 +255,8 @@ class ProjectConfig:
                 box.setdefault("image_rotation", region.image_rotation)
             else:
                 value = dict(geometry)
-                if region.type == "rectanglelabels":
-                    value["rectanglelabels"] = list(region.labels)
+                if region.type in LABEL_KEYS:
+                    value[region.type] = list(region.labels)
                 box = {"id": region.id, "from_name": region.from_name, "type": region.type, **common, "value": value}
             box["score"] = confidence
             result.append(box)
@@ -295,7 +311,11 @@ class ProjectConfig:
                                "direction": "right", "labels": labels})
 
         score = sum(confidences) / len(confidences) if confidences else 0.0
-        return {"result": result, "score": round(_unit(score), 6), "model_version": str(answer.get("model_version"))}
+        prediction = {"result": result, "score": round(_unit(score), 6),
+                      "model_version": str(answer.get("model_version"))}
+        if errors:
+            prediction["region_errors"] = errors
+        return prediction
 
     def validate(self, prediction: dict) -> list[str]:
         """Every reason Label Studio's own validator (and the <Relations> vocabulary) would refuse `prediction`."""
@@ -345,9 +365,12 @@ def _int_or_none(value) -> int | None:
 
 
 def _region_id(item: dict) -> str:
-    """A stable id for a box that came without one (Label Studio always sends one; this is a fallback)."""
+    """A stable id for a region that came without one (Label Studio always sends one; this is a fallback)."""
     value = item.get("value") or {}
-    key = f"{item.get('from_name')}|{value.get('x')}|{value.get('y')}|{value.get('width')}|{value.get('height')}"
+    if str(item.get("type", "")).lower() in ("rectanglelabels", "rectangle"):
+        key = f"{item.get('from_name')}|{value.get('x')}|{value.get('y')}|{value.get('width')}|{value.get('height')}"
+    else:
+        key = f"{item.get('from_name')}|{json.dumps(value, sort_keys=True, default=str)}"
     return "rs-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
@@ -362,13 +385,14 @@ def _parse_cached(xml: str) -> ProjectConfig:
     images = {o.name: o for o in interface.objects if o.tag.lower() == "image"}
     rect_by_image: dict[str, list[str]] = {}
     for c in controls:
-        if c.tag.lower() in RECTANGLE_TAGS:
+        if c.tag.lower() in REGION_TAGS:
             for target in c.to_name or []:
                 if target in images:
                     rect_by_image.setdefault(target, []).append(c.name)
     if not rect_by_image:
-        raise ConfigError("the labeling config has no <RectangleLabels> or <Rectangle> on an <Image>: regionscribe "
-                          "describes boxes")
+        raise ConfigError("the labeling config has no region tool on an <Image> (<RectangleLabels>/<Rectangle>, "
+                          "<PolygonLabels>/<Polygon>, <EllipseLabels>/<Ellipse>, <BrushLabels>/<Brush> or "
+                          "<KeyPointLabels>/<KeyPoint>): regionscribe describes regions")
     image_name = next(iter(rect_by_image))
     image_value = images[image_name].value or ""
     if not image_value.startswith("$"):
@@ -424,6 +448,6 @@ def _parse_cached(xml: str) -> ProjectConfig:
         raise ConfigError("the labeling config has no per-region <TextArea>, <Choices> or <Taxonomy> "
                           "(perRegion=\"true\") and no <Relations>: there is nothing for regionscribe to fill in")
     return ProjectConfig(xml=xml, interface=interface, image_name=image_name, image_key=image_value[1:],
-                         rectangles=tuple(rect_by_image[image_name]), caption=caption, detailed=detailed,
+                         region_controls=tuple(rect_by_image[image_name]), caption=caption, detailed=detailed,
                          relation_text=relation_text, attributes=tuple(attributes),
                          relation_labels=relation_labels, has_relations=bool(relations_nodes))

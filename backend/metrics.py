@@ -18,6 +18,9 @@ COUNTERS = {  # hash field → (metric name, help); fields may carry labels as "
     "worker_jobs": ("regionscribe_worker_jobs_total", "Describe jobs run by inference workers, by outcome."),
     "cache": ("regionscribe_image_feature_cache_total", "Image-feature cache lookups in the workers, by result."),
     "regions": ("regionscribe_regions_described_total", "Regions described by the workers."),
+    "region_errors": ("regionscribe_region_errors_total",
+                      "Regions not described because their shape cannot be (a polygon with < 3 points or "
+                      "self-intersecting, an empty mask, a brush RLE of another size); the task's other regions are."),
     "model_loads": ("regionscribe_model_loads_total", "Times an inference worker loaded the model."),
     "predictions_invalid": ("regionscribe_predictions_invalid_total",
                             "Predictions refused by LabelInterface validation (never sent)."),

@@ -9,6 +9,9 @@ other tasks, and the answer always has one item per task:
   as an empty prediction, and the skip rule would then never re-predict it).
 - interactive mode: `{"result": [], "model_version", "score": 0, "error": "..."}`: interactive answers are shown
   as suggestions and never stored, and the editor expects a `result` list.
+Per-region errors (a polygon with fewer than 3 points or self-intersecting, an empty mask, a brush RLE of another
+size: backend.shapes) never fail the task's other regions: the prediction lists them in `region_errors`
+(`[{"id", "error"}]`) and describes the rest; a task none of whose regions can be described gets the task error.
 
 Interactive mode describes only the boxes of `context.result` that carry none of the per-region results regionscribe
 fills (the box just drawn; Label Studio sends every box with the drawn one's label, described or not). A box that has
@@ -129,6 +132,7 @@ class RegionScribeModel:
             return [error(str(exc)) for _ in tasks]
 
         answers: list[dict | None] = [None] * len(tasks)
+        region_errors: dict[int, list[dict]] = {}  # task index → regions left out before the worker
         work: list[tuple[int, list, list[int] | None, dict]] = []  # (task index, regions, which to describe, payload)
         asks = config.asks(interactive=interactive)
         for i, task in enumerate(tasks):
@@ -140,10 +144,20 @@ class RegionScribeModel:
             else:
                 regions, _source = config.regions_from_task(task)
             if not regions:
-                answers[i] = error("no boxes to describe: draw a rectangle with "
-                                   f"{' or '.join(config.rectangles)} first" if interactive else
-                                   "no boxes on this task yet (no annotation, draft or prediction with rectangles)")
+                answers[i] = error("no regions to describe: draw one with "
+                                   f"{' or '.join(config.region_controls)} first" if interactive else
+                                   "no regions on this task yet (no annotation, draft or prediction with regions)")
                 continue
+            # a region whose shape cannot be described (a polygon with 2 points, self-intersecting...) is reported
+            # in the answer's region_errors; the others are described all the same
+            broken = [{"id": r.id, "error": r.error} for r in regions if r.error]
+            if broken:
+                log.warning("task %s: %s", task.get("id"), "; ".join(b["error"] for b in broken))
+                self.metrics.count("region_errors", len(broken))
+                regions = [r for r in regions if not r.error]
+                if not regions or (interactive and all(r.filled for r in regions)):
+                    answers[i] = error("; ".join(b["error"] for b in broken))
+                    continue
             describe = None
             if interactive:
                 # only the boxes with nothing filled in yet (the one just drawn); every box goes to the worker all
@@ -159,6 +173,7 @@ class RegionScribeModel:
             if not isinstance(ref, str) or not ref:
                 answers[i] = error(f"the task has no image under data.{config.image_key}")
                 continue
+            region_errors[i] = broken
             work.append((i, regions, describe, make_payload(task.get("id"), ref, [r.to_job() for r in regions], asks,
                                                             interactive, request_id=self.request_id,
                                                             describe=describe)))
@@ -167,6 +182,8 @@ class RegionScribeModel:
             outcomes = self._run([payload for *_, payload in work])
             for (i, regions, describe, _payload), outcome in zip(work, outcomes):
                 answers[i] = self._prediction(config, regions, outcome, interactive, version, error, describe)
+                if region_errors.get(i) and "result" in answers[i] and not answers[i].get("error"):
+                    answers[i]["region_errors"] = region_errors[i] + answers[i].get("region_errors", [])
             self._remember_suggestions(config, tasks, answers)
         return [a if a is not None else error("not processed") for a in answers]
 

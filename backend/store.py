@@ -205,6 +205,12 @@ UPDATE annotations SET source = 'webhook' WHERE version_us IS NOT NULL;
 CREATE INDEX annotations_project ON annotations (project_id);
 CREATE INDEX regions_project_source ON regions (project_id, source)
 """),
+    # a region's shape when it is not a rectangle (backend.shapes.Shape.to_json: polygon points, ellipse, brush mask
+    # as Label Studio's RLE, keypoint); x, y, width, height stay its bounding box. NULL: a rectangle. Number 5: step 4
+    # is another branch's (training-run leases); steps apply in order and the numbers may have gaps.
+    (5, "region shape", """
+ALTER TABLE regions ADD COLUMN shape TEXT
+"""),
 ]
 
 SOURCES = ("webhook", "sync")  # the values of events.source, annotations.source and regions.source
@@ -222,6 +228,7 @@ REGION_COLUMNS = (
     "labels", "caption", "detailed_caption", "relation_text", "attributes", "relations", "completed_by",
     "completed_by_email", "created_at", "updated_at", "lead_time", "prefilled_by", "changed", "has_content",
     "content_digest", "change_seq", "deleted", "deleted_at", "ground_truth", "was_cancelled", "stored_at", "source",
+    "shape",
 )
 
 
@@ -253,6 +260,7 @@ class RegionInput:
     relations: list[dict] = field(default_factory=list)  # [{"to": region id, "labels": [...], "direction": ...}]
     original_width: int | None = None
     original_height: int | None = None
+    shape: dict | None = None  # backend.shapes.Shape.to_json() of a polygon, ellipse, brush or keypoint; None: a box
 
     @property
     def has_content(self) -> bool:
@@ -263,6 +271,8 @@ class RegionInput:
         body = [round(self.x, 6), round(self.y, 6), round(self.width, 6), round(self.height, 6),
                 round(self.rotation, 6), list(self.labels), self.caption, self.detailed_caption, self.relation_text,
                 self.attributes, self.relations, bool(was_cancelled)]
+        if self.shape is not None:  # (rectangles keep the digest they had before shapes)
+            body.append(self.shape)
         return hashlib.sha256(_canonical(body).encode()).hexdigest()[:32]
 
 
@@ -325,7 +335,7 @@ class RegionRecord:
     height: float
     rotation: float  # degrees, about the top-left corner
     pixel_box: tuple[float, float, float, float] | None  # xyxy in pixels of the decoded image (else LS's original size)
-    labels: tuple[str, ...]  # RectangleLabels values
+    labels: tuple[str, ...]  # the region tool's label values (RectangleLabels, PolygonLabels...)
     caption: str | None
     detailed_caption: str | None
     relation_text: str | None
@@ -344,6 +354,7 @@ class RegionRecord:
     was_cancelled: bool
     image_path: Path | None  # the cached image file, when it is on disk
     source: str = "webhook"  # "webhook" when a webhook delivered the region's current content, else "sync"
+    shape: dict | None = None  # backend.shapes.Shape.to_json() when not a rectangle (x..height: its bounding box)
 
 
 @dataclass(frozen=True)
@@ -416,9 +427,20 @@ def differs_from_suggestion(region: RegionInput, suggestion: Suggestion) -> bool
 
 
 def pixel_box(x: float, y: float, width: float, height: float, rotation: float, image_w: int | None,
-              image_h: int | None) -> tuple[float, float, float, float] | None:
+              image_h: int | None, shape: dict | None = None) -> tuple[float, float, float, float] | None:
+    """The region's pixel box on a decoded `image_w`×`image_h` image: a shape's own (a mask's bounding box, a
+    keypoint's small box), else the rectangle's bounding box. None when the size is unknown or the shape has no
+    pixels on that image."""
     if not image_w or not image_h:
         return None
+    if shape is not None:
+        from .shapes import Shape, ShapeError
+
+        try:
+            return Shape.from_json(shape).pixel_box(int(image_w), int(image_h))
+        except ShapeError as exc:
+            log.info("no pixel box for a %s: %s", shape.get("kind"), exc)
+            return None
     from .labeling import percent_box_to_pixels
 
     return percent_box_to_pixels({"x": x, "y": y, "width": width, "height": height, "rotation": rotation},
@@ -803,7 +825,8 @@ class Store:
                 changed = int(differs_from_suggestion(region, suggestion)) if suggestion else None
                 width = image["width"] if image else region.original_width
                 height = image["height"] if image else region.original_height
-                box = pixel_box(region.x, region.y, region.width, region.height, region.rotation, width, height)
+                box = pixel_box(region.x, region.y, region.width, region.height, region.rotation, width, height,
+                                region.shape)
                 rows.append((
                     a.annotation_id, rid, a.project_id, a.task_id, a.image_ref, image_key(a.image_ref),
                     image["sha256"] if image else None,
@@ -813,7 +836,8 @@ class Store:
                     region.detailed_caption, region.relation_text, _canonical(region.attributes),
                     _canonical(region.relations), a.completed_by, a.completed_by_email, a.created_at, a.updated_at,
                     a.lead_time, prefilled_by, changed, int(region.has_content), digest, change_seq, 0, None,
-                    int(a.ground_truth), int(a.was_cancelled), now, region_source))
+                    int(a.ground_truth), int(a.was_cancelled), now, region_source,
+                    _canonical(region.shape) if region.shape is not None else None))
             columns = ", ".join(REGION_COLUMNS)
             updates = ", ".join(f"{c} = excluded.{c}" for c in REGION_COLUMNS[2:])
             tx.executemany(f"INSERT INTO regions ({columns}) VALUES ({', '.join('?' * len(REGION_COLUMNS))}) "
@@ -1196,11 +1220,12 @@ class Store:
                        "bytes = excluded.bytes, fetched_at = excluded.fetched_at, attempts = images.attempts + 1, "
                        "last_error = NULL, last_attempt_at = excluded.last_attempt_at",
                        (image_key(image_ref), image_ref, sha256, ext, width, height, size, now, now))
-            rows = tx.all("SELECT annotation_id, region_id, x, y, width, height, rotation FROM regions "
+            rows = tx.all("SELECT annotation_id, region_id, x, y, width, height, rotation, shape FROM regions "
                           "WHERE image_key = ?", (image_key(image_ref),))
             updates = []
             for row in rows:
-                box = pixel_box(row["x"], row["y"], row["width"], row["height"], row["rotation"], width, height)
+                box = pixel_box(row["x"], row["y"], row["width"], row["height"], row["rotation"], width, height,
+                                json.loads(row["shape"]) if row["shape"] else None) or (None, None, None, None)
                 updates.append((sha256, width, height, *box, row["annotation_id"], row["region_id"]))
             tx.executemany("UPDATE regions SET image_sha256 = ?, image_width = ?, image_height = ?, px_x1 = ?, "
                            "px_y1 = ?, px_x2 = ?, px_y2 = ? WHERE annotation_id = ? AND region_id = ?", updates)
@@ -1241,4 +1266,5 @@ class Store:
             lead_time=float(row["lead_time"]) if row["lead_time"] is not None else None,
             prefilled_by=row["prefilled_by"], changed=None if row["changed"] is None else bool(row["changed"]),
             deleted=bool(row["deleted"]), deleted_at=row["deleted_at"], ground_truth=bool(row["ground_truth"]),
-            was_cancelled=bool(row["was_cancelled"]), image_path=path, source=row.get("source") or "webhook")
+            was_cancelled=bool(row["was_cancelled"]), image_path=path, source=row.get("source") or "webhook",
+            shape=json.loads(row["shape"]) if row.get("shape") else None)

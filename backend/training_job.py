@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .shapes import Shape, ShapeError
+
 log = logging.getLogger(__name__)
 
 def announce(connection, version: str, path: str | Path) -> None:
@@ -45,11 +47,21 @@ def records_to_images(records: Iterable) -> list:
         if rec.image_sha256 and rec.image_path is not None and rec.pixel_box is not None:
             by_image.setdefault(rec.image_sha256, []).append(rec)
     items = []
-    for sha, recs in sorted(by_image.items()):
-        image = load_image(Path(recs[0].image_path).read_bytes())
+    for sha, all_recs in sorted(by_image.items()):
+        image = load_image(Path(all_recs[0].image_path).read_bytes())
+        # a polygon, ellipse or brush trains with its mask (the model pools inside it) and the mask's bounding box
+        recs, shapes = [], []
+        for r in all_recs:
+            try:
+                shape = region_mask(r.shape, image.size)
+            except ShapeError as exc:
+                log.info("region %s of annotation %s left out of training: %s", r.region_id, r.annotation_id, exc)
+                continue
+            recs.append(r)
+            shapes.append(shape)
         index = {r.region_id: i for i, r in enumerate(recs)}
         regions = []
-        for r in recs:
+        for r, (box, mask) in zip(recs, shapes):
             attributes = {}
             for name, values in (r.attributes or {}).items():
                 flat = [v[-1] if isinstance(v, (list, tuple)) else v for v in values]  # taxonomy path -> leaf
@@ -57,9 +69,24 @@ def records_to_images(records: Iterable) -> list:
                     attributes[name] = [str(v) for v in flat]
             relations = [(index[rel["to"]], label) for rel in (r.relations or []) if rel.get("to") in index
                          for label in rel.get("labels") or []]
-            regions.append(RegionAnnotation(tuple(r.pixel_box), r.caption or None, attributes, relations))
-        items.append(AnnotatedImage(image, regions, sha))
+            regions.append(RegionAnnotation(tuple(box or r.pixel_box), r.caption or None, attributes, relations,
+                                            mask=mask))
+        if regions:
+            items.append(AnnotatedImage(image, regions, sha))
     return items
+
+
+def region_mask(shape: dict | None, size: tuple[int, int]) -> tuple[tuple | None, object]:
+    """(pixel box, boolean mask) of a stored region shape on the decoded image of `size`; (None, None) for a
+    rectangle or keypoint, whose stored pixel box is what trains. Raises ShapeError (an empty mask, an RLE of another
+    size)."""
+    if shape is None:
+        return None, None
+    parsed = Shape.from_json(shape)
+    if not parsed.has_mask:
+        return None, None
+    mask = parsed.mask(*size)
+    return parsed.pixel_box(*size, mask), mask
 
 
 def split_by_image(items: list, heldout_fraction: float = 0.2) -> tuple[list, list]:

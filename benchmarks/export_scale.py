@@ -78,7 +78,7 @@ def generate(db: Path, regions: int, per_image: int, seed: int = 0) -> dict:
                 json.dumps({"color": [rng.choice(WORDS[:3])]}), json.dumps(relations), 1 + i % 5,
                 f"annotator{1 + i % 5}@example.com", stamp, stamp, 3.0, prefilled,
                 None if changed is None else int(changed), 1, hashlib.md5(f"{i}.{k}".encode()).hexdigest(), n + 1,
-                0, None, 0, 0, now, "webhook"))
+                0, None, 0, 0, now, "webhook", None))  # source; shape: None, a rectangle
             n += 1
         if len(rows) >= 5000:
             conn.execute("BEGIN")

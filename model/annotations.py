@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+import numpy as np
 from PIL import Image
 
 from model.conversation import IMAGE_PREFIX, Sample, Turn
@@ -28,6 +29,8 @@ class RegionAnnotation:
     caption: str | None = None
     attributes: dict[str, list[str]] = field(default_factory=dict)  # question word -> values (first is the answer)
     relations: list[tuple[int, str]] = field(default_factory=list)  # (other region's index, label)
+    # the region's shape: None (the box itself) or a boolean (H, W) array of the image, `box` being its bounding box
+    mask: np.ndarray | None = None
 
 
 @dataclass
@@ -62,13 +65,14 @@ def training_samples(items: Iterable[AnnotatedImage], seed: int = 0, max_turns: 
         rng.shuffle(pieces)
         for start in range(0, len(pieces), max_turns):
             names: dict[int, int] = {}
-            boxes, turns = [], []
+            boxes, masks, turns = [], [], []
             for regions, template, answer, kind, candidates, key in pieces[start:start + max_turns]:
                 mentions = []
                 for r in regions:
                     if r not in names:
                         names[r] = len(names) + 1
                         boxes.append(item.regions[r].box)
+                        masks.append(item.regions[r].mask)
                         mentions.append(f"region{names[r]} {BBOX}")
                     else:
                         mentions.append(f"region{names[r]}")
@@ -79,7 +83,7 @@ def training_samples(items: Iterable[AnnotatedImage], seed: int = 0, max_turns: 
                 turns.append(Turn(question, answer, kind, candidates, key))
             turns[0] = Turn(IMAGE_PREFIX + turns[0].question, turns[0].answer, turns[0].kind, turns[0].candidates,
                             turns[0].key)
-            yield Sample(item.image, boxes, turns, item.key)
+            yield Sample(item.image, boxes, turns, item.key, masks)
 
 
 def eval_samples(items: Iterable[AnnotatedImage], vocabularies: dict[str, list[str]]) -> Iterator[Sample]:
@@ -90,10 +94,11 @@ def eval_samples(items: Iterable[AnnotatedImage], vocabularies: dict[str, list[s
             r = f"region1 {BBOX}"
             if reg.caption:
                 yield Sample(item.image, [reg.box],
-                             [Turn(IMAGE_PREFIX + CAPTION_TEMPLATES[0].format(r=r), reg.caption, "caption")], item.key)
+                             [Turn(IMAGE_PREFIX + CAPTION_TEMPLATES[0].format(r=r), reg.caption, "caption")], item.key,
+                             [reg.mask])
             for word, values in reg.attributes.items():
                 vocab = vocabularies.get(word) or []
                 if values and values[0] in vocab and len(vocab) > 1:
                     q = IMAGE_PREFIX + ATTRIBUTE_TEMPLATES[0].format(word=word, r=r)
                     yield Sample(item.image, [reg.box], [Turn(q, values[0], "attribute", tuple(vocab), word)],
-                                 item.key)
+                                 item.key, [reg.mask])

@@ -16,8 +16,10 @@ so train and test tokenisations are identical by construction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
+
+import numpy as np
 
 from PIL import Image
 
@@ -47,17 +49,25 @@ class Turn:
 
 @dataclass
 class Sample:
-    """A conversation about one image; `boxes[k]` (pixel xyxy) is the box of the (k+1)-th `<bbox>`."""
+    """A conversation about one image; `boxes[k]` (pixel xyxy) is the box of the (k+1)-th `<bbox>`, and `masks[k]`
+    its mask (a boolean (H, W) array of the image, inside the box) or None (the box itself). `masks` defaults to
+    None for every box."""
 
     image: Image.Image
     boxes: list[tuple[float, float, float, float]]
     turns: list[Turn]
     scene_id: str
+    masks: list[np.ndarray | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = sum(turn.question.count(BBOX) for turn in self.turns)
         if n != len(self.boxes):
             raise PlaceholderError(f"{n} {BBOX} placeholders but {len(self.boxes)} boxes")
+        if not self.masks:
+            self.masks = [None] * len(self.boxes)
+        elif len(self.masks) != len(self.boxes):
+            raise PlaceholderError(f"{len(self.masks)} masks for {len(self.boxes)} boxes (one entry, None or a mask, "
+                                   f"per box)")
 
 
 @dataclass

@@ -17,7 +17,7 @@ conversation stands for ``Sample.boxes[k-1]``. Everything is deterministic per s
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
 
@@ -31,6 +31,7 @@ __all__ = [
     "SIZE_RANGES", "ATTRIBUTES", "ATTRIBUTE_WORDS", "ATTRIBUTE_VALUES", "BASE_VALUES", "RELATION_AXES",
     "RELATION_LABELS", "LABEL_PHRASES", "POSITIONS", "NUMBER_WORDS", "IMAGE_PREFIX", "BBOX", "IMAGE", "SPLITS",
     "MAX_REGIONS", "SceneObject", "Scene", "Turn", "Sample", "render_scene", "make_scenes", "size_class",
+    "visible_masks", "render_overlapping_pair", "with_masks",
     "position_name", "relations", "phrase_text", "caption_text", "detailed_text", "relation_text",
     "iter_samples", "check_axes", "relation_samples", "eval_samples", "vocabulary_text",
 ]
@@ -150,13 +151,15 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class SceneObject:
-    """One drawn object. `box` is pixel xyxy (x1/y1 exclusive), tight around every pixel of the drawn shape."""
+    """One drawn object. `box` is pixel xyxy (x1/y1 exclusive), tight around every pixel of the drawn shape; `mask`
+    (H, W boolean) its visible pixels: the drawn shape less what later objects cover (inside `box`, never empty)."""
 
     box: Box
     color: str
     shape: str
     size: str
     texture: str
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -351,6 +354,16 @@ def _place(rng: random.Random, shape: str, size: str, placed: list[dict], image_
     return None
 
 
+def visible_masks(placed: list[dict]) -> list[np.ndarray]:
+    """Each drawn object's visible pixels, in drawing order: its shape's mask less every later object's."""
+    out = []
+    covered = np.zeros_like(placed[0]["mask"]) if placed else None
+    for p in reversed(placed):
+        out.append(p["mask"] & ~covered)
+        covered = covered | p["mask"]
+    return out[::-1]
+
+
 def render_scene(rng: random.Random, image_size: tuple[int, int] = (128, 128), n_objects: tuple[int, int] = (2, 4),
                  allow_withheld: bool = False, require_withheld: bool = False, scene_id: str | None = None,
                  ) -> Scene:
@@ -393,6 +406,12 @@ def render_scene(rng: random.Random, image_size: tuple[int, int] = (128, 128), n
         placed.append({"mask": mask, "box": box, "area": int(mask.sum()), "color": color, "shape": shape,
                        "texture": texture, "rgb": rgb})
 
+    return _paint(rng, placed, image_size, scene_id)
+
+
+def _paint(rng: random.Random, placed: list[dict], image_size: tuple[int, int], scene_id: str) -> Scene:
+    """The scene of the placed objects, drawn in order on a grey background with mild noise."""
+    w, h = image_size
     gen = np.random.default_rng(rng.getrandbits(63))
     grey = rng.randint(150, 200)
     canvas = np.full((h, w, 3), grey, dtype=np.int16)
@@ -403,8 +422,47 @@ def render_scene(rng: random.Random, image_size: tuple[int, int] = (128, 128), n
     canvas += gen.integers(-5, 6, size=(h, w, 1), dtype=np.int16)   # mild luminance noise, same on every channel
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
     objects = [SceneObject(box=p["box"], color=p["color"], shape=p["shape"], size=size_class(p["box"], image_size),
-                           texture=p["texture"]) for p in placed]
+                           texture=p["texture"], mask=visible) for p, visible in zip(placed, visible_masks(placed))]
     return Scene(image=image, objects=objects, scene_id=scene_id)
+
+
+def render_overlapping_pair(rng: random.Random, image_size: tuple[int, int] = (128, 128), min_shared: float = 0.5,
+                            min_visible: float = 0.3, scene_id: str | None = None) -> Scene:
+    """Two objects of different colours whose boxes share most of their area: the second (drawn on top) covers
+    part of the first, whose box intersects the second's in at least `min_shared` of the smaller box, while at least
+    `min_visible` of the first's pixels stay visible. Deterministic given the state of `rng`. Objects 0 (occluded)
+    and 1 (occluder) carry their visible masks like every corpus object."""
+    image_size = (int(image_size[0]), int(image_size[1]))
+    w, h = image_size
+    longest = max(image_size)
+    if scene_id is None:
+        scene_id = f"pair-{rng.getrandbits(48):012x}"
+    colors = rng.sample(list(COLORS), 2)
+    shapes = [rng.choice(SHAPES), rng.choice(SHAPES)]
+    textures = [rng.choice(TEXTURES), rng.choice(TEXTURES)]
+    for _ in range(500):
+        side_a = round(rng.uniform(*SIZE_RANGES["large"]) * longest)
+        side_b = round(rng.uniform(SIZE_RANGES["medium"][0], SIZE_RANGES["large"][1]) * longest)
+        xa, ya = rng.randint(1, w - side_a - 1), rng.randint(1, h - side_a - 1)
+        xb = xa + round(rng.choice((-1, 1)) * rng.uniform(0.15, 0.5) * side_a)
+        yb = ya + round(rng.choice((-1, 1)) * rng.uniform(0.15, 0.5) * side_a)
+        if not (1 <= xb <= w - side_b - 1 and 1 <= yb <= h - side_b - 1):
+            continue
+        mask_a = _shape_mask(shapes[0], xa, ya, side_a, image_size)
+        mask_b = _shape_mask(shapes[1], xb, yb, side_b, image_size)
+        box_a, box_b = _tight_box(mask_a), _tight_box(mask_b)
+        shared = _intersection(box_a, box_b) / min(_area(box_a), _area(box_b))
+        visible = np.count_nonzero(mask_a & ~mask_b) / np.count_nonzero(mask_a)
+        if shared >= min_shared and visible >= min_visible and visible < 0.9:
+            break
+    else:
+        raise RuntimeError("could not draw an overlapping pair; use a larger image_size")
+    placed = []
+    for mask, box, color, shape, texture in zip((mask_a, mask_b), (box_a, box_b), colors, shapes, textures):
+        rgb = tuple(int(min(255, max(0, c + rng.randint(-8, 8)))) for c in COLORS[color])
+        placed.append({"mask": mask, "box": box, "area": int(mask.sum()), "color": color, "shape": shape,
+                       "texture": texture, "rgb": rgb})
+    return _paint(rng, placed, image_size, scene_id)
 
 
 def make_scenes(split: str, n: int, seed: int = 0, image_size: tuple[int, int] = (128, 128),
@@ -608,17 +666,37 @@ def _stage2_sample(scene: Scene, rng: random.Random, n_turns: tuple[int, int]) -
     return Sample(scene.image, reg.boxes, _with_prefix(turns), scene.scene_id)
 
 
+def _check_share(mask_share: float) -> float:
+    if not 0.0 <= mask_share <= 1.0:
+        raise ValueError(f"mask_share must be between 0 and 1, not {mask_share!r}")
+    return float(mask_share)
+
+
+def with_masks(sample: Sample, scene: Scene, mask_share: float, seed: int | str) -> Sample:
+    """The sample with each region given its object's visible mask with probability `mask_share` (the others stay
+    boxes). The draw has its own random stream (seed, scene_id), so the conversation itself does not change."""
+    if not mask_share:
+        return sample
+    rng = random.Random(f"{seed}:mask:{scene.scene_id}")
+    by_box = {obj.box: obj.mask for obj in scene.objects}
+    sample.masks = [by_box.get(tuple(box)) if rng.random() < mask_share else None for box in sample.boxes]
+    return sample
+
+
 def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[int, int] = (3, 6),
-                 ) -> Iterator[Sample]:
+                 mask_share: float = 0.0) -> Iterator[Sample]:
     """One conversation per scene. Stage 1: one region→phrase turn per object, in random order. Stage 2: a
     multi-turn conversation of `turns` (inclusive range) turns mixing captions, detailed captions, attributes,
     relations (axis, yes/no, text) and multi-region reasoning. Each scene's conversation depends only on
-    (seed, stage, scene_id)."""
+    (seed, stage, scene_id). `mask_share`: the chance that a region comes with its object's visible mask
+    (`with_masks`); 0 (all boxes) leaves the samples exactly as without masks."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, not {stage!r}")
+    _check_share(mask_share)
     for scene in scenes:
         rng = random.Random(f"{seed}:{stage}:{scene.scene_id}")
-        yield _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
+        sample = _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
+        yield with_masks(sample, scene, mask_share, f"{seed}:{stage}")
 
 
 def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -629,10 +707,13 @@ def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(axes)
 
 
-def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], seed: int = 0) -> Iterator[Sample]:
+def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], seed: int = 0,
+                     mask_share: float = 0.0) -> Iterator[Sample]:
     """Single-turn relation questions only (the relation drill of model.training): per scene every ordered pair and
-    every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order."""
+    every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order. `mask_share` as in
+    `iter_samples` (per question: the same region may be a box in one and a mask in another)."""
     check_axes(axes)
+    _check_share(mask_share)
     for scene in scenes:
         rng = random.Random(f"{seed}:drill:{scene.scene_id}")
         out = []
@@ -647,6 +728,8 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
                         out.append(Sample(scene.image, [a.box, b.box],
                                           [Turn(q, label, "relation", RELATION_AXES[axis], axis)], scene.scene_id))
         rng.shuffle(out)
+        if mask_share:
+            out = [with_masks(sample, scene, mask_share, f"{seed}:drill:{k}") for k, sample in enumerate(out)]
         yield from out
 
 

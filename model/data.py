@@ -2,7 +2,9 @@
 
 A sample is one image, its boxes (pixel xyxy, in the order their `<bbox>` placeholders appear) and its turns; any
 object with `.image`, `.boxes` and `.turns` (each turn with `.question` and `.answer`) will do, so the synthetic
-corpus, accumulated corrections and exported datasets all feed the same loader.
+corpus, accumulated corrections and exported datasets all feed the same loader. An optional `.masks` (per box None
+or a boolean (H, W) mask) makes the region encoder pool inside the masks; a batch carries them as per-sample lists of
+mask grids (None for a plain box).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from model.conversation import IGNORE, box_as_text, encode
-from model.images import check_boxes, normalise_boxes, pixel_values
+from model.images import check_boxes, check_masks, mask_grid, normalise_boxes, pixel_values
 from model.modeling import RegionScribeModel
 
 
@@ -20,6 +22,7 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
     w, h = sample.image.size
     boxes = check_boxes(sample.boxes, w, h) if len(sample.boxes) else []
     norm = normalise_boxes(boxes, w, h) if boxes else torch.zeros(0, 4)
+    masks = check_masks(getattr(sample, "masks", None) or None, boxes, w, h)
     text_boxes = None if model.uses_region_features else [box_as_text(b) for b in norm.tolist()]
     enc = encode(model.tokenizer, [(t.question, t.answer) for t in sample.turns], model.n_image_tokens, len(boxes),
                  boxes_text=text_boxes, system=model.system)
@@ -30,6 +33,7 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
         "input_ids": torch.tensor(enc.input_ids),
         "labels": torch.tensor(enc.labels),
         "boxes": norm,
+        "masks": [None if m is None else mask_grid(m, cfg.image_size) for m in masks],
     }
 
 
@@ -47,6 +51,7 @@ def collate(items: Sequence[dict], pad_id: int) -> dict:
         "attention_mask": mask,
         "labels": labels,
         "boxes": [it["boxes"] for it in items],
+        "masks": [it["masks"] for it in items] if any(m is not None for it in items for m in it["masks"]) else None,
     }
 
 
@@ -62,4 +67,11 @@ def batches(model: RegionScribeModel, samples: Iterable, batch_size: int) -> Ite
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: ([b.to(device) for b in v] if isinstance(v, list) else v.to(device)) for k, v in batch.items()}
+    """Every tensor of a batch on `device`: through the per-sample lists of boxes and of masks (None stays None)."""
+    def move(v):
+        if v is None:
+            return None
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        return v.to(device)
+    return {k: move(v) for k, v in batch.items()}

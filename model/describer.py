@@ -1,6 +1,10 @@
 """RegionDescriber: the inference entry point. One image, many boxes, one batched pass.
 
-    describe(image, boxes, asks) -> Description
+    describe(image, boxes, asks, masks=None) -> Description
+
+A region is a box, or a box with a mask (a boolean (H, W) array of the EXIF-corrected image; the box is its bounding
+box): the region encoder then pools inside the mask (model/region_encoder.py). `masks` is None or a list aligned
+with `boxes`, each entry None (the box itself) or a mask.
 
 Work per call: the image is encoded once (vision tower, fused pyramid, image tokens) and the shared prompt prefix
 (system prompt + image tokens) is run through the LM once; both are kept in an LRU cache keyed by image content, so
@@ -37,7 +41,7 @@ from model import conversation as conv
 from model.asks import Asks, Box, Description, RegionDescription, Relation
 from model.errors import BoxError, PlaceholderError
 from model.generation import State, extend, greedy, last_logits, rank
-from model.images import check_boxes, load_image, normalise_boxes, pixel_values
+from model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes, pixel_values
 from model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default"
@@ -106,15 +110,17 @@ class RegionDescriber:
     @torch.no_grad()
     def describe(self, image: Image.Image | bytes, boxes: list[Box], asks: Asks | None = None,
                  image_key: str | None = None, naive: bool = False,
-                 only: Sequence[int] | None = None) -> Description:
+                 only: Sequence[int] | None = None, masks: Sequence | None = None) -> Description:
         """Describe `boxes` on `image`. `only`: indices of the boxes to describe (caption, attributes, relation text,
         relations from them to their nearest boxes); every box still counts as a partner. The other boxes come back
-        as empty RegionDescriptions. None: describe every box."""
+        as empty RegionDescriptions. None: describe every box. `masks`: None, or per box None or a boolean (H, W)
+        mask inside that box (MaskError otherwise)."""
         asks = asks or Asks()
         with self._lock:  # one model, one call at a time (a worker is single-threaded anyway)
             image = image if isinstance(image, Image.Image) else load_image(image)
             w, h = image.size
             boxes = check_boxes(boxes, w, h)
+            grids = self._mask_grids(masks, boxes, w, h)
             targets = self._targets(only, len(boxes))
             norm = normalise_boxes(boxes, w, h).to(self.model.device)
             questions = self._questions(targets, boxes, asks)
@@ -129,7 +135,7 @@ class RegionDescriber:
                     enc = self._encode(image)
                     timings["encode"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    got = self._answer(enc, norm, [questions[i] for i in mine], asks.max_new_tokens)
+                    got = self._answer(enc, norm, [questions[i] for i in mine], asks.max_new_tokens, grids)
                     answers.update({mine[k]: v for k, v in enumerate(got)})
                     timings["answer"] += time.perf_counter() - t0
                 answers_list = [answers[i] for i in range(len(questions))]
@@ -139,23 +145,26 @@ class RegionDescriber:
                 enc, hit = self._encode_cached(image, image_key)
                 timings["encode"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                answers_list = self._answer(enc, norm, questions, asks.max_new_tokens)
+                answers_list = self._answer(enc, norm, questions, asks.max_new_tokens, grids)
                 timings["answer"] = time.perf_counter() - t0
             return self._assemble(boxes, questions, answers_list, hit, timings)
 
     @torch.no_grad()
     def ask(self, image: Image.Image | bytes, boxes: list[Box],
-            questions: list[tuple[str, list[int], list[str] | None]], image_key: str | None = None) -> list:
+            questions: list[tuple[str, list[int], list[str] | None]], image_key: str | None = None,
+            masks: Sequence | None = None) -> list:
         """Free questions about regions, all answered in one batched pass over one image.
 
         Each question is (text, region indices, candidates). The text mentions its regions as `region1 <bbox>`,
         `region2 <bbox>`... in the order of its indices. With candidates the answer is [(candidate, probability)]
-        sorted by probability (log-likelihood ranking); without, it is (generated text, confidence).
+        sorted by probability (log-likelihood ranking); without, it is (generated text, confidence). `masks` as in
+        `describe`.
         """
         with self._lock:
             image = image if isinstance(image, Image.Image) else load_image(image)
             w, h = image.size
             boxes = check_boxes(boxes, w, h)
+            grids = self._mask_grids(masks, boxes, w, h)
             norm = normalise_boxes(boxes, w, h).to(self.model.device)
             qs = []
             for text, regions, candidates in questions:
@@ -165,8 +174,16 @@ class RegionDescriber:
                     raise BoxError(f"question {text!r} names a region index outside 0..{len(boxes) - 1}")
                 qs.append(_Question("free", list(regions), text, list(candidates) if candidates else None))
             enc, _ = self._encode_cached(image, image_key)
-            answers = self._answer(enc, norm, qs, max_new_tokens=48)
+            answers = self._answer(enc, norm, qs, max_new_tokens=48, grids=grids)
             return [sorted(a, key=lambda kv: -kv[1]) if q.candidates else a for q, a in zip(qs, answers)]
+
+    def _mask_grids(self, masks: Sequence | None, boxes: list[Box], w: int, h: int) -> list[torch.Tensor | None] | None:
+        """Checked masks as the region encoder's grids (None when no region has one)."""
+        checked = check_masks(masks, boxes, w, h)
+        if all(m is None for m in checked):
+            return None
+        size = self.model.config.image_size
+        return [None if m is None else mask_grid(m, size).to(self.model.device) for m in checked]
 
     @staticmethod
     def _targets(only: Sequence[int] | None, n: int) -> list[int]:
@@ -234,13 +251,14 @@ class RegionDescriber:
         return _Encoded(feats, state)
 
     # ------------------------------------------------------------------------------------------------ answering
-    def _answer(self, enc: _Encoded, norm: torch.Tensor, questions: list[_Question], max_new_tokens: int) -> list:
+    def _answer(self, enc: _Encoded, norm: torch.Tensor, questions: list[_Question], max_new_tokens: int,
+                grids: list[torch.Tensor | None] | None = None) -> list:
         if not questions:
             return []
         m = self.model
         tok = m.tokenizer
         device = m.device
-        regions = m.region_tokens(enc.features, [norm])[0]
+        regions = m.region_tokens(enc.features, [norm], None if grids is None else [grids])[0]
         rows, region_rows = [], []
         for q in questions:
             text = q.text

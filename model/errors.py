@@ -13,5 +13,9 @@ class BoxError(RegionScribeError):
     """A box is empty, inverted, has no area inside the image, or is not four finite numbers."""
 
 
+class MaskError(RegionScribeError):
+    """A region's mask is not a boolean (H, W) array of the image, is empty, or has pixels outside its box."""
+
+
 class PlaceholderError(RegionScribeError):
     """The number of <bbox> placeholders in a prompt does not match the number of boxes given."""

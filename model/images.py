@@ -9,6 +9,10 @@ Documented behaviour:
   keep_ratio=False); boxes are normalised by the image's width and height, so they follow the same distortion.
 - Boxes partly outside the image are clipped to it; a box with no area inside the image, an inverted or zero-size
   box, or one that is not four finite numbers is an error naming the box's index.
+- A region may come with a mask: a boolean (H, W) array of the (EXIF-corrected) image, its box being the mask's
+  bounding box. A mask of another shape or type, an empty one, or one with pixels outside its box is a `MaskError`
+  naming the region's index. The region encoder sees the mask as `mask_grid`: the fraction of each cell of a
+  square grid over the image that the mask covers (the same square frame as the resized model input).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from model.errors import BoxError, ImageError
+from model.errors import BoxError, ImageError, MaskError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused before they are decoded (decompression bombs)
 
@@ -110,3 +114,44 @@ def normalise_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -
     """[N, 4] xyxy in [0, 1] of the image (the same frame the resized model input uses)."""
     t = torch.tensor([list(b) for b in boxes], dtype=torch.float32).reshape(-1, 4)
     return t / torch.tensor([width, height, width, height], dtype=torch.float32)
+
+
+def check_masks(masks: Sequence[np.ndarray | None] | None, boxes: Sequence[Sequence[float]], width: int,
+                height: int) -> list[np.ndarray | None]:
+    """Validate the masks given with (already checked) pixel xyxy boxes: None, or one entry per box, each None (the
+    box itself) or a boolean (height, width) array with at least one pixel, all of them inside the box (its pixels
+    rounded outwards). Raises MaskError naming the first bad mask."""
+    if masks is None:
+        return [None] * len(boxes)
+    if isinstance(masks, np.ndarray) or len(masks) != len(boxes):
+        raise MaskError(f"masks must be a list with one entry (a mask or None) per box: {len(boxes)} boxes, "
+                        f"{'an array' if isinstance(masks, np.ndarray) else f'{len(masks)} masks'} given")
+    out: list[np.ndarray | None] = []
+    for i, (mask, box) in enumerate(zip(masks, boxes)):
+        if mask is None:
+            out.append(None)
+            continue
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            kind = f"a {mask.dtype} array" if isinstance(mask, np.ndarray) else type(mask).__name__
+            raise MaskError(f"mask {i} must be a boolean numpy array, not {kind}")
+        if mask.shape != (height, width):
+            raise MaskError(f"mask {i} has shape {mask.shape}; the image is {width}x{height}, so a mask must be "
+                            f"({height}, {width})")
+        total = int(np.count_nonzero(mask))
+        if total == 0:
+            raise MaskError(f"mask {i} is empty (no pixel set)")
+        x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+        x1, y1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
+        outside = total - int(np.count_nonzero(mask[y0:y1, x0:x1]))
+        if outside:
+            raise MaskError(f"mask {i} has {outside} of its {total} pixels outside its box {tuple(box)!r}; the box "
+                            f"given with a mask is the mask's bounding box")
+        out.append(mask)
+    return out
+
+
+def mask_grid(mask: np.ndarray, size: int) -> torch.Tensor:
+    """[size, size] float32 in [0, 1]: the fraction of each cell that the (H, W) boolean mask covers, with the image
+    resized to a square as the model input is (a box filter, so thin parts of a mask are not lost)."""
+    small = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((size, size), Image.Resampling.BOX)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)

@@ -148,11 +148,13 @@ class RegionScribeModel(nn.Module):
             tokens = self.projector(grid.flatten(2).transpose(1, 2))
         return ImageFeatures(levels, tokens)
 
-    def region_tokens(self, features: ImageFeatures, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image, normalised [N_i, 4] boxes -> [N_i, lm_hidden] region tokens."""
+    def region_tokens(self, features: ImageFeatures, boxes: list[torch.Tensor],
+                      masks: list[list[torch.Tensor | None]] | None = None) -> list[torch.Tensor]:
+        """Per image, normalised [N_i, 4] boxes (and optionally per box None or a mask grid) -> [N_i, lm_hidden]
+        region tokens."""
         if not self.uses_region_features:  # coordinates-as-text baseline: boxes are in the text, no region tokens
             return [b.new_zeros(0, self.lm.config.hidden_size) for b in boxes]
-        tokens = self.region_encoder(features.levels, boxes)
+        tokens = self.region_encoder(features.levels, boxes, masks, self.config.mask_pooling)
         if self.config.match_embedding_scale:  # RMS-normalised, then at the word embeddings' scale
             tokens = [t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * self.region_scale.to(t.dtype)
                       for t in tokens]
@@ -187,11 +189,12 @@ class RegionScribeModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor, boxes: list[torch.Tensor],
+                masks: list[list[torch.Tensor | None]] | None = None,
                 num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere), their mean; with
         `num_items_in_batch` their sum divided by it (model/trainer.py passes 1 and normalises across processes)."""
         feats = self.encode_images(pixel_values)
-        regions = self.region_tokens(feats, boxes)
+        regions = self.region_tokens(feats, boxes, masks)
         emb = self.embed(input_ids, feats.image_tokens, regions)
         extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels, **extra).loss

@@ -5,10 +5,22 @@
       -> fuse: coordinate channels + 1x1 conv per level, then `num_fuse` rounds of cross-level channel shuffle
          (keep C/2, take C/4 from the next coarser and C/4 from the next finer level) with 3x3 conv + GN + ReLU
       -> torchvision.ops.roi_align on EVERY level (aligned=True, fp32), not MultiScaleRoIAlign's one level per box
+      -> regions with a mask: each RoI bin weighted by the mask's coverage of the bin (below), on every level
       -> per-level 3x3 conv, sum, ReLU, flatten, Linear
       -> + MLP of the normalised box, LayerNorm (PVIT's position term; `position_encoding="sinusoidal"`: of
          sinusoidal features of the box instead of its four raw coordinates)
       -> Linear to the LM width: one token per box.
+
+Mask pooling: a region may come with a mask (`mask_grid`: the fraction of each cell of a square grid over the image
+that the mask covers, model/images.py). The RoI is still the mask's bounding box; the mask grid itself is RoIAligned as
+a 1-channel image with the same box and output size (adaptive sampling), which gives per bin the share `w` of the bin
+inside the mask. On every pyramid level the RoI features `f` of a masked region become, with `mask_pooling`:
+    "filled"   (default)  w * f + (1 - w) * m, m = sum(w * f) / sum(w) the mask's mean feature: bins outside the mask
+                          hold the object's own mean instead of what else falls inside the box (an occluder, the
+                          background), so the token keeps the statistics the encoder was trained on for whole boxes;
+    "weighted"            w * f: bins outside the mask are zero (Osprey-style masked pooling, kept on the RoI grid).
+The position term keeps the box. A region without a mask takes exactly the unmasked path (no weight is applied at
+all), so boxes give bitwise the tokens they gave before masks existed.
 
 Position term: the presets (and the embedded default) use an MLP of the four raw coordinates. A linear probe reads
 the box centre from the token (R^2 0.99); the position term carries about 5% of the tokens' variance, the appearance
@@ -25,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from model.config import POSITION_ENCODINGS
+from model.config import MASK_POOLINGS, POSITION_ENCODINGS
+
+Masks = list[list[torch.Tensor | None]] | None  # per image, per box: None (the box) or a [S, S] mask grid
 
 
 def pyramid_layers(num_hidden_states: int, select_layer: int, layer_stride: int, num_levels: int) -> list[int]:
@@ -151,12 +165,53 @@ class RegionEncoder(nn.Module):
         return [roi_align(feat.float(), rois, self.roi_output, spatial_scale=feat.shape[-1] / self.image_size,
                           sampling_ratio=self.sampling_ratio, aligned=True) for feat in levels]
 
-    def forward(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """levels: fused maps [B, C, s, s]; boxes: per image [N_i, 4] normalised xyxy -> per image [N_i, lm_hidden]."""
+    def mask_weights(self, boxes: list[torch.Tensor], masks: Masks) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(indices into the concatenated boxes of the masked regions, their bin coverage [K, 1, out, out]), or None
+        when no region has a mask."""
+        if masks is None:
+            return None
+        if len(masks) != len(boxes) or any(len(m) != len(b) for m, b in zip(masks, boxes)):
+            raise ValueError(f"masks per image {[len(m) for m in masks]} do not match boxes {[len(b) for b in boxes]}")
+        flat = [m for per_image in masks for m in per_image]
+        index = [k for k, m in enumerate(flat) if m is not None]
+        if not index:
+            return None
+        norm = torch.cat(boxes).to(torch.float32)
+        grids = torch.stack([flat[k] for k in index]).to(device=norm.device, dtype=torch.float32)[:, None]
+        side = grids.shape[-1]
+        at = torch.tensor(index, device=norm.device)
+        rois = torch.cat([torch.arange(len(index), device=norm.device, dtype=torch.float32)[:, None],
+                          norm.index_select(0, at) * side], 1)
+        weights = roi_align(grids, rois, self.roi_output, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        return at, weights
+
+    @staticmethod
+    def apply_mask(pooled: torch.Tensor, at: torch.Tensor, weights: torch.Tensor, pooling: str) -> torch.Tensor:
+        """One level's RoI features [N, C, out, out] with the masked rows `at` weighted (see the module docstring);
+        the other rows are left untouched."""
+        f = pooled.index_select(0, at)
+        w = weights.to(f.dtype)
+        if pooling not in MASK_POOLINGS:
+            raise ValueError(f"mask_pooling must be one of {MASK_POOLINGS}, not {pooling!r}")
+        if pooling == "filled":
+            mean = (f * w).sum((2, 3), keepdim=True) / w.sum((2, 3), keepdim=True).clamp_min(1e-6)
+            masked = w * f + (1 - w) * mean
+        else:
+            masked = w * f
+        return pooled.index_copy(0, at, masked)
+
+    def forward(self, levels: list[torch.Tensor], boxes: list[torch.Tensor], masks: Masks = None,
+                mask_pooling: str = "filled") -> list[torch.Tensor]:
+        """levels: fused maps [B, C, s, s]; boxes: per image [N_i, 4] normalised xyxy; masks: None, or per image per
+        box None or a [S, S] mask grid (`model.images.mask_grid`) -> per image [N_i, lm_hidden]."""
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
             return [levels[0].new_zeros(0, self.to_lm.out_features) for _ in boxes]
-        pooled = sum(conv(r.to(feat.dtype)) for conv, r, feat in zip(self.level_convs, self.pool(levels, boxes), levels))
+        rois = self.pool(levels, boxes)
+        masked = self.mask_weights(boxes, masks)
+        if masked is not None:
+            rois = [self.apply_mask(r, *masked, mask_pooling) for r in rois]
+        pooled = sum(conv(r.to(feat.dtype)) for conv, r, feat in zip(self.level_convs, rois, levels))
         x = self.flatten_linear(F.relu(pooled).flatten(1))
         box = torch.cat(boxes).to(x.dtype)
         x = x + self.position(box_features(box) if self.position_encoding == "sinusoidal" else box)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from model.conversation import IGNORE
-from model.data import collate, encode_sample
+from model.data import collate, encode_sample, to_device
 
 STATE_FILE = "progress.json"
 
@@ -135,7 +135,7 @@ def fit(model, params: list, groups: list[dict], steps: int, batch_size: int, wa
         micro = []
         for _ in range(options.grad_accum):
             chunk = [encode_sample(inner, next(share)) for _ in range(batch_size)]
-            micro.append(_to(collate(chunk, inner.tokenizer.pad_token_id), acc.device))
+            micro.append(to_device(collate(chunk, inner.tokenizer.pad_token_id), acc.device))
         tokens = sum(int((mb["labels"][:, 1:] != IGNORE).sum()) for mb in micro)
         total = acc.reduce(torch.tensor(float(tokens), device=acc.device), reduction="sum")
         if float(total) == 0:
@@ -163,16 +163,6 @@ def fit(model, params: list, groups: list[dict], steps: int, batch_size: int, wa
     model = acc.unwrap_model(model)
     model.eval()
     return losses
-
-
-def _to(batch: dict, device) -> dict:
-    def move(v):
-        if v is None:
-            return None
-        if isinstance(v, list):
-            return [move(x) for x in v]
-        return v.to(device)
-    return {k: move(v) for k, v in batch.items()}
 
 
 def _save(acc, state_dir: Path, progress: dict) -> None:

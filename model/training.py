@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from collections import Counter
@@ -31,7 +30,6 @@ import torch
 from model.config import ModelConfig, preset as make_preset
 from model.corpus import (BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples,
                           relations, vocabulary_text)
-from model.data import batches
 from model.mixture import Mixture
 from model.modeling import RegionScribeModel
 from model.trainer import RunOptions, cosine_with_warmup, fit, is_main_process, process_state, resume_point
@@ -48,7 +46,7 @@ class StageConfig:
 
 # model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
 # e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
-RUNTIME_SWITCHES = ("region_format", "use_image_tokens")
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling")
 
 
 @dataclass
@@ -75,6 +73,9 @@ class TrainConfig:
     drill_lr: float = 3e-4
     drill_batch: int = 16
     drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
+    # the share of regions that stage 2 and the drills give as their object's visible mask instead of the box alone, so
+    # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes
+    mask_share: float = 0.0
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     version: str | None = None
     # data sources per stage, "SOURCE:PATH[:WEIGHT]" (model/datasets); empty: the synthetic corpus
@@ -101,16 +102,18 @@ class TrainResult:
     seconds: float
 
 
-def synthetic_stream(stage: int, seed: int, chunk: int = 64) -> Iterator:
-    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes)."""
+def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0) -> Iterator:
+    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes);
+    `mask_share` of the regions come with their object's visible mask (corpus.with_masks)."""
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
-        yield from iter_samples(scenes, stage, seed=seed * 7919 + k)
+        yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
         k += 1
 
 
-def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False) -> Iterator:
+def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,
+                    mask_share: float = 0.0) -> Iterator:
     """Endless single-turn relation questions on `axes` from the train split, shuffled across `chunk` scenes.
 
     balance: per axis, keep only as many questions with the more common answer as there are with the other one.
@@ -122,7 +125,7 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
-        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k))
+        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share))
         random.Random(f"{seed}:{k}").shuffle(samples)
         if balance:
             counts = Counter((s.turns[0].key, s.turns[0].answer) for s in samples)
@@ -364,12 +367,14 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if f"drill{k + 1}" in skip:
             continue
         sc = StageConfig(steps=steps, lr=cfg.drill_lr, batch_size=cfg.drill_batch, warmup=0.0)
-        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance)
+        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance,
+                                 mask_share=cfg.mask_share)
         history[f"drill{k + 1}"] = phase(f"drill{k + 1}", 2, sc, stream, f"drill {'/'.join(axes)}")
     history.setdefault("stage2", [])
     s2 = cfg.stage2
     if s2.steps or s2.epochs:
-        data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data, lambda: synthetic_stream(2, cfg.seed + 1))
+        data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data,
+                              lambda: synthetic_stream(2, cfg.seed + 1, mask_share=cfg.mask_share))
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
             model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))

@@ -28,7 +28,7 @@ def test_shipped_configs_parse_with_label_interface(name):
     rect = next(c for c in interface.controls if c.tag.lower() == "rectanglelabels")
     assert rect.attr.get("smart") == "true"
     config = ProjectConfig.parse(xml)
-    assert config.image_name == "image" and config.image_key == "image" and config.rectangles == ("bbox",)
+    assert config.image_name == "image" and config.image_key == "image" and config.region_controls == ("bbox",)
     assert config.caption == "caption"
 
 
@@ -66,7 +66,7 @@ def test_control_names_come_from_the_config_not_hard_coded():
       </Choices>
     </View>"""
     config = ProjectConfig.parse(xml)
-    assert (config.image_name, config.image_key, config.rectangles) == ("img", "photo", ("box",))
+    assert (config.image_name, config.image_key, config.region_controls) == ("img", "photo", ("box",))
     assert config.caption == "notes" and config.detailed == "long_detail" and config.relation_text is None
     assert config.attributes[0].when_labels == frozenset({"Thing"})
     assert config.asks().attributes == {"material": ["metal", "wood"]}
@@ -74,7 +74,7 @@ def test_control_names_come_from_the_config_not_hard_coded():
 
 @pytest.mark.parametrize("xml, message", [
     ("<View><Image name='i' value='$image'/><Choices name='c' toName='i'><Choice value='a'/></Choices></View>",
-     "no <RectangleLabels>"),
+     "no region tool on an <Image>"),
     ("<View><Image name='i' value='$image'/><RectangleLabels name='b' toName='i'><Label value='x'/>"
      "</RectangleLabels></View>", "nothing for regionscribe"),
     ("<View><Image name='i' value='$image'", "does not parse"),

@@ -155,7 +155,7 @@ def test_a_bad_describe_list_is_a_clear_task_error(redis_client, make_settings, 
     outcomes = wait_for(redis_client, submit(inference_queue(redis_client, settings), bad, settings), timeout=30)
     assert not outcomes[0].ok and "there are 1 boxes" in outcomes[0].message
     assert not outcomes[1].ok and "list of box indices" in outcomes[1].message
-    assert not outcomes[2].ok and "`only` names boxes" in outcomes[2].message
+    assert not outcomes[2].ok and "`describe` names boxes [[0]]" in outcomes[2].message
 
 
 def test_nothing_new_on_the_page_is_an_empty_answer_without_a_job(make_settings):

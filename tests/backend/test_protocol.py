@@ -117,7 +117,7 @@ def test_batch_predict_one_result_per_task_with_per_task_errors(client, h):
         assert item["error"] and item["model_version"]
     assert "does not exist" in errors[2]["error"]
     assert "not a readable image" in errors[3]["error"]
-    assert "no boxes" in errors[4]["error"]
+    assert "no regions" in errors[4]["error"]
     assert "data.image" in errors[5]["error"]
 
 

@@ -10,12 +10,15 @@ interactive ML backend, then
 And: a task whose image the backend may not fetch (a private host not in ALLOWED_HOSTS) gets no prediction while the
 other task of the same batch does.
 
-What the tests expect is read from each config (control names, choice values, taxonomy paths, relation labels), so a
-new config in labeling_configs/ is tested without changes here.
+What the tests expect is read from each config (its first region tool, control names, choice values, taxonomy paths,
+relation labels), so a new config in labeling_configs/ is tested without changes here. A config whose first region
+tool is <PolygonLabels> (region_segments.xml) is drawn with polygons round the same objects: its answers must come
+back under each polygon's id, the polygon itself unchanged.
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import time
@@ -57,7 +60,8 @@ class ConfigSpec:
 
     image: str
     image_key: str
-    rectangle: str
+    region_tool: str  # the name of the config's first region tool (RectangleLabels or PolygonLabels)
+    region_type: str  # its tag in lowercase, the results' `type`
     label: str
     caption: str | None
     relation_text: str | None
@@ -70,7 +74,7 @@ class ConfigSpec:
     def read(cls, xml: str) -> "ConfigSpec":
         root = ET.fromstring(xml)
         image = next(root.iter("Image"))
-        rect = next(root.iter("RectangleLabels"))
+        rect = next(node for node in root.iter() if node.tag in ("RectangleLabels", "PolygonLabels"))
         textareas = [t.attrib["name"] for t in root.iter("TextArea") if t.attrib.get("perRegion") == "true"]
         relation_text = next((n for n in textareas if "relation" in n.lower()), None)
         rest = [n for n in textareas if n != relation_text]
@@ -86,8 +90,8 @@ class ConfigSpec:
 
         relations = list(root.iter("Relations"))
         return cls(
-            image=image.attrib["name"], image_key=image.attrib["value"].lstrip("$"), rectangle=rect.attrib["name"],
-            label=next(rect.iter("Label")).attrib["value"], caption=caption, relation_text=relation_text,
+            image=image.attrib["name"], image_key=image.attrib["value"].lstrip("$"), region_tool=rect.attrib["name"],
+            region_type=rect.tag.lower(), label=next(rect.iter("Label")).attrib["value"], caption=caption, relation_text=relation_text,
             choices={c.attrib["name"]: {ch.attrib["value"] for ch in c.iter("Choice")}
                      for c in root.iter("Choices") if c.attrib.get("perRegion") == "true"},
             taxonomies={t.attrib["name"]: leaf_paths(t) for t in root.iter("Taxonomy")
@@ -97,13 +101,29 @@ class ConfigSpec:
 
 
 def box(spec: ConfigSpec, rid: str, x: float, y: float, w: float, h: float, origin: str | None = "manual") -> dict:
-    """A rectanglelabels result as the labeling UI serializes it."""
-    item = {"id": rid, "type": "rectanglelabels", "from_name": spec.rectangle, "to_name": spec.image,
+    """A region round (x, y, w, h) as the labeling UI serializes it, drawn with the config's region tool: a
+    rectanglelabels box, or a polygonlabels octagon inscribed in that box."""
+    if spec.region_type == "polygonlabels":
+        cx, cy, rx, ry = x + w / 2, y + h / 2, w / 2, h / 2
+        points = [[round(cx + rx * math.cos(2 * math.pi * k / 8), 4), round(cy + ry * math.sin(2 * math.pi * k / 8), 4)]
+                  for k in range(8)]
+        geometry = {"points": points, "closed": True}
+    else:
+        geometry = {"x": x, "y": y, "width": w, "height": h, "rotation": 0}
+    item = {"id": rid, "type": spec.region_type, "from_name": spec.region_tool, "to_name": spec.image,
             "original_width": IMAGE_SIZE[0], "original_height": IMAGE_SIZE[1], "image_rotation": 0,
-            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [spec.label]}}
+            "value": {**geometry, spec.region_type: [spec.label]}}
     if origin:
         item["origin"] = origin
     return item
+
+
+def geometry_of(spec: ConfigSpec, item: dict) -> dict:
+    """The geometry keys of a region result's value (its labels left out), numbers flattened (polygon points)."""
+    def flat(v):
+        return [x for p in v for x in p] if isinstance(v, list) and v and isinstance(v[0], list) else v
+
+    return {k: flat(v) for k, v in item["value"].items() if k != spec.region_type}
 
 
 # the red square and the blue disc of scene_png(), in percent
@@ -218,12 +238,13 @@ def check_region_results(spec: ConfigSpec, results: list[dict], region_ids: list
         items = groups.get(rid)
         assert items, f"{where}: nothing under region id {rid!r}; ids present: {sorted(groups)}"
         kinds = {(i["type"], i["from_name"]) for i in items}
-        assert ("rectanglelabels", spec.rectangle) in kinds, f"{where}: the box {rid} is not in the result: {items}"
+        assert (spec.region_type, spec.region_tool) in kinds, f"{where}: the region {rid} is not in the result: {items}"
         for item in items:
             assert item["to_name"] == spec.image, f"{where}: to_name {item['to_name']!r}: {item}"
             value = item["value"]
-            for key in ("x", "y", "width", "height"):
-                assert 0 <= float(value[key]) <= 100, f"{where}: {key} outside 0..100: {item}"
+            coordinates = [v for point in value["points"] for v in point] if "points" in value else \
+                [value[key] for key in ("x", "y", "width", "height")]
+            assert all(0 <= float(v) <= 100 for v in coordinates), f"{where}: geometry outside 0..100: {item}"
             if "score" in item:
                 assert 0 <= item["score"] <= 1, f"{where}: per-result score outside [0, 1]: {item}"
         if spec.caption:
@@ -317,16 +338,17 @@ def test_interactive_prefill(project: Project, ls_api: LS, backend: Backend, lab
     ids = [d["id"] for d in drawn]
     check_region_results(spec, result, ids, "interactive", relations_expected=False)
 
-    for d in drawn:  # the annotator's own box comes back unchanged, so accepting the suggestion keeps it
-        echoed = [r for r in result if r.get("id") == d["id"] and r["type"] == "rectanglelabels"]
+    for d in drawn:  # the annotator's own region comes back unchanged, so accepting the suggestion keeps it
+        echoed = [r for r in result if r.get("id") == d["id"] and r["type"] == spec.region_type]
         assert len(echoed) == 1, echoed
         assert echoed[0]["value"] == d["value"], (echoed[0], d)
         assert echoed[0]["from_name"] == d["from_name"]
         for item in by_id(result)[d["id"]]:
             assert item["original_width"] == IMAGE_SIZE[0] and item["original_height"] == IMAGE_SIZE[1], item
-            if item["type"] != "rectanglelabels":  # per-region results repeat the box geometry
-                for key in ("x", "y", "width", "height"):
-                    assert item["value"][key] == pytest.approx(d["value"][key]), item
+            if item["type"] != spec.region_type:  # per-region results repeat the region's geometry
+                got = geometry_of(spec, item)
+                for key, want in geometry_of(spec, d).items():
+                    assert got[key] == pytest.approx(want), item
     errors = sdk_validate(project.xml, {"result": result, "score": data.get("score", 0.5),
                                         "model_version": data["model_version"]})
     assert not errors, errors
@@ -362,10 +384,11 @@ def test_batch_retrieve_predictions(project: Project, ls_api: LS, backend: Backe
     assert pred["score"] is not None and 0 <= pred["score"] <= 1, pred
     check_region_results(spec, pred["result"], ["annBox01", "annBox02"], "batch")
     for b in boxes:
-        stored = [r for r in pred["result"] if r.get("id") == b["id"] and r["type"] == "rectanglelabels"][0]
-        for key in ("x", "y", "width", "height"):
-            assert stored["value"][key] == pytest.approx(b["value"][key]), stored
-        assert stored["value"]["rectanglelabels"] == [spec.label]
+        stored = [r for r in pred["result"] if r.get("id") == b["id"] and r["type"] == spec.region_type][0]
+        got = geometry_of(spec, stored)
+        for key, want in geometry_of(spec, b).items():
+            assert got[key] == pytest.approx(want), stored
+        assert stored["value"][spec.region_type] == [spec.label]
     errors = sdk_validate(project.xml, {"result": pred["result"], "score": pred["score"],
                                         "model_version": pred["model_version"]})
     assert not errors, errors
@@ -412,6 +435,44 @@ def test_unfetchable_image_gets_no_prediction(ls_api: LS, backend: Backend, e2e_
     assert ls_api.predictions(bad_id) == [], "a prediction was stored for the task whose image may not be fetched"
     log = backend.web.log.read_text(errors="replace")
     assert "10.255.77.1" in log, "the backend did not log why the private-host image was refused"
+
+
+def test_shapes_project_brush_and_broken_polygon(ls_api: LS, backend: Backend, e2e_logs):
+    """region_segments.xml through Label Studio: a brush mask (Label Studio's RLE) and a polygon are described
+    under their own ids, while a 2-point polygon drawn with them gets its own error in `region_errors`."""
+    import numpy as np
+
+    from backend.shapes import Shape
+
+    xml = (CONFIGS / "region_segments.xml").read_text()
+    spec = ConfigSpec.read(xml)
+    pid = create_project(ls_api, "e2e shapes with errors", xml)
+    tid, _ = upload_png(ls_api, pid)
+    ml = connect(ls_api, pid, backend)
+    mask = np.zeros(IMAGE_SIZE[::-1], bool)
+    mask[50:100, 90:140] = True  # the blue disc's square
+    common = {"to_name": spec.image, "original_width": IMAGE_SIZE[0], "original_height": IMAGE_SIZE[1],
+              "image_rotation": 0, "origin": "manual"}
+    painted = {**common, "id": "brush01", "type": "brushlabels", "from_name": "paint",
+               "value": {"format": "rle", "rle": list(Shape.from_mask(mask).rle), "brushlabels": [spec.label]}}
+    broken = {**common, "id": "line01", "type": "polygonlabels", "from_name": spec.region_tool,
+              "value": {"points": [[10, 10], [40, 40]], "closed": True, "polygonlabels": [spec.label]}}
+    drawn = [box(spec, "poly01", *RED), painted, broken]
+    body = ls_api.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                       json={"task": tid, "context": {"result": drawn}})
+    data = body.get("data") or {}
+    assert "error" not in data, f"the backend answered an error: {data}"
+    groups = by_id(data["result"])
+    assert set(groups) == {"poly01", "brush01"}, sorted(groups)
+    for rid in ("poly01", "brush01"):
+        captions = [i for i in groups[rid] if i["from_name"] == spec.caption]
+        assert len(captions) == 1 and captions[0]["value"]["text"][0].strip(), groups[rid]
+    echoed = next(i for i in groups["brush01"] if i["type"] == "brushlabels")
+    assert echoed["value"]["rle"] == painted["value"]["rle"]
+    assert [e["id"] for e in data.get("region_errors", [])] == ["line01"], data.get("region_errors")
+    assert "needs at least 3" in data["region_errors"][0]["error"]
+    assert not sdk_validate(xml, {"result": data["result"], "score": data.get("score", 0.5),
+                                  "model_version": data["model_version"]})
 
 
 def tail(path: Path, chars: int) -> str:

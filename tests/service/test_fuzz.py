@@ -33,6 +33,7 @@ from backend.store import Store
 ROOT = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("REGIONSCRIBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 XML = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
+SEGMENTS_XML = (ROOT / "labeling_configs" / "region_segments.xml").read_text()
 
 
 def fuzz(examples: int):
@@ -46,7 +47,8 @@ def fuzz(examples: int):
 KEYS = ["tasks", "params", "context", "result", "id", "data", "image", "annotations", "drafts", "predictions",
         "value", "x", "y", "width", "height", "rotation", "type", "from_name", "to_name", "rectanglelabels",
         "original_width", "original_height", "image_rotation", "action", "annotation", "task", "project",
-        "label_config", "completed_by", "was_cancelled", "updated_at", "text", "choices", "taxonomy"]
+        "label_config", "completed_by", "was_cancelled", "updated_at", "text", "choices", "taxonomy", "points",
+        "polygonlabels", "rle", "format", "brushlabels", "radiusX", "radiusY", "ellipselabels"]
 ANY_CHAR = st.characters(exclude_categories=())  # unpaired surrogates included
 SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(ANY_CHAR, max_size=12)
            | st.sampled_from(["", "0", "12", "1.5", "1e400", "NaN", "\x00", "rectanglelabels", "bbox", "image",
@@ -130,6 +132,29 @@ def box(rid: str, x=10.0, y=10.0, w=30.0, h=30.0) -> dict:
             "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["Object"]}}
 
 
+def shapes(prefix: str) -> list[dict]:
+    """A polygon, a brush mask (Label Studio's RLE of a 96x64 image) and an ellipse, with a caption each."""
+    import numpy as np
+
+    from backend.shapes import Shape
+
+    mask = np.zeros((64, 96), bool)
+    mask[20:52, 56:88] = True
+    common = {"to_name": "image", "origin": "manual", "original_width": 96, "original_height": 64,
+              "image_rotation": 0}
+    out = []
+    for rid, name, kind, geometry in (
+            (f"{prefix}p", "outline", "polygonlabels", {"points": [[8, 12], [42, 12], [42, 62], [8, 62]],
+                                                       "closed": True}),
+            (f"{prefix}b", "paint", "brushlabels", {"format": "rle", "rle": list(Shape.from_mask(mask).rle)}),
+            (f"{prefix}e", "ellipse", "ellipselabels", {"x": 50, "y": 50, "radiusX": 10, "radiusY": 20,
+                                                        "rotation": 15})):
+        out.append({**common, "id": rid, "from_name": name, "type": kind, "value": {**geometry, kind: ["Object"]}})
+        out.append({**common, "id": rid, "from_name": "caption", "type": "textarea",
+                    "value": {**geometry, "text": ["a thing"]}})
+    return out
+
+
 def per_region(rid: str, from_name: str, kind: str, key: str, values) -> dict:
     return {"id": rid, "from_name": from_name, "to_name": "image", "type": kind, "origin": "manual",
             "original_width": 96, "original_height": 64, "image_rotation": 0,
@@ -147,7 +172,12 @@ def predict_payloads(image: str) -> list[dict]:
     interactive = {"tasks": [{"id": 11, "data": {"image": image}}], "model_version": "", "project": "3.1714564800",
                    "label_config": XML, "params": {"login": None, "password": None, "context": {
                        "result": [box("i1", 20, 20, 25, 25)], "is_positive": True}}}
-    return [batch, interactive]
+    shaped = {"tasks": [{"id": 13, "data": {"image": image}, "annotations": [
+                  {"id": 6, "result": shapes("a"), "was_cancelled": False,
+                   "updated_at": "2024-05-01T12:00:00.000000Z"}]}],
+              "model_version": "tiny-untrained-0", "project": "3.1714564800", "label_config": SEGMENTS_XML,
+              "params": {"login": None, "password": None, "context": None}}
+    return [batch, interactive, shaped]
 
 
 def webhook_payloads() -> list[dict]:
@@ -171,7 +201,11 @@ def webhook_payloads() -> list[dict]:
     deleted = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 501}, {"id": 502}],
                "project": {"id": 9, "title": "regions"}}
     training = {"action": "START_TRAINING", "project": {"id": 9, "title": "regions"}}
-    return [created, updated, deleted, training]
+    shaped = copy.deepcopy(created)
+    shaped["annotation"].update(id=601, result=shapes("s"), task=72)
+    shaped["task"]["id"] = 72
+    shaped["project"]["label_config"] = SEGMENTS_XML
+    return [created, updated, deleted, training, shaped]
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
