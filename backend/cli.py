@@ -10,6 +10,7 @@
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
     regionscribe export  curated region-text datasets from the feedback store (conversations, vg, coco, hf)
     regionscribe sync    bring the feedback store in line with Label Studio (annotations the webhook missed)
+    regionscribe convert gpt4roi  GPT4RoI's released checkpoint (or delta + LLaMA-7B) -> a regionscribe checkpoint
 """
 from __future__ import annotations
 
@@ -69,6 +70,31 @@ def _train(args: argparse.Namespace) -> int:
         (result.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         summary["metrics"] = metrics
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _convert_gpt4roi(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.gpt4roi import ConversionError, convert
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, disable=args.quiet,
+                                                              file=sys.stderr))
+        bar.n = done
+        bar.refresh()
+
+    try:
+        out = convert(args.checkpoint, args.vision, args.out, delta_base=args.delta_base,
+                      max_shard_bytes=int(args.shard_size * 1024 ** 3), version=args.version, progress=progress)
+    except (ConversionError, FileNotFoundError) as exc:
+        raise SystemExit(f"regionscribe convert gpt4roi: {exc}") from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(json.dumps({"checkpoint": str(out)}))
     return 0
 
 
@@ -329,6 +355,20 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--json", action="store_true", help="print the counts as JSON")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(func=_sync)
+
+    c = sub.add_parser("convert", help="convert a released checkpoint into a regionscribe checkpoint")
+    csub = c.add_subparsers(dest="source", required=True)
+    g = csub.add_parser("gpt4roi", help="GPT4RoI-7B (jshilong/GPT4RoI): its HF-sharded .bin or safetensors folder")
+    g.add_argument("checkpoint", help="GPT4RoI's folder (config.json, shards and index, tokenizer)")
+    g.add_argument("--vision", required=True, help="local CLIP ViT-L/14 folder (openai/clip-vit-large-patch14); "
+                                                   "its vision weights are copied into OUT")
+    g.add_argument("--out", required=True, help="folder to create (written beside it, renamed at the end)")
+    g.add_argument("--delta-base", default=None, metavar="DIR",
+                   help="LLaMA-7B v1 HF folder: CHECKPOINT is GPT4RoI's released delta, applied here shard by shard")
+    g.add_argument("--shard-size", type=float, default=2.0, help="GiB per output shard")
+    g.add_argument("--version", default=None, help="model_version to record (default: gpt4roi-<source name>)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.set_defaults(func=_convert_gpt4roi)
     return p
 
 

@@ -187,7 +187,8 @@ def check_registry(settings: Settings) -> Check:
     detail = f"{root}: {len(versions)} version(s)"
     if named is not None:
         folder = versions_dir / named
-        if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
+        if not ((folder / "config.json").is_file() and ((folder / "model.safetensors").is_file()
+                                                        or (folder / "model.safetensors.index.json").is_file())):
             return Check("registry", FAIL, detail + f"; `current` names {named!r}, which is not a complete version",
                          "point `current` at a complete version (model.registry.Registry(REGISTRY_DIR)"
                          ".set_current(VERSION), the rollback) or remove the `current` file to serve the base "
@@ -235,6 +236,8 @@ def check_model(settings: Settings, connection, load: bool) -> Check:
         path, source = _default_checkpoint(), "the embedded default"
     config = path / "config.json"
     weights = path / "model.safetensors"
+    if not weights.is_file() and (path / "model.safetensors.index.json").is_file():  # sharded (real-size models)
+        weights = path / "model.safetensors.index.json"
     if not path.is_dir() or not config.is_file() or not weights.is_file():
         missing = "the folder" if not path.is_dir() else ", ".join(p.name for p in (config, weights) if not p.is_file())
         if announced:

@@ -56,6 +56,9 @@ class ModelConfig:
     lm_config: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # peft LoraConfig kwargs for stage 2, e.g. {"r": 16, "target_modules": [...]}
     system_prompt: str | None = None  # None: GPT4RoI's (LLaVA v0) system prompt
+    # decoding also stops where the answer's text reaches this string, cut off there (GPT4RoI: "###", the next turn's
+    # separator: its LLaVA v0 training never ended an answer with </s>); None: the EOS token alone
+    stop_string: str | None = None
     max_length: int = 512
     dtype: str = "float32"  # compute dtype for the vision tower and LM ("bfloat16" on GPUs)
 
@@ -121,7 +124,30 @@ def real(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
-PRESETS = {"tiny": tiny}
+# CLIP ViT-L/14 at 224 px (openai/clip-vit-large-patch14's vision config) and LLaMA-7B v1: GPT4RoI's parts
+CLIP_VIT_L14 = dict(image_size=224, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                    num_attention_heads=16, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False)
+
+
+def gpt4roi(**overrides: Any) -> ModelConfig:
+    """GPT4RoI-7B's exact shape (jshilong/GPT4RoI, spi_llava.py and layers.py): CLIP ViT-L/14 frozen at 224 px,
+    256 image tokens from hidden state -2 through one Linear, region levels at hidden states 14/17/20/23 fused
+    at 1,024 channels over 5 shuffle rounds (GroupNorm 64), RoIAlign 14, the position MLP 4->256->1024 with its
+    LayerNorms, LLaMA-7B with 32,006 tokens. `regionscribe convert gpt4roi` fills it with the released weights;
+    built from this preset alone its weights are random (the GPU benchmark's shape)."""
+    cfg = ModelConfig(
+        preset="gpt4roi", vision_type="clip", vision_config=dict(CLIP_VIT_L14), freeze_vision=True, image_size=224,
+        select_layer=-2, num_levels=4, layer_stride=3, fuse_channels=1024, num_fuse=5, gn_groups=64, roi_output=14,
+        roi_sampling_ratio=2, region_hidden=1024, position_hidden=256, position_encoding="coordinates",
+        use_image_tokens=True, image_token_grid=None, region_format="features", lm_config=dict(LLAMA_7B),
+        system_prompt=None, stop_string="###", max_length=2048, dtype="bfloat16",
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+PRESETS = {"tiny": tiny, "gpt4roi": gpt4roi}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
