@@ -22,7 +22,7 @@ shape and (with a delta base) base key is checked from the files' headers before
 
 Delta (`delta_base`, GPT4RoI's scripts/apply_delta.py rules): for every delta key the base's weight of the same name is
 added; `mm_projector.*` and `spi_module.*` are absolute; embed_tokens and lm_head add the base into their first rows
-(the six added tokens' rows are absolute). The sum is taken in float32 and stored in the delta's dtype.
+(the six added tokens' rows are absolute). The sum is taken in the delta's dtype, as the script does.
 """
 from __future__ import annotations
 
@@ -164,13 +164,15 @@ def _expected_shapes(model_config, tokenizer, vision_config, lm_cfg) -> dict[str
 
 
 def _tower_keys(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> tuple[dict, list, list]:
-    """The CLIP folder's vision weights (a CLIPModel's or a CLIPVisionModel's: `vision_model.*`; the text side is
-    skipped) -> (regionscribe name -> source key, missing, misshaped)."""
+    """The CLIP folder's vision weights -> (regionscribe name -> source key, missing, misshaped). A CLIPModel folder
+    (openai's) or an older CLIPVisionModel save names them `vision_model.*` (the text side is skipped); transformers
+    5 saves a CLIPVisionModel's without the prefix."""
+    prefix = "vision_model." if any(k.startswith("vision_model.") for k in shapes) else ""
     names, misshaped = {}, []
     for key, shape in shapes.items():
-        if not key.startswith("vision_model.") or key.endswith("position_ids"):  # text side; an old saved buffer
+        if not key.startswith(prefix) or key.endswith("position_ids"):  # text side; an old saved buffer
             continue
-        name = "vision." + key[len("vision_model."):]  # transformers 5's CLIPVisionModel has no vision_model level
+        name = "vision." + key[len(prefix):]
         if name not in expected:
             misshaped.append(f"{key} (not in a CLIP vision tower)")
         elif tuple(shape) != expected[name]:
@@ -243,13 +245,14 @@ class _Base:
 
 
 def apply_delta(key: str, delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """GPT4RoI's apply_delta for one tensor (not for the absolute mm_projector/spi_module keys)."""
-    out = delta.float().clone()
+    """GPT4RoI's apply_delta for one tensor (not for the absolute mm_projector/spi_module keys): the base added in the
+    delta's dtype, as its script does (`param.data += base`); into the first rows for embed_tokens and lm_head."""
+    out = delta.clone()
     if base.shape == delta.shape:
-        out += base.float()
+        out += base.to(out.dtype)
     else:  # embed_tokens / lm_head: the base's rows, the added tokens' rows stay absolute
-        out[tuple(slice(0, n) for n in base.shape)] += base.float()
-    return out.to(delta.dtype)
+        out[tuple(slice(0, n) for n in base.shape)] += base.to(out.dtype)
+    return out
 
 
 def convert(source: str | Path, vision: str | Path, out: str | Path, delta_base: str | Path | None = None,
@@ -312,6 +315,8 @@ def convert(source: str | Path, vision: str | Path, out: str | Path, delta_base:
                 tensor = shard.get(key)
                 if base is not None and not ABSOLUTE.match(key):
                     tensor = apply_delta(key, tensor, base.get(key))
+                else:  # a copy: the memory-mapped shard's pages are released when it closes, not at the next flush
+                    tensor = tensor.clone()
                 writer.add(target_name(key), tensor)
             shard.close()
             if progress:

@@ -26,6 +26,22 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 DEFAULT_SHARD_BYTES = 2 * 1024 ** 3  # HF's default cap is 5 GB; 2 GB keeps a loader's peak low
 
 
+def release_memory() -> None:
+    """Give freed heap memory back to the OS. glibc keeps big freed blocks in its heap (its mmap threshold grows
+    after the first big free), so without this each written shard's tensors stay resident as dead weight."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def shard_files(folder: str | Path) -> list[Path]:
     """The weight files of a checkpoint folder, in index order (one file for an unsharded checkpoint)."""
     folder = Path(folder)
@@ -87,6 +103,7 @@ class Shard:
         """Unmap the file (the pages read so far stop counting as this process' memory)."""
         self._bin = None
         self._safe = None
+        release_memory()
 
 
 def iter_state(folder: str | Path) -> Iterator[dict[str, torch.Tensor]]:
@@ -124,6 +141,7 @@ class ShardWriter:
         save_file(self._pending, str(path), metadata={"format": "pt"})
         self._written.append((path, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
+        release_memory()
 
     def finish(self) -> list[Path]:
         """Name the shards and write the index. Returns the weight files."""
