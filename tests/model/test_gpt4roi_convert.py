@@ -361,3 +361,23 @@ def test_preset_has_gpt4roi_exact_shape():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(model.region_encoder) == 299_142_912
     assert count(model) - count(model.vision) == 7_041_806_080
+
+
+def test_greedy_stops_where_the_stop_check_says():
+    """GPT4RoI's answers end at "###" (no </s>): greedy stops a row once its text reaches the stop string."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model.generation import State, extend, greedy, last_logits
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, **LM)).eval()
+    emb = lm.get_input_embeddings()
+    ids = torch.tensor([[1, 5, 6, 7], [1, 9, 8, 3]])
+    lengths = torch.tensor([4, 4])
+    state, logits = extend(lm, State.empty(2, torch.device("cpu")), emb(ids), lengths)
+    free = greedy(lm, emb, state, last_logits(logits, lengths), set(), 8)
+    assert [len(t) for t in free.tokens] == [8, 8] and not any(free.stopped)
+    marker = free.tokens[0][2]  # row 0 stops at its third token; row 1 runs on unless it meets the same token
+    stopped = greedy(lm, emb, state, last_logits(logits, lengths), set(), 8,
+                     stop_when=lambda toks: toks[-1] == marker and len(toks) >= 3)
+    assert stopped.tokens[0] == free.tokens[0][:3] and stopped.stopped[0]
