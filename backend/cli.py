@@ -1,6 +1,7 @@
 """`regionscribe`: thin command line over importable functions.
 
-    regionscribe train   two-stage tuning of a preset on the synthetic corpus -> an HF-shaped checkpoint
+    regionscribe train   two-stage tuning of a preset (or --vision PATH --lm PATH) on the synthetic corpus -> an
+                         HF-shaped checkpoint
     regionscribe eval    metrics of a checkpoint on a split of the synthetic corpus (--json)
     regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
     regionscribe serve   the web server (gunicorn) only
@@ -48,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     try:
         cfg = TrainConfig(
-            out=args.out, preset=args.preset, init=args.init, seed=args.seed,
+            out=args.out, preset=args.preset, init=args.init, seed=args.seed, vision=args.vision, lm=args.lm,
             stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
             stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size),
             stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size),
@@ -56,7 +57,10 @@ def _train(args: argparse.Namespace) -> int:
             visual_lr_scale=args.visual_lr_scale,
             drills=[_drill(d) for d in args.drill or []], drill_lr=args.drill_lr, drill_balance=args.drill_balance,
         )
-    except ValueError as exc:  # model overrides that an --init checkpoint cannot take
+        if args.vision and args.lm:  # the folders are checked before anything is loaded
+            from model.config import from_parts
+            from_parts(args.vision, args.lm, **overrides)
+    except ValueError as exc:  # model overrides that an --init checkpoint cannot take; folders that are no tower/LM
         raise SystemExit(f"regionscribe train: {exc}") from None
     result = train(cfg, progress=not args.quiet)
     summary = {"checkpoint": str(result.path), "seconds": round(result.seconds, 1),
@@ -252,6 +256,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/tiny", help="checkpoint folder to write")
     t.add_argument("--preset", default="tiny")
     t.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh preset")
+    t.add_argument("--vision", default=None, metavar="PATH",
+                   help="a local HF CLIP or SigLIP vision tower (frozen; copied into the checkpoint), with --lm")
+    t.add_argument("--lm", default=None, metavar="PATH",
+                   help="a local HF causal LM with its tokenizer (Llama, Qwen2/3, Mistral, ...), with --vision")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--stage0-steps", type=int, default=400,
                    help="vision pretraining steps (only for a tower built from scratch, as in the tiny preset)")

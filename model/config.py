@@ -115,11 +115,50 @@ def real(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
 
     vision_path: any HF CLIP/SigLIP vision tower (e.g. a local clip-vit-large-patch14); lm_path: any HF causal LM
     (e.g. a local Vicuna/Llama/Qwen). The tower is frozen; stage 2 trains the LM fully or with LoRA.
+    The region module's widths follow the tower's and the LM's (`from_parts`): for CLIP ViT-L and a 7B LM they are
+    fuse 256, region 1024, position 256, RoIAlign 14.
     """
+    return from_parts(vision_path, lm_path, **overrides)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def from_parts(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
+    """The config of `regionscribe train --vision PATH --lm PATH`: a pretrained HF vision tower (CLIP or SigLIP,
+    frozen) and a pretrained HF causal LM (Llama, Qwen2/3, Mistral, ... anything AutoModelForCausalLM loads).
+
+    GPT4RoI's pyramid (hidden state -2 and every third one below it, up to 4 levels; fewer for a shallower tower) and
+    region module, its widths scaled to the parts: fuse channels min(256, tower width), region width min(1024, LM
+    width), position MLP a quarter of that, RoIAlign 14 on a patch grid of 14 or more (7 below). Image size, mean and
+    std are the tower's (its preprocessor_config.json, else CLIP's or SigLIP's defaults)."""
+    vision, lm = Path(vision_path), Path(lm_path)
+    for what, folder in (("--vision", vision), ("--lm", lm)):
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{what} {folder}: not an HF model folder (no config.json)")
+    vcfg = _read_json(vision / "config.json")
+    kind = vcfg.get("model_type", "")
+    if kind in ("clip", "siglip", "siglip2"):
+        vcfg = vcfg.get("vision_config", vcfg)  # a full CLIP/SigLIP folder: the vision side
+    elif kind not in ("clip_vision_model", "siglip_vision_model"):
+        raise ValueError(f"--vision {vision}: a CLIP or SigLIP tower is needed, not model_type {kind!r}")
+    siglip = "siglip" in kind
+    lcfg = _read_json(lm / "config.json")
+    layers, width = vcfg.get("num_hidden_layers", 12), vcfg.get("hidden_size", 768)
+    image_size, patch = vcfg.get("image_size", 224), vcfg.get("patch_size", 16)
+    levels = max(1, min(4, (layers - 1) // 3 + 1))
+    fuse = min(256, width - width % 8)
+    region = min(1024, lcfg.get("hidden_size", 1024))
+    pre = _read_json(vision / "preprocessor_config.json")
+    mean = tuple(pre.get("image_mean", (0.5, 0.5, 0.5) if siglip else ModelConfig.image_mean))
+    std = tuple(pre.get("image_std", (0.5, 0.5, 0.5) if siglip else ModelConfig.image_std))
     cfg = ModelConfig(
-        preset="real", vision_path=vision_path, lm_path=lm_path, image_size=224, select_layer=-2,
-        num_levels=4, layer_stride=3, fuse_channels=256, num_fuse=3, gn_groups=32, roi_output=14,
-        region_hidden=1024, position_hidden=256, max_length=2048, dtype="bfloat16",
+        preset="parts", vision_path=str(vision), lm_path=str(lm), vision_type="siglip" if siglip else "clip",
+        image_size=image_size, image_mean=mean, image_std=std, select_layer=-2 if layers > 1 else -1,
+        num_levels=levels, layer_stride=3, fuse_channels=fuse, num_fuse=3, gn_groups=min(32, fuse // 8),
+        roi_output=14 if image_size // patch >= 14 else 7, region_hidden=region, position_hidden=max(4, region // 4),
+        max_length=min(2048, lcfg.get("max_position_embeddings", 2048)), dtype="bfloat16",
     )
     return dataclasses.replace(cfg, **overrides)
 

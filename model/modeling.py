@@ -40,7 +40,7 @@ def build_vision(config: ModelConfig, saved: dict[str, Any] | None = None) -> nn
     if config.vision_path and saved is None:
         kind = AutoConfig.from_pretrained(config.vision_path).model_type
         cls = SiglipVisionModel if "siglip" in kind else CLIPVisionModel
-        return cls.from_pretrained(config.vision_path)
+        return cls.from_pretrained(config.vision_path, dtype=torch.float32)
     if saved is not None:
         hf = _hf_config(saved)
     elif config.vision_type == "siglip":
@@ -57,7 +57,7 @@ def build_lm(config: ModelConfig, vocab_size: int, saved: dict[str, Any] | None 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     if config.lm_path and saved is None:
-        return AutoModelForCausalLM.from_pretrained(config.lm_path)
+        return AutoModelForCausalLM.from_pretrained(config.lm_path, dtype=torch.float32)
     hf = _hf_config(saved) if saved is not None else LlamaConfig(vocab_size=vocab_size, **config.lm_config)
     return AutoModelForCausalLM.from_config(hf)
 
@@ -208,11 +208,10 @@ class RegionScribeModel(nn.Module):
         (model-0000i-of-0000N.safetensors and model.safetensors.index.json)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        skip_vision = bool(self.config.vision_path) and self.config.frozen_vision()
+        # the tower is always copied in, a pretrained frozen one too: the folder stays valid when it (or the tower's
+        # folder, or the working directory) moves; config.vision_path only records where it came from
         state, seen = {}, set()
         for name, tensor in self.state_dict().items():
-            if skip_vision and name.startswith("vision."):
-                continue
             if tensor.data_ptr() in seen:  # tied weights are stored once
                 continue
             seen.add(tensor.data_ptr())
@@ -223,7 +222,7 @@ class RegionScribeModel(nn.Module):
         for stale in [path / WEIGHTS, path / SAFE_INDEX, *path.glob("model-*-of-*.safetensors")]:
             stale.unlink(missing_ok=True)
         save_state(path, state, max_shard_bytes)
-        write_config(path, self.config, None if skip_vision else self.vision.config.to_dict(),
+        write_config(path, self.config, self.vision.config.to_dict(),
                      self.lm.config.to_dict(), metadata)
         self.tokenizer.save_pretrained(str(path))
 

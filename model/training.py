@@ -52,6 +52,9 @@ RUNTIME_SWITCHES = ("region_format", "use_image_tokens")
 class TrainConfig:
     out: str = "runs/tiny"
     preset: str = "tiny"
+    # a pretrained HF vision tower (CLIP/SigLIP) and causal LM from local folders instead of a preset (from_parts)
+    vision: str | None = None
+    lm: str | None = None
     init: str | None = None  # start from this checkpoint instead of a fresh preset (the feedback loop does)
     seed: int = 0
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3))
@@ -76,6 +79,10 @@ class TrainConfig:
     version: str | None = None
 
     def __post_init__(self) -> None:
+        if bool(self.vision) != bool(self.lm):
+            raise ValueError("--vision and --lm go together (a tower and an LM from local HF folders)")
+        if self.vision and self.init:
+            raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
         if self.init and fixed:  # refused before anything is loaded or built
             raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
@@ -134,6 +141,17 @@ def new_model(cfg: TrainConfig) -> RegionScribeModel:
     from model.tokenizer import train_tokenizer
 
     torch.manual_seed(cfg.seed)
+    if cfg.vision:
+        from transformers import AutoTokenizer, PretrainedConfig
+
+        from model.config import from_parts
+
+        mcfg = from_parts(cfg.vision, cfg.lm, **cfg.model_overrides)
+        try:  # the LM's own tokenizer; the region tokens are added (and the LM's embeddings grown) by the model
+            tokenizer = AutoTokenizer.from_pretrained(cfg.lm, config=PretrainedConfig())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--lm {cfg.lm}: no loadable tokenizer ({exc})") from None
+        return RegionScribeModel(mcfg, tokenizer)
     mcfg: ModelConfig = make_preset(cfg.preset, **cfg.model_overrides)
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
 
@@ -260,7 +278,9 @@ def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: It
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()  # bf16 autocast on CUDA for the configs that ask for it, fp32 on the CPU
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and model.config.dtype == "bfloat16"
+                              else "no")
     params = set_trainable(model, stage)
     lm_params = {id(p) for p in model.lm.parameters()}
     groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
@@ -328,8 +348,13 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     history["stage2"] = []
     if cfg.stage2.steps:
         if cfg.lora:
+            import warnings
+
             from peft import LoraConfig, get_peft_model
-            model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
+            with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question: not ours to fix
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
         data = stage2_data if stage2_data is not None else synthetic_stream(2, cfg.seed + 1)
         history["stage2"] = run_stage(model, 2, cfg.stage2, data, cfg.weight_decay, cfg.grad_clip, progress,
                                       visual_lr_scale=cfg.visual_lr_scale)
@@ -338,10 +363,10 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
             model.config.lora = None
     seconds = time.time() - start
     out = Path(cfg.out)
-    version = cfg.version or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    version = cfg.version or f"{model.config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     meta = {
         "version": version,
-        "preset": cfg.preset,
+        "preset": model.config.preset,
         "train_config": cfg.to_dict(),
         "train_seconds": round(seconds, 1),
         "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in history.items()},
