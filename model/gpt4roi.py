@@ -294,6 +294,9 @@ def convert(source: str | Path, vision: str | Path, out: str | Path, delta_base:
         fuse_channels=plan["fuse_channels"], num_levels=plan["num_levels"], num_fuse=plan["num_fuse"],
         roi_output=plan["roi_output"], region_hidden=plan["region_hidden"],
         position_hidden=plan["position_hidden"], lm_config=lm_dims,
+        # where the parts came from (the weights are all in the output): a pretrained LM, so the feedback loop
+        # trains LoRA adapters on it (backend/training_job.py)
+        vision_path=str(vision), lm_path=str(source),
     )
     expected = _expected_shapes(model_config, tokenizer, vision_config, lm_cfg)
     base = _Base(Path(delta_base)) if delta_base else None

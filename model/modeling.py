@@ -231,6 +231,10 @@ class RegionScribeModel(nn.Module):
         from transformers import AutoTokenizer, PretrainedConfig
 
         path = Path(path)
+        from model import adapters
+
+        if adapters.is_adapter_version(path):  # a LoRA adapter version over a base checkpoint (model/adapters.py)
+            return adapters.load(path, device=device)
         if not (path / CONFIG).is_file() or not is_checkpoint_weights(path):
             raise FileNotFoundError(f"{path} is not a regionscribe checkpoint (needs {CONFIG} and {WEIGHTS} "
                                     f"or {SAFE_INDEX} with its shards)")

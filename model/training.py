@@ -76,6 +76,10 @@ class TrainConfig:
     drill_batch: int = 16
     drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
+    # save the run as a LoRA adapter version over this base checkpoint (model/adapters.py) instead of a full copy;
+    # needs `lora`. An --init that is itself an adapter version continues its adapter.
+    adapter_base: str | None = None
+    freeze_visual: bool = False  # stage 2 trains the LM alone (region encoder and projector stay as they are)
     version: str | None = None
 
     def __post_init__(self) -> None:
@@ -135,6 +139,14 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
         else:
             yield from samples
         k += 1
+
+
+def saw_synthetic(metadata: dict[str, Any]) -> bool:
+    """Whether a checkpoint was trained on the synthetic corpus (its metadata says so; checkpoints from before the
+    flag say it by their data or their preset). A converted GPT4RoI or an untrained tower + LM did not."""
+    if "synthetic_corpus" in metadata:
+        return bool(metadata["synthetic_corpus"])
+    return str(metadata.get("data", "")).startswith("synthetic corpus") or metadata.get("preset") == "tiny"
 
 
 def new_model(cfg: TrainConfig) -> RegionScribeModel:
@@ -246,9 +258,9 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     return losses
 
 
-def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Parameter]:
+def set_trainable(model: RegionScribeModel, stage: int, freeze_visual: bool = False) -> list[torch.nn.Parameter]:
     model.requires_grad_(False)
-    parts = [model.region_encoder, model.projector]
+    parts = [] if freeze_visual else [model.region_encoder, model.projector]
     if not model.config.frozen_vision():
         parts.append(model.vision)
     if stage == 2:
@@ -274,14 +286,14 @@ def cosine_with_warmup(optimizer, warmup: int, total: int):
 
 def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: Iterable, weight_decay: float = 0.0,
               grad_clip: float = 0.0, progress: bool = True, log: Callable[[str], None] | None = None,
-              visual_lr_scale: float = 1.0, name: str | None = None) -> list[float]:
+              visual_lr_scale: float = 1.0, name: str | None = None, freeze_visual: bool = False) -> list[float]:
     from accelerate import Accelerator
     from tqdm import tqdm
 
     cuda = torch.cuda.is_available()  # bf16 autocast on CUDA for the configs that ask for it, fp32 on the CPU
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and model.config.dtype == "bfloat16"
                               else "no")
-    params = set_trainable(model, stage)
+    params = set_trainable(model, stage, freeze_visual)
     lm_params = {id(p) for p in model.lm.parameters()}
     groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
               {"params": [p for p in params if id(p) not in lm_params], "lr": sc.lr * visual_lr_scale}]
@@ -323,13 +335,22 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.init:
+    from model import adapters
+
+    if cfg.adapter_base and not cfg.lora:
+        raise ValueError("adapter_base needs lora (the adapter's LoraConfig)")
+    if cfg.init and cfg.adapter_base and adapters.is_adapter_version(cfg.init):
+        model = adapters.load(cfg.init, trainable=True)  # the same adapter trained further: base + one adapter
+        apply_switches(model, cfg.model_overrides)
+    elif cfg.init:
         model = RegionScribeModel.from_pretrained(cfg.init)
         apply_switches(model, cfg.model_overrides)
     else:
         model = new_model(cfg)
+    if cfg.adapter_base and not model.config.lora:
+        adapters.attach(model, cfg.lora)
     if cfg.lora:
-        model.config.lora = cfg.lora
+        model.config.lora = model.config.lora or cfg.lora
     history: dict[str, list[float]] = {"stage0": [], "stage1": []}  # in the order the phases run
     if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision():
         if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
@@ -347,7 +368,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
                                              visual_lr_scale=cfg.visual_lr_scale, name=f"drill {'/'.join(axes)}")
     history["stage2"] = []
     if cfg.stage2.steps:
-        if cfg.lora:
+        if cfg.lora and not cfg.adapter_base:
             import warnings
 
             from peft import LoraConfig, get_peft_model
@@ -357,8 +378,8 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
                 model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
         data = stage2_data if stage2_data is not None else synthetic_stream(2, cfg.seed + 1)
         history["stage2"] = run_stage(model, 2, cfg.stage2, data, cfg.weight_decay, cfg.grad_clip, progress,
-                                      visual_lr_scale=cfg.visual_lr_scale)
-        if cfg.lora:
+                                      visual_lr_scale=cfg.visual_lr_scale, freeze_visual=cfg.freeze_visual)
+        if cfg.lora and not cfg.adapter_base:
             model.lm = model.lm.merge_and_unload()
             model.config.lora = None
     seconds = time.time() - start
@@ -371,9 +392,17 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         "train_seconds": round(seconds, 1),
         "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in history.items()},
         "data": "synthetic corpus (model/corpus.py) train split" if stage2_data is None else "caller-supplied",
+        "synthetic_corpus": bool(history["stage0"]) or (stage1_data is None and cfg.stage1.steps > 0)
+        or (stage2_data is None and cfg.stage2.steps > 0) or bool(cfg.drills) or saw_synthetic(model.metadata or {}),
         **(metadata or {}),
     }
-    model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
+    if cfg.adapter_base:
+        adapters.save(model, out, cfg.adapter_base, meta,
+                      visual=not cfg.freeze_visual or bool(cfg.stage1.steps) or bool(cfg.drills))
+        model.lm = model.lm.merge_and_unload()  # the returned model serves (and is evaluated) merged
+        model.config.lora = None
+    else:
+        model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
     (out / "history.json").write_text(json.dumps(history))
     plot_losses(history, out / "loss_curve.png", title=version)
     return TrainResult(out, model, history, seconds)

@@ -16,56 +16,10 @@ from backend.app import create_app
 from backend.cli import main as cli_main
 from backend.settings import Settings
 from model.describer import RegionDescriber
+from tests.builders import tiny_lm, tiny_tower
 
 ROOT = Path(__file__).resolve().parents[2]
 XML = (ROOT / "labeling_configs" / "region_captioning.xml").read_text()
-TOWER = dict(image_size=56, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=10,
-             num_attention_heads=2)
-LM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-          max_position_embeddings=1024, tie_word_embeddings=False)
-
-
-def _tokenizer():
-    """A byte-level BPE trained on the corpus' words, as an LM folder would ship it: no region tokens, no pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from model.corpus import vocabulary_text
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<unk>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(vocabulary_text()), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def _tower(kind: str, folder: Path) -> Path:
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
-
-    torch.manual_seed(0)
-    model = (CLIPVisionModel(CLIPVisionConfig(**TOWER)) if kind == "clip"
-             else SiglipVisionModel(SiglipVisionConfig(**TOWER)))
-    model.save_pretrained(folder)
-    return folder
-
-
-def _lm(family: str, folder: Path) -> Path:
-    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
-
-    tok = _tokenizer()
-    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cls, cfg = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config),
-                "qwen3": (Qwen3ForCausalLM, Qwen3Config), "mistral": (MistralForCausalLM, MistralConfig)}[family]
-    extra = {"head_dim": 16} if family == "qwen3" else {}
-    torch.manual_seed(0)
-    cls(cfg(**LM, **ids, **extra)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def _predict_body(image: str) -> dict:
     box = {"id": "b1", "from_name": "bbox", "to_name": "image", "type": "rectanglelabels",
            "value": {"x": 10, "y": 10, "width": 40, "height": 50, "rotation": 0, "rectanglelabels": ["Object"]}}
@@ -78,7 +32,7 @@ def _predict_body(image: str) -> dict:
 def test_tower_and_lm_train_move_reload_serve(tower, lm_family, tmp_path, start_worker, redis_url, image_root,
                                               capsys):
     parts = tmp_path / "parts"
-    vision, lm = _tower(tower, parts / tower), _lm(lm_family, parts / lm_family)
+    vision, lm = tiny_tower(tower, parts / tower), tiny_lm(lm_family, parts / lm_family)
     out = tmp_path / "trained"
     assert cli_main(["train", "--vision", str(vision), "--lm", str(lm), "--out", str(out), "--stage1-steps", "2",
                      "--stage2-steps", "2", "--batch-size", "2", "--quiet", "--version", f"{tower}-{lm_family}",
