@@ -315,6 +315,14 @@ def test_cli_converts_and_refuses_clearly(tmp_path, tower, weights, capsys):
     assert cli_main(["convert", "gpt4roi", str(src), "--vision", str(tower), "--out", str(tmp_path / "o"),
                      "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(tmp_path / "o")
+    from PIL import Image
+
+    from model.describer import RegionDescriber
+
+    describer = RegionDescriber.from_pretrained(tmp_path / "o")  # serves: GPT4RoI's prompt, stop string "###"
+    assert describer.model.config.stop_string == "###" and describer.model.n_image_tokens == 256
+    out = describer.describe(Image.new("RGB", (320, 240), (90, 140, 30)), [(10, 20, 200, 180), (150, 30, 300, 230)])
+    assert len(out.regions) == 2 and all(isinstance(r.caption, str) for r in out.regions)
     with pytest.raises(SystemExit, match="exists"):
         cli_main(["convert", "gpt4roi", str(src), "--vision", str(tower), "--out", str(tmp_path / "o"), "--quiet"])
     empty = tmp_path / "no-weights"
