@@ -149,8 +149,8 @@ FEEDBACK_LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"
 def feedback_plan(current: Path) -> dict:
     """How a run continues the current version. A model whose LM came pretrained from a folder (a converted
     GPT4RoI, `train --vision --lm`) trains LoRA adapters on its LM (region module and projector frozen, no stage 1)
-    and is published as an adapter over its base (megabytes, not a full copy); the tiny default trains in full. Synthetic replay and the synthetic base test only for a model
-    that learned the synthetic corpus."""
+    and is published as an adapter over its base (megabytes, not a full copy); the tiny default trains in full.
+    Synthetic replay and the synthetic base test only for a model that learned the synthetic corpus."""
     from model import adapters
     from model.training import saw_synthetic
 

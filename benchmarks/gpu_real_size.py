@@ -72,8 +72,9 @@ def build(image_size: int = 224, smoke: bool = False, device: str = "cuda", dtyp
 
     vit = dict(SMOKE_VIT if smoke else VIT_L_14, image_size=image_size)
     lm = dict(SMOKE_LM if smoke else LLAMA_7B)
-    cfg = gpt4roi(preset="gpt4roi-random", vision_config=vit, lm_config={k: v for k, v in lm.items() if k != "vocab_size"},
-                  image_size=image_size, dtype=str(dtype).removeprefix("torch."), **(SMOKE_REGION if smoke else {}))
+    lm_dims = {k: v for k, v in lm.items() if k != "vocab_size"}
+    cfg = gpt4roi(preset="gpt4roi-random", vision_config=vit, lm_config=lm_dims, image_size=image_size,
+                  dtype=str(dtype).removeprefix("torch."), **(SMOKE_REGION if smoke else {}))
     tokenizer = padded_tokenizer(lm["vocab_size"])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -180,8 +180,10 @@ def reference_regions(sd, hidden_states, boxes):
               for f, s in zip(feats, strides)]
     x = sum(F.conv2d(p, sd[m + f"roi_align.pconvs.{i}.weight"], sd[m + f"roi_align.pconvs.{i}.bias"], padding=1)
             for i, p in enumerate(pooled))
-    x = F.linear(F.relu(x).flatten(1), sd[m + "roi_align.flatten_linear.weight"], sd[m + "roi_align.flatten_linear.bias"])
-    pe = lambda j, v: F.linear(v, sd[m + f"roi_align.pos_embedd.{j}.weight"], sd[m + f"roi_align.pos_embedd.{j}.bias"])  # noqa: E731
+    x = F.linear(F.relu(x).flatten(1), sd[m + "roi_align.flatten_linear.weight"],
+                 sd[m + "roi_align.flatten_linear.bias"])
+    pe = lambda j, v: F.linear(v, sd[m + f"roi_align.pos_embedd.{j}.weight"],  # noqa: E731
+                               sd[m + f"roi_align.pos_embedd.{j}.bias"])
     ln = lambda j, v: F.layer_norm(v, v.shape[-1:], sd[m + f"roi_align.pos_embedd.{j}.weight"],  # noqa: E731
                                    sd[m + f"roi_align.pos_embedd.{j}.bias"])
     pos = ln(5, F.relu(pe(3, ln(2, F.relu(pe(0, torch.cat(boxes)))))))
