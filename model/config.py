@@ -191,5 +191,6 @@ PRESETS = {"tiny": tiny, "gpt4roi": gpt4roi}
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)} (real checkpoints: model.config.real)")
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)} (a tower and an LM from local "
+                         f"folders: `regionscribe train --vision PATH --lm PATH`)")
     return PRESETS[name](**overrides)
