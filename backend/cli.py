@@ -1,6 +1,7 @@
 """`regionscribe`: thin command line over importable functions.
 
-    regionscribe train   two-stage tuning of a preset on the synthetic corpus -> an HF-shaped checkpoint
+    regionscribe train   two-stage tuning of a preset (or --vision PATH --lm PATH) on the synthetic corpus -> an
+                         HF-shaped checkpoint
     regionscribe eval    metrics of a checkpoint on a split of the synthetic corpus (--json)
     regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
     regionscribe serve   the web server (gunicorn) only
@@ -10,6 +11,7 @@
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
     regionscribe export  curated region-text datasets from the feedback store (conversations, vg, coco, hf)
     regionscribe sync    bring the feedback store in line with Label Studio (annotations the webhook missed)
+    regionscribe convert gpt4roi  GPT4RoI's released checkpoint (or delta + LLaMA-7B) -> a regionscribe checkpoint
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
             for stage, specs in recipe(args.recipe, args.data_root).items():
                 data[stage] = specs + data[stage]
         cfg = TrainConfig(
-            out=args.out, preset=args.preset, init=args.init, seed=args.seed,
+            out=args.out, preset=args.preset, init=args.init, seed=args.seed, vision=args.vision, lm=args.lm,
             stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
             stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size,
                                epochs=args.stage1_epochs),
@@ -74,8 +76,13 @@ def _train(args: argparse.Namespace) -> int:
                            state_dir=args.state_dir, resume=args.resume),
             mask_share=args.mask_share,
         )
+        if args.vision and args.lm:  # the folders are checked before anything is loaded
+            from model.config import from_parts
+            from_parts(args.vision, args.lm, **overrides)
         result = train(cfg, progress=not args.quiet)
-    except (ValueError, FormatError, FileNotFoundError) as exc:  # bad options, data or resume state
+    # bad options, data or resume state; model overrides that an --init checkpoint cannot take; folders that are no
+    # tower/LM
+    except (ValueError, FormatError, FileNotFoundError) as exc:
         raise SystemExit(f"regionscribe train: {exc}") from None
     if not is_main_process():
         return 0
@@ -98,6 +105,31 @@ def _train(args: argparse.Namespace) -> int:
         (result.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         summary["metrics"] = metrics
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _convert_gpt4roi(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.gpt4roi import ConversionError, convert
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, disable=args.quiet,
+                                                              file=sys.stderr))
+        bar.n = done
+        bar.refresh()
+
+    try:
+        out = convert(args.checkpoint, args.vision, args.out, delta_base=args.delta_base,
+                      max_shard_bytes=int(args.shard_size * 1024 ** 3), version=args.version, progress=progress)
+    except (ConversionError, FileNotFoundError) as exc:
+        raise SystemExit(f"regionscribe convert gpt4roi: {exc}") from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(json.dumps({"checkpoint": str(out)}))
     return 0
 
 
@@ -297,6 +329,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/tiny", help="checkpoint folder to write")
     t.add_argument("--preset", default="tiny")
     t.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh preset")
+    t.add_argument("--vision", default=None, metavar="PATH",
+                   help="a local HF CLIP or SigLIP vision tower (frozen; copied into the checkpoint), with --lm")
+    t.add_argument("--lm", default=None, metavar="PATH",
+                   help="a local HF causal LM with its tokenizer (Llama, Qwen2/3, Mistral, ...), with --vision")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--stage0-steps", type=int, default=400,
                    help="vision pretraining steps (only for a tower built from scratch, as in the tiny preset)")
@@ -440,6 +476,20 @@ def parser() -> argparse.ArgumentParser:
     dt.add_argument("--json", action="store_true", help="print the counts and skip reports as JSON")
     dt.add_argument("--quiet", action="store_true", help="no progress bar")
     dt.set_defaults(func=_data)
+
+    c = sub.add_parser("convert", help="convert a released checkpoint into a regionscribe checkpoint")
+    csub = c.add_subparsers(dest="source", required=True)
+    g = csub.add_parser("gpt4roi", help="GPT4RoI-7B (jshilong/GPT4RoI): its HF-sharded .bin or safetensors folder")
+    g.add_argument("checkpoint", help="GPT4RoI's folder (config.json, shards and index, tokenizer)")
+    g.add_argument("--vision", required=True, help="local CLIP ViT-L/14 folder (openai/clip-vit-large-patch14); "
+                                                   "its vision weights are copied into OUT")
+    g.add_argument("--out", required=True, help="folder to create (written beside it, renamed at the end)")
+    g.add_argument("--delta-base", default=None, metavar="DIR",
+                   help="LLaMA-7B v1 HF folder: CHECKPOINT is GPT4RoI's released delta, applied here shard by shard")
+    g.add_argument("--shard-size", type=float, default=2.0, help="GiB per output shard")
+    g.add_argument("--version", default=None, help="model_version to record (default: gpt4roi-<source name>)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.set_defaults(func=_convert_gpt4roi)
     return p
 
 

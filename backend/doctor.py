@@ -187,7 +187,9 @@ def check_registry(settings: Settings) -> Check:
     detail = f"{root}: {len(versions)} version(s)"
     if named is not None:
         folder = versions_dir / named
-        if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
+        if not ((folder / "config.json").is_file() and any(
+                (folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                       "adapter/adapter_model.safetensors"))):
             return Check("registry", FAIL, detail + f"; `current` names {named!r}, which is not a complete version",
                          "point `current` at a complete version (model.registry.Registry(REGISTRY_DIR)"
                          ".set_current(VERSION), the rollback) or remove the `current` file to serve the base "
@@ -235,6 +237,9 @@ def check_model(settings: Settings, connection, load: bool) -> Check:
         path, source = _default_checkpoint(), "the embedded default"
     config = path / "config.json"
     weights = path / "model.safetensors"
+    for other in ("model.safetensors.index.json", "adapter/adapter_model.safetensors"):  # sharded; an adapter version
+        if not weights.is_file() and (path / other).is_file():
+            weights = path / other
     if not path.is_dir() or not config.is_file() or not weights.is_file():
         missing = "the folder" if not path.is_dir() else ", ".join(p.name for p in (config, weights) if not p.is_file())
         if announced:
@@ -264,8 +269,18 @@ def check_model(settings: Settings, connection, load: bool) -> Check:
         return Check("model", FAIL, f"{path} uses the vision tower at {cfg.vision_path}, which is not on this machine",
                      "put the pretrained vision tower at that path (checkpoints with a frozen pretrained tower do not "
                      "copy its weights)")
+    if doc.get("adapter"):
+        from model.adapters import base_of
+
+        if not (base_of(path) / "config.json").is_file():
+            return Check("model", FAIL, f"{path} is a LoRA adapter over {base_of(path)}, which is not there",
+                         "keep the base checkpoint beside the registry (or at its recorded absolute path), or roll "
+                         "the registry back to a full version")
     version = (doc.get("metadata") or {}).get("version") or path.name
-    size = weights.stat().st_size / 2**20
+    if weights.name == "model.safetensors.index.json":  # sharded: the shards' total
+        size = json.loads(weights.read_text()).get("metadata", {}).get("total_size", 0) / 2**20
+    else:
+        size = weights.stat().st_size / 2**20
     check = Check("model", OK, f"{source}: {path} (version {version}, preset {cfg.preset}, {size:.0f} MiB of weights,"
                               f" dtype {cfg.dtype})")
     return _load(settings, path, check) if load else check

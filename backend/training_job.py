@@ -3,10 +3,14 @@
     run_training(project_id)
       1. fetch any image not cached yet, snapshot the project's live region records, mark the run started
       2. split the annotated images (by image) into train and held-out corrections
-      3. two-stage tuning from the current version: corrections mixed with replayed synthetic data (old skills)
-      4. evaluate candidate and current on the base test split and on the held-out corrections
-      5. promotion gate: not worse on the base split beyond PROMOTION_TOLERANCE points, and at least as good on the
-         held-out corrections; otherwise the candidate is kept as "rejected" with its metrics
+      3. two-stage tuning from the current version: corrections mixed with replayed synthetic data (old skills) for
+         a model that learned the synthetic corpus; the project's regions alone for one that did not. A model with
+         a pretrained LM (converted GPT4RoI, `train --vision --lm`) trains LoRA adapters and is published as an
+         adapter version over its base (model/adapters.py); the tiny default trains in full (feedback_plan)
+      4. evaluate candidate and current on the base test split (synthetic-trained models only) and on the held-out
+         corrections
+      5. promotion gate: not worse on the base split beyond PROMOTION_TOLERANCE points (where there is one), and at
+         least as good on the held-out corrections; otherwise the candidate is kept as "rejected" with its metrics
       6. publish atomically into the registry; if accepted, announce the new current version in Redis so inference
          workers reload it between jobs
 
@@ -146,16 +150,40 @@ def vocabularies(items: list) -> dict[str, list[str]]:
 
 
 def evaluate_pair(candidate, current, heldout: list, vocab: dict, base_scenes: int) -> dict:
+    """Both on the synthetic base test split (skipped with base_scenes=0) and on the held-out corrections."""
     from model.annotations import eval_samples
     from model.evaluation import evaluate, evaluate_samples
 
     out = {}
     for name, describer in (("candidate", candidate), ("current", current)):
-        base = evaluate(describer, "test", base_scenes, seed=1, agreement=False)  # the gate reads the rest
+        base = evaluate(describer, "test", base_scenes, seed=1, agreement=False) if base_scenes else {}
         held = evaluate_samples(describer, eval_samples(heldout, vocab)) if heldout else {}
         out[name] = {"base": base, "heldout": held, "base_score": round(base_score(base), 2),
                      "heldout_score": round(heldout_score(held), 2) if held else None}
     return out
+
+
+# LoRA of a feedback run on a model with a pretrained LM: rank 8 on the attention's query and value projections
+FEEDBACK_LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
+
+
+def feedback_plan(current: Path) -> dict:
+    """How a run continues the current version. A model whose LM came pretrained from a folder (a converted
+    GPT4RoI, `train --vision --lm`) trains LoRA adapters on its LM (region module and projector frozen, no stage 1)
+    and is published as an adapter over its base (megabytes, not a full copy); the tiny default trains in full.
+    Synthetic replay and the synthetic base test only for a model that learned the synthetic corpus."""
+    from model import adapters
+    from model.training import saw_synthetic
+
+    current = Path(current)
+    doc = json.loads((current / "config.json").read_text())
+    synthetic = saw_synthetic(doc.get("metadata") or {})
+    if adapters.is_adapter_version(current):
+        return {"kind": "adapter", "lora": FEEDBACK_LORA, "adapter_base": str(adapters.base_of(current)),
+                "synthetic": synthetic}
+    if doc["model"].get("lm_path"):
+        return {"kind": "adapter", "lora": FEEDBACK_LORA, "adapter_base": str(current), "synthetic": synthetic}
+    return {"kind": "full", "lora": None, "adapter_base": None, "synthetic": synthetic}
 
 
 def run_training(project_id, settings=None) -> dict:
@@ -187,27 +215,39 @@ def run_training(project_id, settings=None) -> dict:
              len(train_items), len(heldout), sum(len(i.regions) for i in items))
     staged = registry.staging_dir()
     seed = int(snapshot.id[:6], 16) if snapshot.id else 0
+    plan = feedback_plan(current.path)
     cfg = TrainConfig(out=str(staged), init=str(current.path), seed=seed, version=version,
                       visual_lr_scale=settings.retrain_visual_lr_scale,
-                      stage1=StageConfig(steps=settings.retrain_stage1_steps, lr=settings.retrain_lr),
-                      stage2=StageConfig(steps=settings.retrain_stage2_steps, lr=settings.retrain_lr))
-    s1 = mixed(train_items, synthetic_stream(1, seed), settings.replay_ratio, seed, stage=1)
-    s2 = mixed(train_items, synthetic_stream(2, seed + 1), settings.replay_ratio, seed + 1, stage=2)
+                      # an adapter run trains the LoRA adapter alone: no stage 1, region module and projector frozen
+                      stage1=StageConfig(steps=0 if plan["adapter_base"] else settings.retrain_stage1_steps,
+                                         lr=settings.retrain_lr),
+                      stage2=StageConfig(steps=settings.retrain_stage2_steps, lr=settings.retrain_lr),
+                      lora=plan["lora"], adapter_base=plan["adapter_base"],
+                      freeze_visual=plan["adapter_base"] is not None)
+    if plan["synthetic"]:  # old skills: replayed synthetic data
+        s1 = mixed(train_items, synthetic_stream(1, seed), settings.replay_ratio, seed, stage=1)
+        s2 = mixed(train_items, synthetic_stream(2, seed + 1), settings.replay_ratio, seed + 1, stage=2)
+    else:  # a model that never saw the corpus: the project's regions alone (the snapshot holds every live region
+        # of the project, those earlier runs accepted too, so they are replayed with the new ones)
+        s1 = mixed(train_items, iter(()), 0.0, seed, stage=1)
+        s2 = mixed(train_items, iter(()), 0.0, seed + 1, stage=2)
     result = train(cfg, stage1_data=s1, stage2_data=s2, progress=False,
                    metadata={"parent": current.version, "project": str(project_id), "snapshot": snapshot.id})
     vocab = vocabularies(items)
     candidate = RegionDescriber(result.model, version)
     serving = RegionDescriber.from_pretrained(current.path)
-    scores = evaluate_pair(candidate, serving, heldout, vocab, settings.promotion_base_scenes)
+    scores = evaluate_pair(candidate, serving, heldout, vocab,
+                           settings.promotion_base_scenes if plan["synthetic"] else 0)
     cand, cur = scores["candidate"], scores["current"]
-    base_drop = cur["base_score"] - cand["base_score"]
+    # the synthetic base test only for a model that learned the corpus; any other is gated on held-out regions alone
+    base_drop = cur["base_score"] - cand["base_score"] if plan["synthetic"] else 0.0
     better_heldout = (cand["heldout_score"] is None or cur["heldout_score"] is None
                       or cand["heldout_score"] >= cur["heldout_score"])
     accepted = base_drop <= settings.promotion_tolerance and better_heldout
     summary = {
         "project": str(project_id), "version": version, "parent": current.version, "snapshot": snapshot.id,
         "regions": sum(len(i.regions) for i in items), "images": len(items), "heldout_images": len(heldout),
-        "accepted": accepted, "base_drop": round(base_drop, 2), "scores": scores,
+        "accepted": accepted, "base_drop": round(base_drop, 2), "scores": scores, "kind": plan["kind"],
         "train_seconds": round(result.seconds, 1), "total_seconds": round(time.time() - started, 1),
     }
     (staged / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")

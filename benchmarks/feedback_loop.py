@@ -78,7 +78,7 @@ def new_concept_accuracy(describer, scenes) -> dict:
 
 def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300, base_scenes: int = 100,
              eval_scenes: int = 60, tolerance: float = 2.0, timeout: float = 1500.0, seed: int = 11,
-             log=print) -> dict:
+             log=print, model_dir: str | None = None) -> dict:
     from model.corpus import make_scenes
     from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
     from model.evaluation import evaluate
@@ -95,7 +95,7 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
         total += len(scene.objects)
     held_out = make_scenes("novel", eval_scenes, seed=seed + 1000)  # other scenes, for the accuracy after
 
-    before = RegionDescriber.from_pretrained(DEFAULT_CHECKPOINT)
+    before = RegionDescriber.from_pretrained(model_dir or DEFAULT_CHECKPOINT)
     result = {"corrected_regions": total, "corrected_images": len(scenes),
               "before": {"model_version": before.model_version,
                          "new_concept": new_concept_accuracy(before, held_out),
@@ -107,7 +107,8 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
     env = dict(os.environ, REDIS_URL=url, DATA_DIR=str(work / "data"), IMAGE_ROOT=str(images), PORT=str(port),
                HOST="127.0.0.1", LOG_LEVEL="INFO", RETRAIN_AFTER=str(total), WEB_WORKERS="1",
                RETRAIN_STAGE1_STEPS=str(stage1_steps), RETRAIN_STAGE2_STEPS=str(stage2_steps),
-               PROMOTION_TOLERANCE=str(tolerance), PROMOTION_BASE_SCENES="40")
+               PROMOTION_TOLERANCE=str(tolerance), PROMOTION_BASE_SCENES="40",
+               **({"MODEL_DIR": str(model_dir)} if model_dir else {}))
     py = sys.executable
     logs = {name: open(work / f"{name}.log", "w") for name in ("web", "inference", "trainer")}
     procs = {
@@ -156,9 +157,14 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
             if any(p.poll() is not None for p in procs.values()):
                 raise RuntimeError("a backend process exited; see " + str(work))
             time.sleep(1.0)
-        result["published"] = {k: status[k] for k in ("version", "accepted", "base_drop", "train_seconds",
-                                                      "total_seconds", "regions", "images", "heldout_images")} \
-            if status else None
+        result["published"] = {k: status.get(k) for k in ("version", "accepted", "base_drop", "train_seconds",
+                                                          "total_seconds", "regions", "images", "heldout_images",
+                                                          "kind")} if status else None
+        if status:  # what a version costs on disk against the checkpoint it started from
+            from model.adapters import folder_bytes
+
+            result["published"]["version_mb"] = round(folder_bytes(registry / status["version"]) / 2 ** 20, 3)
+            result["published"]["base_mb"] = round(folder_bytes(model_dir or DEFAULT_CHECKPOINT) / 2 ** 20, 3)
         result["loop_seconds_last_correction_to_serving"] = round(served - last_correction, 1) if served else None
     finally:
         for name in ("web", "inference", "trainer"):

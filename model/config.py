@@ -61,6 +61,9 @@ class ModelConfig:
     lm_config: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # peft LoraConfig kwargs for stage 2, e.g. {"r": 16, "target_modules": [...]}
     system_prompt: str | None = None  # None: GPT4RoI's (LLaVA v0) system prompt
+    # decoding also stops where the answer's text reaches this string, cut off there (GPT4RoI: "###", the next turn's
+    # separator: its LLaVA v0 training never ended an answer with </s>); None: the EOS token alone
+    stop_string: str | None = None
     max_length: int = 512
     dtype: str = "float32"  # compute dtype for the vision tower and LM ("bfloat16" on GPUs)
 
@@ -119,19 +122,82 @@ def real(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
 
     vision_path: any HF CLIP/SigLIP vision tower (e.g. a local clip-vit-large-patch14); lm_path: any HF causal LM
     (e.g. a local Vicuna/Llama/Qwen). The tower is frozen; stage 2 trains the LM fully or with LoRA.
+    The region module's widths follow the tower's and the LM's (`from_parts`): for CLIP ViT-L and a 7B LM they are
+    fuse 256, region 1024, position 256, RoIAlign 14.
     """
+    return from_parts(vision_path, lm_path, **overrides)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def from_parts(vision_path: str, lm_path: str, **overrides: Any) -> ModelConfig:
+    """The config of `regionscribe train --vision PATH --lm PATH`: a pretrained HF vision tower (CLIP or SigLIP,
+    frozen) and a pretrained HF causal LM (Llama, Qwen2/3, Mistral, ... anything AutoModelForCausalLM loads).
+
+    GPT4RoI's pyramid (hidden state -2 and every third one below it, up to 4 levels; fewer for a shallower tower) and
+    region module, its widths scaled to the parts: fuse channels min(256, tower width), region width min(1024, LM
+    width), position MLP a quarter of that, RoIAlign 14 on a patch grid of 14 or more (7 below). Image size, mean and
+    std are the tower's (its preprocessor_config.json, else CLIP's or SigLIP's defaults)."""
+    vision, lm = Path(vision_path), Path(lm_path)
+    for what, folder in (("--vision", vision), ("--lm", lm)):
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{what} {folder}: not an HF model folder (no config.json)")
+    vcfg = _read_json(vision / "config.json")
+    kind = vcfg.get("model_type", "")
+    if kind in ("clip", "siglip", "siglip2"):
+        vcfg = vcfg.get("vision_config", vcfg)  # a full CLIP/SigLIP folder: the vision side
+    elif kind not in ("clip_vision_model", "siglip_vision_model"):
+        raise ValueError(f"--vision {vision}: a CLIP or SigLIP tower is needed, not model_type {kind!r}")
+    siglip = "siglip" in kind
+    lcfg = _read_json(lm / "config.json")
+    layers, width = vcfg.get("num_hidden_layers", 12), vcfg.get("hidden_size", 768)
+    image_size, patch = vcfg.get("image_size", 224), vcfg.get("patch_size", 16)
+    levels = max(1, min(4, (layers - 1) // 3 + 1))
+    fuse = min(256, width - width % 8)
+    region = min(1024, lcfg.get("hidden_size", 1024))
+    pre = _read_json(vision / "preprocessor_config.json")
+    mean = tuple(pre.get("image_mean", (0.5, 0.5, 0.5) if siglip else ModelConfig.image_mean))
+    std = tuple(pre.get("image_std", (0.5, 0.5, 0.5) if siglip else ModelConfig.image_std))
     cfg = ModelConfig(
-        preset="real", vision_path=vision_path, lm_path=lm_path, image_size=224, select_layer=-2,
-        num_levels=4, layer_stride=3, fuse_channels=256, num_fuse=3, gn_groups=32, roi_output=14,
-        region_hidden=1024, position_hidden=256, max_length=2048, dtype="bfloat16",
+        preset="parts", vision_path=str(vision), lm_path=str(lm), vision_type="siglip" if siglip else "clip",
+        image_size=image_size, image_mean=mean, image_std=std, select_layer=-2 if layers > 1 else -1,
+        num_levels=levels, layer_stride=3, fuse_channels=fuse, num_fuse=3, gn_groups=min(32, fuse // 8),
+        roi_output=14 if image_size // patch >= 14 else 7, region_hidden=region, position_hidden=max(4, region // 4),
+        max_length=min(2048, lcfg.get("max_position_embeddings", 2048)), dtype="bfloat16",
     )
     return dataclasses.replace(cfg, **overrides)
 
 
-PRESETS = {"tiny": tiny}
+# CLIP ViT-L/14 at 224 px (openai/clip-vit-large-patch14's vision config) and LLaMA-7B v1: GPT4RoI's parts
+CLIP_VIT_L14 = dict(image_size=224, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                    num_attention_heads=16, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False)
+
+
+def gpt4roi(**overrides: Any) -> ModelConfig:
+    """GPT4RoI-7B's exact shape (jshilong/GPT4RoI, spi_llava.py and layers.py): CLIP ViT-L/14 frozen at 224 px,
+    256 image tokens from hidden state -2 through one Linear, region levels at hidden states 14/17/20/23 fused
+    at 1,024 channels over 5 shuffle rounds (GroupNorm 64), RoIAlign 14, the position MLP 4->256->1024 with its
+    LayerNorms, LLaMA-7B with 32,006 tokens. `regionscribe convert gpt4roi` fills it with the released weights;
+    built from this preset alone its weights are random (the GPU benchmark's shape)."""
+    cfg = ModelConfig(
+        preset="gpt4roi", vision_type="clip", vision_config=dict(CLIP_VIT_L14), freeze_vision=True, image_size=224,
+        select_layer=-2, num_levels=4, layer_stride=3, fuse_channels=1024, num_fuse=5, gn_groups=64, roi_output=14,
+        roi_sampling_ratio=2, region_hidden=1024, position_hidden=256, position_encoding="coordinates",
+        use_image_tokens=True, image_token_grid=None, region_format="features", lm_config=dict(LLAMA_7B),
+        system_prompt=None, stop_string="###", max_length=2048, dtype="bfloat16",
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+PRESETS = {"tiny": tiny, "gpt4roi": gpt4roi}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)} (real checkpoints: model.config.real)")
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)} (a tower and an LM from local "
+                         f"folders: `regionscribe train --vision PATH --lm PATH`)")
     return PRESETS[name](**overrides)

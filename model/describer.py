@@ -43,6 +43,7 @@ from model.errors import BoxError, PlaceholderError
 from model.generation import State, extend, greedy, last_logits, rank
 from model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes, pixel_values
 from model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
+from model.weights import SAFE_INDEX
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default"
 
@@ -281,10 +282,13 @@ class RegionDescriber:
         ranked = [i for i, q in enumerate(questions) if q.candidates is not None]
         if gen:
             index = torch.tensor(gen, device=device)
+            stop = m.config.stop_string
+            stop_when = (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
             g = greedy(m.lm, embed_tokens, state.select(index), first.index_select(0, index), {tok.eos_token_id},
-                       max_new_tokens)
+                       max_new_tokens, stop_when)
             for k, i in enumerate(gen):
-                text = tok.decode(g.tokens[k], skip_special_tokens=True).strip()
+                text = tok.decode(g.tokens[k], skip_special_tokens=True)
+                text = (text.split(stop)[0] if stop else text).strip()
                 out[i] = (text, math.exp(g.mean_logprob[k]) if g.stopped[k] else 0.5 * math.exp(g.mean_logprob[k]))
         if ranked:
             index = torch.tensor(ranked, device=device)
@@ -379,7 +383,8 @@ def checkpoint_version(path: Path) -> str:
     if meta.get("version"):
         return str(meta["version"])
     digest = hashlib.sha1()
-    with open(path / WEIGHTS, "rb") as f:
+    # a sharded checkpoint is named by its index (every tensor name and the total size), not by hashing gigabytes
+    with open(path / SAFE_INDEX if (path / SAFE_INDEX).is_file() else path / WEIGHTS, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return f"{path.name}-{digest.hexdigest()[:10]}"

@@ -69,8 +69,11 @@ class Generated:
 
 @torch.no_grad()
 def greedy(lm, embed: Callable[[torch.Tensor], torch.Tensor], state: State, first_logits: torch.Tensor,
-           stop_ids: set[int], max_new_tokens: int) -> Generated:
-    """Greedy decoding for every row of `state`, whose next-token logits are `first_logits` [B, V]."""
+           stop_ids: set[int], max_new_tokens: int,
+           stop_when: Callable[[list[int]], bool] | None = None) -> Generated:
+    """Greedy decoding for every row of `state`, whose next-token logits are `first_logits` [B, V].
+
+    A row also stops once `stop_when(its tokens so far)` is true (a stop string; the caller cuts the text there)."""
     b = first_logits.shape[0]
     device = first_logits.device
     tokens: list[list[int]] = [[] for _ in range(b)]
@@ -90,6 +93,8 @@ def greedy(lm, embed: Callable[[torch.Tensor], torch.Tensor], state: State, firs
         for i in range(b):
             if live[i] and not is_stop[i]:
                 tokens[i].append(int(nxt[i]))
+                if stop_when is not None and stop_when(tokens[i]):
+                    is_stop[i] = True
         stopped |= live & is_stop
         done |= is_stop
         if bool(done.all()):

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.config import ModelConfig
@@ -22,6 +21,7 @@ from model.conversation import SYSTEM
 from model.errors import PlaceholderError
 from model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
 from model.tokenizer import SpecialIds, add_region_tokens
+from model.weights import DEFAULT_SHARD_BYTES, SAFE_INDEX, is_checkpoint_weights, iter_state, save_state
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -40,7 +40,7 @@ def build_vision(config: ModelConfig, saved: dict[str, Any] | None = None) -> nn
     if config.vision_path and saved is None:
         kind = AutoConfig.from_pretrained(config.vision_path).model_type
         cls = SiglipVisionModel if "siglip" in kind else CLIPVisionModel
-        return cls.from_pretrained(config.vision_path)
+        return cls.from_pretrained(config.vision_path, dtype=torch.float32)
     if saved is not None:
         hf = _hf_config(saved)
     elif config.vision_type == "siglip":
@@ -57,9 +57,26 @@ def build_lm(config: ModelConfig, vocab_size: int, saved: dict[str, Any] | None 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     if config.lm_path and saved is None:
-        return AutoModelForCausalLM.from_pretrained(config.lm_path)
+        return AutoModelForCausalLM.from_pretrained(config.lm_path, dtype=torch.float32)
     hf = _hf_config(saved) if saved is not None else LlamaConfig(vocab_size=vocab_size, **config.lm_config)
     return AutoModelForCausalLM.from_config(hf)
+
+
+def compute_dtype(config: ModelConfig, device: str | torch.device | None) -> torch.dtype:
+    """The config's dtype (bfloat16 for the GPU-size presets) on CUDA; float32 on the CPU, where bf16 matmuls are slow
+    and lose precision."""
+    if device is not None and torch.device(device).type == "cuda":
+        return getattr(torch, config.dtype)
+    return torch.float32
+
+
+def write_config(path: Path, config: ModelConfig, vision: dict[str, Any] | None, lm: dict[str, Any],
+                 metadata: dict[str, Any] | None = None) -> None:
+    """A checkpoint's config.json: the regionscribe config and the exact HF sub-configs (vision None: the tower is
+    loaded from `config.vision_path`)."""
+    doc = {"model_type": "regionscribe", "model": config.to_dict(), "vision": vision, "lm": lm,
+           "metadata": metadata or {}}
+    (Path(path) / CONFIG).write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 @dataclass
@@ -201,15 +218,17 @@ class RegionScribeModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None,
-                        dtype: torch.dtype | None = None) -> None:
-        """config.json (architecture, exact sub-configs, training metadata) + model.safetensors + tokenizer."""
+                        dtype: torch.dtype | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        """config.json (architecture, exact sub-configs, training metadata) + weights + tokenizer.
+
+        Weights up to `max_shard_bytes` are one model.safetensors; above, HF's sharded layout
+        (model-0000i-of-0000N.safetensors and model.safetensors.index.json)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        skip_vision = bool(self.config.vision_path) and self.config.frozen_vision()
+        # the tower is always copied in, a pretrained frozen one too: the folder stays valid when it (or the tower's
+        # folder, or the working directory) moves; config.vision_path only records where it came from
         state, seen = {}, set()
         for name, tensor in self.state_dict().items():
-            if skip_vision and name.startswith("vision."):
-                continue
             if tensor.data_ptr() in seen:  # tied weights are stored once
                 continue
             seen.add(tensor.data_ptr())
@@ -217,15 +236,11 @@ class RegionScribeModel(nn.Module):
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
             state[name] = t.contiguous().cpu()
-        save_file(state, str(path / WEIGHTS), metadata={"format": "pt"})
-        doc = {
-            "model_type": "regionscribe",
-            "model": self.config.to_dict(),
-            "vision": None if skip_vision else self.vision.config.to_dict(),
-            "lm": self.lm.config.to_dict(),
-            "metadata": metadata or {},
-        }
-        (path / CONFIG).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        for stale in [path / WEIGHTS, path / SAFE_INDEX, *path.glob("model-*-of-*.safetensors")]:
+            stale.unlink(missing_ok=True)
+        save_state(path, state, max_shard_bytes)
+        write_config(path, self.config, self.vision.config.to_dict(),
+                     self.lm.config.to_dict(), metadata)
         self.tokenizer.save_pretrained(str(path))
 
     @classmethod
@@ -233,8 +248,13 @@ class RegionScribeModel(nn.Module):
         from transformers import AutoTokenizer, PretrainedConfig
 
         path = Path(path)
-        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-            raise FileNotFoundError(f"{path} is not a regionscribe checkpoint (needs {CONFIG} and {WEIGHTS})")
+        from model import adapters
+
+        if adapters.is_adapter_version(path):  # a LoRA adapter version over a base checkpoint (model/adapters.py)
+            return adapters.load(path, device=device)
+        if not (path / CONFIG).is_file() or not is_checkpoint_weights(path):
+            raise FileNotFoundError(f"{path} is not a regionscribe checkpoint (needs {CONFIG} and {WEIGHTS} "
+                                    f"or {SAFE_INDEX} with its shards)")
         doc = json.loads((path / CONFIG).read_text())
         if doc.get("model_type") != "regionscribe":
             raise ValueError(f"{path / CONFIG} is not a regionscribe config")
@@ -244,8 +264,14 @@ class RegionScribeModel(nn.Module):
         vision = build_vision(config, saved=doc["vision"])
         lm = build_lm(config, len(tokenizer), saved=doc["lm"])
         model = cls(config, tokenizer, vision=vision, lm=lm)
-        state = load_file(str(path / WEIGHTS))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        expected = set(model.state_dict())
+        seen, unexpected = set(), []
+        for state in iter_state(path):  # one memory-mapped shard at a time
+            unexpected += [k for k in state if k not in expected]
+            seen.update(state)
+            model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+            del state
+        missing = expected - seen
         allowed = {k for k in missing if k.startswith("vision.") and doc["vision"] is None}
         tied = {k for k in missing if k.startswith("lm.") and getattr(model.lm.config, "tie_word_embeddings", False)}
         bad = set(missing) - allowed - tied
@@ -253,7 +279,7 @@ class RegionScribeModel(nn.Module):
             raise ValueError(f"checkpoint {path} does not match its config: missing {sorted(bad)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
         model.metadata = doc.get("metadata", {})
-        model.to(torch.float32 if config.dtype == "float32" else getattr(torch, config.dtype))
+        model.to(compute_dtype(config, device))
         if device is not None:
             model.to(device)
         return model.eval()

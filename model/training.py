@@ -53,6 +53,9 @@ RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling")
 class TrainConfig:
     out: str = "runs/tiny"
     preset: str = "tiny"
+    # a pretrained HF vision tower (CLIP/SigLIP) and causal LM from local folders instead of a preset (from_parts)
+    vision: str | None = None
+    lm: str | None = None
     init: str | None = None  # start from this checkpoint instead of a fresh preset (the feedback loop does)
     seed: int = 0
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3))
@@ -77,6 +80,10 @@ class TrainConfig:
     # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes
     mask_share: float = 0.0
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
+    # save the run as a LoRA adapter version over this base checkpoint (model/adapters.py) instead of a full copy;
+    # needs `lora`. An --init that is itself an adapter version continues its adapter.
+    adapter_base: str | None = None
+    freeze_visual: bool = False  # stage 2 trains the LM alone (region encoder and projector stay as they are)
     version: str | None = None
     # data sources per stage, "SOURCE:PATH[:WEIGHT]" (model/datasets); empty: the synthetic corpus
     stage1_data: list[str] = field(default_factory=list)
@@ -85,6 +92,10 @@ class TrainConfig:
     run: RunOptions = field(default_factory=RunOptions)  # processes, precision, saved state, resume
 
     def __post_init__(self) -> None:
+        if bool(self.vision) != bool(self.lm):
+            raise ValueError("--vision and --lm go together (a tower and an LM from local HF folders)")
+        if self.vision and self.init:
+            raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
         if self.init and fixed:  # refused before anything is loaded or built
             raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
@@ -141,10 +152,29 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
         k += 1
 
 
+def saw_synthetic(metadata: dict[str, Any]) -> bool:
+    """Whether a checkpoint was trained on the synthetic corpus (its metadata says so; checkpoints from before the
+    flag say it by their data or their preset). A converted GPT4RoI or an untrained tower + LM did not."""
+    if "synthetic_corpus" in metadata:
+        return bool(metadata["synthetic_corpus"])
+    return str(metadata.get("data", "")).startswith("synthetic corpus") or metadata.get("preset") == "tiny"
+
+
 def new_model(cfg: TrainConfig) -> RegionScribeModel:
     from model.tokenizer import train_tokenizer
 
     torch.manual_seed(cfg.seed)
+    if cfg.vision:
+        from transformers import AutoTokenizer, PretrainedConfig
+
+        from model.config import from_parts
+
+        mcfg = from_parts(cfg.vision, cfg.lm, **cfg.model_overrides)
+        try:  # the LM's own tokenizer; the region tokens are added (and the LM's embeddings grown) by the model
+            tokenizer = AutoTokenizer.from_pretrained(cfg.lm, config=PretrainedConfig())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--lm {cfg.lm}: no loadable tokenizer ({exc})") from None
+        return RegionScribeModel(mcfg, tokenizer)
     mcfg: ModelConfig = make_preset(cfg.preset, **cfg.model_overrides)
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
 
@@ -239,9 +269,9 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     return losses
 
 
-def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Parameter]:
+def set_trainable(model: RegionScribeModel, stage: int, freeze_visual: bool = False) -> list[torch.nn.Parameter]:
     model.requires_grad_(False)
-    parts = [model.region_encoder, model.projector]
+    parts = [] if freeze_visual else [model.region_encoder, model.projector]
     if not model.config.frozen_vision():
         parts.append(model.vision)
     if stage == 2:
@@ -259,10 +289,15 @@ def set_trainable(model: RegionScribeModel, stage: int) -> list[torch.nn.Paramet
 def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: Iterable, weight_decay: float = 0.0,
               grad_clip: float = 0.0, progress: bool = True, log: Callable[[str], None] | None = None,
               visual_lr_scale: float = 1.0, name: str | None = None, run: RunOptions | None = None,
-              phase: str | None = None, history: dict[str, list[float]] | None = None) -> list[float]:
+              phase: str | None = None, history: dict[str, list[float]] | None = None,
+              freeze_visual: bool = False) -> list[float]:
     """One phase: the parameters of `stage` (set_trainable), the LM's at sc.lr and the visual side's at
-    sc.lr * visual_lr_scale, trained by model/trainer.py's loop on `samples` (Samples or dataset Units)."""
-    params = set_trainable(model, stage)
+    sc.lr * visual_lr_scale, trained by model/trainer.py's loop on `samples` (Samples or dataset Units). On CUDA a
+    model whose config asks for bfloat16 trains under bf16 autocast; on the CPU in fp32."""
+    run = run or RunOptions()
+    if torch.cuda.is_available() and model.config.dtype == "bfloat16" and run.mixed_precision == "no":
+        run = dataclasses.replace(run, mixed_precision="bf16")
+    params = set_trainable(model, stage, freeze_visual)
     lm_params = {id(p) for p in model.lm.parameters()}
     groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
               {"params": [p for p in params if id(p) not in lm_params], "lr": sc.lr * visual_lr_scale}]
@@ -311,19 +346,28 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     process runs this; each trains on its own share of the data, and only the main process writes. With
     cfg.run.resume the phases before the saved one are skipped and the saved one continues at its saved step.
     """
+    from model import adapters
+
     start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     state_dir = Path(cfg.run.state_dir or Path(cfg.out) / "state")
     run = dataclasses.replace(cfg.run, state_dir=str(state_dir))
     saved = resume_point(state_dir, run.resume)
-    if cfg.init:
+    if cfg.adapter_base and not cfg.lora:
+        raise ValueError("adapter_base needs lora (the adapter's LoraConfig)")
+    if cfg.init and cfg.adapter_base and adapters.is_adapter_version(cfg.init):
+        model = adapters.load(cfg.init, trainable=True)  # the same adapter trained further: base + one adapter
+        apply_switches(model, cfg.model_overrides)
+    elif cfg.init:
         model = RegionScribeModel.from_pretrained(cfg.init)
         apply_switches(model, cfg.model_overrides)
     else:
         model = new_model(cfg)
+    if cfg.adapter_base and not model.config.lora:
+        adapters.attach(model, cfg.lora)
     if cfg.lora:
-        model.config.lora = cfg.lora
+        model.config.lora = model.config.lora or cfg.lora
     world = process_state().num_processes
     phases = ["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))] + ["stage2"]
     if saved is not None and saved["phase"] not in phases:
@@ -350,9 +394,9 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
             sc = dataclasses.replace(sc, steps=mixture.count() // per_step)
         return mixture, sc
 
-    def phase(name: str, stage: int, sc: StageConfig, data: Iterable, label: str) -> list[float]:
+    def phase(name: str, stage: int, sc: StageConfig, data: Iterable, label: str, **kw) -> list[float]:
         return run_stage(model, stage, sc, data, cfg.weight_decay, cfg.grad_clip, progress,
-                         visual_lr_scale=cfg.visual_lr_scale, name=label, run=run, phase=name, history=history)
+                         visual_lr_scale=cfg.visual_lr_scale, name=label, run=run, phase=name, history=history, **kw)
 
     if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision() and not saved:
         if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
@@ -375,33 +419,48 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if s2.steps or s2.epochs:
         data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data,
                               lambda: synthetic_stream(2, cfg.seed + 1, mask_share=cfg.mask_share))
-        if cfg.lora:
+        if cfg.lora and not cfg.adapter_base:
+            import warnings
+
             from peft import LoraConfig, get_peft_model
-            model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
+            with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question: not ours to fix
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
         if s2.steps:
-            history["stage2"] = phase("stage2", 2, s2, data, "stage 2")
-        if cfg.lora:
+            history["stage2"] = phase("stage2", 2, s2, data, "stage 2", freeze_visual=cfg.freeze_visual)
+        if cfg.lora and not cfg.adapter_base:
             model.lm = model.lm.merge_and_unload()
             model.config.lora = None
     seconds = time.time() - start
     out = Path(cfg.out)
-    version = cfg.version or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    version = cfg.version or f"{model.config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     synthetic = stage2_data is None and not cfg.stage2_data
     meta = {
         "version": version,
-        "preset": cfg.preset,
+        "preset": model.config.preset,
         "train_config": cfg.to_dict(),
         "train_seconds": round(seconds, 1),
         "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in history.items()},
         "data": ("synthetic corpus (model/corpus.py) train split" if synthetic else
                  "caller-supplied" if stage2_data is not None else {"stage1": cfg.stage1_data,
                                                                     "stage2": cfg.stage2_data}),
+        "synthetic_corpus": bool(history["stage0"]) or bool(cfg.drills) or saw_synthetic(model.metadata or {})
+        or (stage1_data is None and not cfg.stage1_data and bool(history["stage1"]))
+        or (synthetic and bool(history["stage2"])),
         "processes": world,
         **({"data_reports": [r.to_dict() for r in reports]} if reports else {}),
         **(metadata or {}),
     }
-    if is_main_process():
+    if cfg.adapter_base:
+        if is_main_process():
+            adapters.save(model, out, cfg.adapter_base, meta,
+                          visual=not cfg.freeze_visual or bool(cfg.stage1.steps) or bool(cfg.drills))
+        model.lm = model.lm.merge_and_unload()  # the returned model serves (and is evaluated) merged
+        model.config.lora = None
+    elif is_main_process():
         model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
+    if is_main_process():
         (out / "history.json").write_text(json.dumps(history))
         plot_losses(history, out / "loss_curve.png", title=version)
         for report in reports:

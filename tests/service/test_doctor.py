@@ -241,6 +241,34 @@ def test_load_a_checkpoint(settings, heartbeats):
     assert checks["model"].status == OK and "loaded on cpu in" in checks["model"].detail
 
 
+def test_sharded_checkpoint_and_adapter_version(settings, heartbeats, tmp_path):
+    """A sharded checkpoint (real-size models) and a LoRA adapter version over a base pass the model check and load;
+    an adapter whose base is gone fails with that said."""
+    import torch
+
+    from model import adapters
+    from model.modeling import RegionScribeModel
+    from tests.builders import tiny_parts_checkpoint
+
+    all_workers(heartbeats, settings)
+    base = tiny_parts_checkpoint(tmp_path / "tree" / "base", tmp_path / "parts")
+    sharded = tmp_path / "sharded"
+    model = RegionScribeModel.from_pretrained(base)
+    model.save_pretrained(sharded, metadata={"version": "sharded-v1"}, max_shard_bytes=256 * 1024)
+    check = by_name(run_checks(settings.replace(model_dir=str(sharded)), load=True, env={}))["model"]
+    assert check.status == OK and "version sharded-v1" in check.detail and "loaded on cpu in" in check.detail
+
+    torch.manual_seed(0)
+    adapters.attach(model, {"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    version = tmp_path / "tree" / "v1"
+    adapters.save(model, version, base, {"version": "adapter-v1"}, visual=False)
+    check = by_name(run_checks(settings.replace(model_dir=str(version)), load=True, env={}))["model"]
+    assert check.status == OK and "version adapter-v1" in check.detail and "loaded on cpu in" in check.detail
+    shutil.rmtree(base)
+    check = by_name(run_checks(settings.replace(model_dir=str(version)), env={}))["model"]
+    assert check.status == FAIL and "LoRA adapter over" in check.detail and "not there" in check.detail
+
+
 def test_command_line(settings, tmp_path):
     """`regionscribe doctor --json` in a fresh process, settings from the environment; exit 1 on a FAIL."""
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",

@@ -1,5 +1,5 @@
 """benchmarks/gpu_real_size.py without a GPU: the skip answer, and the real-size build path at toy widths (same
-configs, tokenizer padding to the 32000-row LM, batched and naive describe) to catch shape errors on CPU."""
+configs, tokenizer padding to the 32006-row LM, batched and naive describe) to catch shape errors on CPU."""
 from __future__ import annotations
 
 import importlib.util
@@ -43,7 +43,7 @@ def test_real_size_configs_are_gpt4roi_shaped(bench):
     assert bench.VIT_L_14["hidden_size"] == 1024 and bench.VIT_L_14["num_hidden_layers"] == 24
     assert bench.VIT_L_14["patch_size"] == 14
     assert (bench.LLAMA_7B["hidden_size"], bench.LLAMA_7B["num_hidden_layers"], bench.LLAMA_7B["vocab_size"]) == \
-        (4096, 32, 32000)
+        (4096, 32, 32006)
     from transformers import LlamaConfig
 
     # about 6.7 B parameters, counted from the config without building it
@@ -55,7 +55,7 @@ def test_real_size_configs_are_gpt4roi_shaped(bench):
 
 def test_smoke_build_and_measure_on_cpu(bench, one_thread, capsys):
     tok = bench.padded_tokenizer()
-    assert len(tok) == 32000 and tok.convert_tokens_to_ids("<bbox>") < 32000
+    assert len(tok) == 32006 and tok.convert_tokens_to_ids("<bbox>") < 32006
     assert bench.main(["--smoke", "--device", "cpu", "--images", "1", "--repeats", "1", "--naive-images", "1",
                        "--boxes", "3", "--max-new-tokens", "2"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -68,11 +68,14 @@ def test_smoke_build_and_measure_on_cpu(bench, one_thread, capsys):
 
 @pytest.mark.parametrize("size, tokens", [(224, 256), (336, 576)])
 def test_real_size_model_builds_on_the_meta_device(bench, size, tokens):
-    """The full-size constructor path (no memory): CLIP ViT-L/14 + 7B Llama in bf16, GPT4RoI's pyramid layers."""
+    """The full-size constructor path (no memory): the gpt4roi preset, CLIP ViT-L/14 + LLaMA-7B in bf16, GPT4RoI's
+    pyramid layers and region module (299,142,912 parameters, as in the released checkpoint)."""
     model = bench.build(size, smoke=False, device="meta")
+    assert model.config.preset == "gpt4roi-random" and model.config.stop_string == "###"
+    assert sum(p.numel() for p in model.region_encoder.parameters()) == 299_142_912
     assert round(sum(p.numel() for p in model.lm.parameters()) / 1e9, 2) == 6.74
     assert round(sum(p.numel() for p in model.vision.parameters()) / 1e6) == 303 + (size == 336)
     assert model.level_indices == [14, 17, 20, 23]  # GPT4RoI: layers 14, 17, 20, 23 of CLIP ViT-L/14
     assert model.n_image_tokens == tokens
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert model.lm.get_input_embeddings().weight.shape == (32000, 4096)
+    assert model.lm.get_input_embeddings().weight.shape == (32006, 4096)
