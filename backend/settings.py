@@ -75,7 +75,8 @@ class Settings:
     retrain_lr: float = 3e-4  # RETRAIN_LR: learning rate of a feedback run's two stages (the LM's; the region encoder's is this times RETRAIN_VISUAL_LR_SCALE)
     retrain_visual_lr_scale: float = 0.5  # RETRAIN_VISUAL_LR_SCALE: region encoder's learning-rate factor in feedback runs (the LM is trained by then, so its gradients no longer scramble the region features)
     replay_ratio: float = 2.0  # REPLAY_RATIO: replayed base (synthetic) samples per correction sample, so old skills stay (README, Benchmarks: feedback_loop.py)
-    promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points a candidate may lose on the base test split and still become current
+    promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points of accuracy a candidate may lose on the base test split, on each attribute and each relation axis alone, and still become current
+    promotion_cider_tolerance: float = 25.0  # PROMOTION_CIDER_TOLERANCE: points of caption CIDEr-D (0-1000 scale) a candidate may lose on the base test split and still become current
     promotion_base_scenes: int = 60  # PROMOTION_BASE_SCENES: base test scenes scored for the promotion gate
     sync_interval: int = 300  # SYNC_INTERVAL: seconds between reconciliations of every connected project with Label Studio (backend.sync; run by the ingest worker); 0 turns it off
 

@@ -45,7 +45,8 @@ def trainer_env(stage1: int, stage2: int) -> dict:
     """A training worker's settings for these tests: tiny runs, a one-scene promotion check that lets any candidate
     through, and no `java` on PATH, so the evaluation skips METEOR's JVM (about 20 s of a run on 2 cores)."""
     return {"RETRAIN_STAGE1_STEPS": str(stage1), "RETRAIN_STAGE2_STEPS": str(stage2),
-            "PROMOTION_BASE_SCENES": "1", "PROMOTION_TOLERANCE": "100", "PATH": str(Path(sys.executable).parent)}
+            "PROMOTION_BASE_SCENES": "1", "PROMOTION_TOLERANCE": "100",
+            "PROMOTION_CIDER_TOLERANCE": "1000", "PATH": str(Path(sys.executable).parent)}
 
 
 def training_jobs(settings, client) -> list:
