@@ -59,6 +59,7 @@ class Settings:
     inference_queue: str = "inference"  # INFERENCE_QUEUE: RQ queue name for describe jobs
     training_queue: str = "training"  # TRAINING_QUEUE: RQ queue name for training runs (feedback loop)
     ingest_queue: str = "ingest"  # INGEST_QUEUE: RQ queue for ingest jobs (caching annotated images by content hash)
+    training_lease_seconds: float = 60.0  # TRAINING_LEASE_SECONDS: a training run's lease in the store lasts this long; the running worker renews it every third of it, and a run whose worker died frees the project after at most this long even when Redis lost the job
     training_timeout: int = 3600  # TRAINING_TIMEOUT: seconds a training run may take before rq stops it
     predict_timeout: float = 60.0  # PREDICT_TIMEOUT: seconds a /predict waits for the workers before answering a per-task error (LS gives up at 100)
     job_timeout: int = 120  # JOB_TIMEOUT: seconds a worker may spend on one job before rq stops it

@@ -1,6 +1,8 @@
 """The training job of the feedback loop, run by `regionscribe worker --queue training`.
 
     run_training(project_id)
+      0. take the project's training lease in the store (renewed while the run goes; a run that finds another run's
+         live lease does nothing: backend.policy)
       1. fetch any image not cached yet, snapshot the project's live region records, mark the run started
       2. split the annotated images (by image) into train and held-out corrections
       3. two-stage tuning from the current version: corrections mixed with replayed synthetic data (old skills)
@@ -22,7 +24,9 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -140,26 +144,81 @@ def evaluate_pair(candidate, current, heldout: list, vocab: dict, base_scenes: i
     return out
 
 
+class LeaseKeeper(threading.Thread):
+    """Renews a training run's lease in the store every third of its length while the run goes (the store, not
+    Redis, says a run is going: backend.policy). `lost` is set when the lease is no longer this run's (another
+    holder took it after it expired, or the run was closed as failed); the run then must not publish."""
+
+    def __init__(self, store, project_id: int, holder: str, seconds: float):
+        super().__init__(name="regionscribe-training-lease", daemon=True)
+        self.store, self.project_id, self.holder, self.seconds = store, int(project_id), holder, float(seconds)
+        self.stopped = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.seconds / 3):
+            try:
+                if not self.store.renew_training_lease(self.project_id, self.holder, self.seconds):
+                    log.error("training run %s of project %s lost its lease", self.holder, self.project_id)
+                    self.lost.set()
+                    return
+            except Exception as exc:  # the store is briefly down: try again at the next beat, the lease has margin
+                log.warning("training lease of project %s not renewed: %s", self.project_id, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class LeaseHeld(RuntimeError):
+    """Another run of the project holds its training lease."""
+
+
 def run_training(project_id, settings=None) -> dict:
-    """One feedback training run for a project. Returns a summary (also stored in the version's manifest)."""
+    """One feedback training run for a project. Returns a summary (also stored in the version's manifest).
+
+    The run first takes the project's training lease in the store (TRAINING_LEASE_SECONDS, renewed while it runs):
+    when another run holds a live one (it was enqueued after Redis lost the first run's job), this one does nothing
+    and returns {"skipped": True, ...}."""
+    from rq import get_current_job
+
+    from .settings import get_settings
+    from .store import Store
+
+    settings = settings or get_settings()
+    store = Store.shared(settings)
+    job = get_current_job()  # None when called outside a worker
+    holder = job.id if job is not None else f"local-{uuid.uuid4().hex[:12]}"
+    if store.acquire_training_lease(project_id, holder, settings.training_lease_seconds) is None:
+        lease = store.training_lease(project_id) or {}
+        log.warning("training run %s of project %s not started: run %s holds the project's lease until %s", holder,
+                    project_id, lease.get("holder"), lease.get("expires_at"))
+        return {"project": str(project_id), "skipped": True, "holder": lease.get("holder"),
+                "reason": "another training run of the project holds its lease"}
+    keeper = LeaseKeeper(store, project_id, holder, settings.training_lease_seconds)
+    keeper.start()
+    try:
+        return _train_and_publish(project_id, settings, store, job, keeper)
+    finally:
+        keeper.stop()
+        try:
+            store.release_training_lease(project_id, holder)
+        except Exception as exc:  # it expires by itself
+            log.warning("training lease of project %s not released: %s", project_id, exc)
+
+
+def _train_and_publish(project_id, settings, store, job, keeper: LeaseKeeper) -> dict:
     from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
     from model.registry import Registry
     from model.training import StageConfig, TrainConfig, synthetic_stream, train
-    from rq import get_current_job
 
     from .ingest import fetch_missing_images
     from .promotion import promotion_gate
-    from .settings import get_settings
-    from .store import Store
     from .worker import redis_connection
 
-    settings = settings or get_settings()
     started = time.time()
-    store = Store.shared(settings)
     registry = Registry(settings.registry_path, base=settings.model_dir or DEFAULT_CHECKPOINT)
     fetch_missing_images(store, settings)
     snapshot = store.snapshot(project_id)
-    job = get_current_job()  # None when called outside a worker
     # the job id lets the policy give this run's count back if the run never completes (worker killed, exception)
     run_id = store.mark_training_started(project_id, snapshot.id, job_id=job.id if job is not None else None)
     items = records_to_images(snapshot.records)
@@ -193,6 +252,9 @@ def run_training(project_id, settings=None) -> dict:
         "train_seconds": round(result.seconds, 1), "total_seconds": round(time.time() - started, 1),
     }
     (staged / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    if keeper.lost.is_set():
+        raise LeaseHeld(f"training run of project {project_id} lost its lease before publishing; {version} is not "
+                        "published")
     published = registry.publish(staged, version, accepted, summary)
     store.training_completed(run_id, "accepted" if accepted else "rejected")
     if accepted and settings.redis_url:
