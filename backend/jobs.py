@@ -74,16 +74,76 @@ def _fetch_bytes(state, ref: str, task_id) -> bytes:
     return data
 
 
+_ANSWERED: dict[str, dict] = {}  # job id -> its answer, computed with other jobs in one pass (answer_batch)
+
+
 def describe_job(payload: dict) -> dict:
     """Runs in an inference worker. Input errors (image unreachable, not an image, bad box) come back as
-    {"error": ...}; anything else raises and rq records the job as failed."""
-    from model.images import load_image
+    {"error": ...}; anything else raises and rq records the job as failed. When the worker answered this job
+    together with others (`answer_batch`), it returns that answer."""
+    from rq import get_current_job
 
+    job = get_current_job()
+    if job is not None and job.id in _ANSWERED:
+        return _ANSWERED.pop(job.id)
+    return describe_payloads([payload])[0]
+
+
+def answer_batch(jobs: list) -> int:
+    """Answer several waiting describe jobs in one batched pass (the worker's job loop calls it before running
+    them); each job then returns its own answer when rq runs it. Returns how many were answered. Anything but an
+    input error leaves the jobs unanswered, so each runs alone and fails alone."""
+    try:
+        answers = describe_payloads([job.args[0] for job in jobs])
+    except Exception as exc:
+        log.warning("batched pass over %d jobs failed (%s: %s); running them one by one", len(jobs),
+                    type(exc).__name__, exc)
+        return 0
+    for job, answer in zip(jobs, answers):
+        _ANSWERED[job.id] = answer
+    return len(jobs)
+
+
+def forget_answers(job_ids) -> None:
+    """Drop answers a job loop computed but did not hand out (a job that could not run)."""
+    for job_id in job_ids:
+        _ANSWERED.pop(job_id, None)
+
+
+def describe_payloads(payloads: list[dict]) -> list[dict]:
+    """Describe every payload's task in one batched pass (`RegionDescriber.describe_many`): the vision tower over
+    the images not cached yet together, then every box's questions together. Each payload gets its own answer or
+    its own {"error": ...}."""
     from .worker import current, refresh_model
 
     state = current()
     refresh_model(state, state.metrics.connection)
     started = time.perf_counter()
+    answers: list[dict | None] = [None] * len(payloads)
+    requests, owners = [], []
+    for i, payload in enumerate(payloads):
+        prepared = _prepare(state, payload)
+        if isinstance(prepared, dict):
+            answers[i] = prepared
+            continue
+        requests.append(prepared[0])
+        owners.append((i, prepared[1]))
+    described = state.describer.describe_many(requests) if requests else []
+    for (i, size), request, description in zip(owners, requests, described):
+        payload = payloads[i]
+        if isinstance(description, RegionScribeError):
+            answers[i] = _error(state, "input", str(description))
+            continue
+        answers[i] = _answer(state, payload, request, description, size, started, len(payloads))
+    return answers
+
+
+def _prepare(state, payload: dict):
+    """The payload's describe request and its image size, or an error answer (image unreachable or not an image,
+    `describe` not a list)."""
+    from model.describer import DescribeRequest
+    from model.images import load_image
+
     try:
         data = _fetch_bytes(state, payload["image"], payload.get("task_id"))
         image = load_image(data, max_pixels=state.settings.max_image_pixels)
@@ -97,22 +157,25 @@ def describe_job(payload: dict) -> dict:
         # at least one pixel, inside the image: a sliver or a box dragged past the edge is still a region
         x1, y1 = min(x1, width - 1.0), min(y1, height - 1.0)
         boxes.append((x1, y1, max(x2, x1 + 1.0), max(y2, y1 + 1.0)))
-    asks = Asks(**payload["asks"])
-    try:
-        only = payload.get("describe")
-        if only is not None and not isinstance(only, list):
-            raise RegionScribeError(f"`describe` must be a list of box indices, not {type(only).__name__}")
-        description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest(),
-                                               only=only)
-    except RegionScribeError as exc:
-        return _error(state, "input", str(exc))
+    only = payload.get("describe")
+    if only is not None and not isinstance(only, list):
+        return _error(state, "input", f"`describe` must be a list of box indices, not {type(only).__name__}")
+    request = DescribeRequest(image, boxes, Asks(**payload["asks"]), image_key=hashlib.sha256(data).hexdigest(),
+                              only=only)
+    return request, (width, height)
+
+
+def _answer(state, payload: dict, request, description, size: tuple[int, int], started: float, batch: int) -> dict:
+    boxes, only = request.boxes, request.only
     described = len(boxes) if only is None else len(set(only))
-    log.info("request %s task %s: %s region(s) in %.3f s (cache %s)", payload.get("request_id"),
-             payload.get("task_id"), described if only is None else f"{described} of {len(boxes)}",
-             time.perf_counter() - started, "hit" if description.cache_hit else "miss")
+    log.info("request %s task %s: %s region(s) in %.3f s (cache %s, %d job(s) in the pass)",
+             payload.get("request_id"), payload.get("task_id"),
+             described if only is None else f"{described} of {len(boxes)}", time.perf_counter() - started,
+             "hit" if description.cache_hit else "miss", batch)
     state.metrics.count("worker_jobs", outcome="ok")
     state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
     state.metrics.count("regions", described)
+    width, height = size
     return {
         "task_id": payload.get("task_id"),
         "width": width,

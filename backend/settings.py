@@ -64,6 +64,8 @@ class Settings:
     predict_timeout: float = 60.0  # PREDICT_TIMEOUT: seconds a /predict waits for the workers before answering a per-task error (LS gives up at 100)
     job_timeout: int = 120  # JOB_TIMEOUT: seconds a worker may spend on one job before rq stops it
     result_ttl: int = 300  # RESULT_TTL: seconds a finished job's result stays in Redis
+    inference_batch_jobs: int = 16  # INFERENCE_BATCH_JOBS: waiting describe jobs an inference worker answers in one batched pass (1: one job per pass)
+    inference_batch_wait_ms: float = 2.0  # INFERENCE_BATCH_WAIT_MS: milliseconds an inference worker waits for more jobs when fewer than INFERENCE_BATCH_JOBS are waiting (0: take only what is waiting)
     worker_heartbeat: float = 2.0  # WORKER_HEARTBEAT: seconds between a worker's liveness beats; 4 missed beats = dead (a waiting /predict then fails fast)
 
     # --- feedback loop: the store of corrected annotations and the retraining policy ---------------------------
@@ -117,6 +119,10 @@ class Settings:
                     kwargs[f.name] = raw
             except ValueError:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+        if kwargs.get("inference_batch_jobs", 1) < 1:
+            raise ValueError(f"INFERENCE_BATCH_JOBS={get('INFERENCE_BATCH_JOBS')!r}: at least 1 job per pass")
+        if kwargs.get("inference_batch_wait_ms", 0) < 0:
+            raise ValueError(f"INFERENCE_BATCH_WAIT_MS={get('INFERENCE_BATCH_WAIT_MS')!r}: milliseconds, 0 or more")
         if kwargs.get("sync_interval", 0) < 0:
             raise ValueError(f"SYNC_INTERVAL={get('SYNC_INTERVAL')!r}: seconds between syncs, or 0 for none")
         if kwargs.get("log_format", "text") not in LOG_FORMATS:
