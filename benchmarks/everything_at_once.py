@@ -8,8 +8,8 @@ Starts a private Redis, the web server (gunicorn), one inference worker, one ing
 on a fresh DATA_DIR. Seeds a project with corrected annotations and presses "Start training" (START_TRAINING); once
 the run has taken its snapshot, sends the flood: every version of `--annotations` annotations (creates, updates with
 newer `updated_at`, about 15% deleted), repeated deliveries up to `--events`, shuffled, spread over `--clients`
-concurrent webhook clients. Meanwhile `--annotators` clients draw boxes (/predict, interactive) and a probe asks
-/health every 0.2 s. Checks, and exits 1 when one fails:
+concurrent webhook clients. Meanwhile `--annotators` clients draw boxes (/predict, interactive), and a probe in a
+process of its own asks /health every 0.2 s until the training run ends. Checks, and exits 1 when one fails:
 - the store's final state is exactly the newest version of every annotation (deleted ones hold no live region);
 - every webhook answer is 2xx;
 - /health answered 200 within 1 s every time;
@@ -40,6 +40,24 @@ from backend.runner import _stop, find_redis_server, free_port, start_redis, wai
 
 CONFIG = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 PROJECT = 1
+
+
+# /health is timed from a process of its own: in this one, the GIL shared with 30-odd client threads would delay the
+# probe itself (a Label Studio polling /health is another process too)
+PROBE = """
+import json, sys, time, pathlib, requests
+base, out = sys.argv[1], pathlib.Path(sys.argv[2])
+stop, seen, s = out.with_suffix(".stop"), [], requests.Session()
+while not stop.exists():
+    t = time.perf_counter()
+    try:
+        status = s.get(base + "/health", timeout=5).status_code
+    except requests.RequestException:
+        status = -1
+    seen.append((time.perf_counter() - t, status))
+    time.sleep(0.2)
+out.write_text(json.dumps(seen))
+"""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -160,7 +178,7 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
                  "workdir": str(work)}
     from backend.store import Store
 
-    store = None
+    store = prober = None
     try:
         if not wait_ready(base, procs, timeout=300):
             raise RuntimeError("the backend did not become healthy; see " + str(work))
@@ -179,23 +197,10 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
         log(f"training run going; flooding {len(flood_events)} events from {clients} clients")
 
         stop = threading.Event()
-        health: list[tuple[float, int]] = []
         predictions: list[float] = []
         prediction_errors: list[str] = []
         webhook_ms: list[float] = []
         webhook_bad: list[str] = []
-
-        def probe() -> None:
-            s = requests.Session()
-            while not stop.is_set():
-                t = time.perf_counter()
-                try:
-                    status = s.get(f"{base}/health", timeout=5).status_code
-                except requests.RequestException as exc:
-                    status = -1
-                    log(f"/health: {exc}")
-                health.append((time.perf_counter() - t, status))
-                stop.wait(0.2)
 
         def annotator(c: int) -> None:
             s = requests.Session()
@@ -227,8 +232,9 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
                     webhook_bad.append(f"{type(exc).__name__}: {exc}")
                 webhook_ms.append(1000 * (time.perf_counter() - t))
 
-        background = [threading.Thread(target=probe)] + [threading.Thread(target=annotator, args=(c,))
-                                                         for c in range(annotators)]
+        probe_out = work / "health.json"
+        prober = subprocess.Popen([py, "-c", PROBE, base, str(probe_out)], env=env, cwd=ROOT)
+        background = [threading.Thread(target=annotator, args=(c,)) for c in range(annotators)]
         for t in background:
             t.start()
         time.sleep(1.0)  # the annotators are drawing when the flood starts
@@ -248,6 +254,9 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
         deadline = time.monotonic() + 1800
         while store.open_training_run(PROJECT) is not None and time.monotonic() < deadline:
             time.sleep(1.0)
+        probe_out.with_suffix(".stop").touch()  # /health was probed from the run's start to its end
+        prober.wait(30)
+        health = [tuple(x) for x in json.loads(probe_out.read_text())]
         runs = store.training_runs(PROJECT)
 
         live = {(r.annotation_id, r.region_id): r.caption for r in store.records(PROJECT)}
@@ -281,6 +290,8 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
                          "running_when_flood_ended": running_after_flood},
         })
     finally:
+        if prober is not None and prober.poll() is None:
+            prober.kill()
         for name in ("web", "inference", "ingest", "trainer"):
             _stop(procs[name], name, timeout=30)
         _stop(redis_process, "redis")
