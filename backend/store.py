@@ -31,6 +31,11 @@ moves the project's watermark there; `pending_count` counts live trainable regio
 events that arrive while a run is going count toward the next run. A run that never completes (`training_failed`:
 its worker was killed, it raised) gives its count back: the watermark returns to the newest snapshot of a run that did
 not fail, and a training request it had satisfied is pending again.
+
+Training leases. `acquire_training_lease` gives a project's training run a row with an expiry, which the running
+worker renews (`renew_training_lease`) and releases at the end; the policy counts a live lease as a run going, so one
+run per project holds even when Redis loses its data mid-run. A run closed as failed (`training_failed`) releases its
+lease.
 """
 from __future__ import annotations
 
