@@ -32,6 +32,7 @@ from model.errors import RegionScribeError
 
 from .images import FetchError
 from .labeling import percent_box_to_pixels
+from .logs import request_context
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def describe_payloads(payloads: list[dict]) -> list[dict]:
     answers: list[dict | None] = [None] * len(payloads)
     requests, owners = [], []
     for i, payload in enumerate(payloads):
-        prepared = _prepare(state, payload)
+        with request_context(payload.get("request_id")):
+            prepared = _prepare(state, payload)
         if isinstance(prepared, dict):
             answers[i] = prepared
             continue
@@ -131,10 +133,11 @@ def describe_payloads(payloads: list[dict]) -> list[dict]:
     described = state.describer.describe_many(requests) if requests else []
     for (i, size), request, description in zip(owners, requests, described):
         payload = payloads[i]
-        if isinstance(description, RegionScribeError):
-            answers[i] = _error(state, "input", str(description))
-            continue
-        answers[i] = _answer(state, payload, request, description, size, started, len(payloads))
+        with request_context(payload.get("request_id")):  # its lines carry its request id, in a batch too
+            if isinstance(description, RegionScribeError):
+                answers[i] = _error(state, "input", str(description))
+            else:
+                answers[i] = _answer(state, payload, request, description, size, started, len(payloads))
     return answers
 
 
