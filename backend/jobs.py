@@ -4,7 +4,8 @@ process waits for the answers.
 A job carries one task: its id, its image reference, every box on it (Label Studio percent geometry with its region
 id and labels) and the `Asks`. The worker fetches and decodes the image, turns the boxes into pixels of the decoded
 (EXIF-rotated) image, describes all boxes in one batched pass (or, when the payload lists which to `describe`, only
-those, every box still counting as a relation partner), and returns a JSON-able dict. Boxes travel in percent,
+those, every box still counting as a relation partner), and returns a JSON-able dict. A worker that finds several
+jobs waiting answers them together (`answer_batch`: one `describe_many` pass), each with its own dict. Boxes travel in percent,
 not pixels, because only the worker knows the decoded image's true size (Label Studio's original_width/height may
 be missing, or refer to the un-rotated file).
 
