@@ -153,9 +153,12 @@ def live_workers(connection: redis.Redis, queue: str | None = None) -> list[dict
         return []
     values = connection.mget(keys)
     workers = [json.loads(v) for v in values if v]
-    if queue is not None:
-        workers = [w for w in workers if "queues" not in w or queue in (w.get("queues") or [])]
-    return workers
+    return workers if queue is None else serving(workers, queue)
+
+
+def serving(workers: list[dict], queue: str) -> list[dict]:
+    """Those of `workers` (from live_workers) that serve `queue`; a worker that does not say counts for every one."""
+    return [w for w in workers if "queues" not in w or queue in (w.get("queues") or [])]
 
 
 def is_alive(connection: redis.Redis, name: str) -> bool:
