@@ -39,7 +39,7 @@ from .metrics import Metrics
 from .model_backend import QueueUnavailable, RegionScribeModel, read_model_version
 from .settings import Settings, get_settings
 from .webhooks import record_refusal, remember_connection, schedule_check, warn_unfixable
-from .worker import live_workers, redis_connection
+from .worker import live_workers, redis_connection, serving
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             body.update(status="DOWN", detail="REDIS_URL is not set")
             return jsonify(body), 503
         try:
-            probe.ping()
+            # few round trips (one SCAN and one MGET for every worker, one GET): under load each one waits on Redis
+            everyone = live_workers(probe)
             body["redis"] = True
-            workers = live_workers(probe, settings.inference_queue)  # the ones that can answer /predict
+            workers = serving(everyone, settings.inference_queue)  # the ones that can answer /predict
             body["workers"] = len(workers)
             body["workers_ready"] = sum(1 for w in workers if w.get("state") == "ready")
-            body["training_workers"] = len(live_workers(probe, settings.training_queue))
+            body["training_workers"] = len(serving(everyone, settings.training_queue))
             body["model_version"] = read_model_version(probe, settings)
         except redis.RedisError as exc:
             g.redis_down = True

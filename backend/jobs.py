@@ -6,9 +6,11 @@ bounding box with its region id and labels, and for a polygon, ellipse, brush or
 backend.shapes) and the `Asks`. The worker fetches and decodes the image, turns the regions into pixel boxes and
 masks of the decoded (EXIF-rotated) image, describes all of them in one batched pass (or, when the payload lists
 which to `describe`, only those, every region still counting as a relation partner), and returns a JSON-able dict.
-Regions travel in percent, not pixels, because only the worker knows the decoded image's true size (Label Studio's
-original_width/height may be missing, or refer to the un-rotated file). A region whose shape cannot be described
-there (an empty mask, a brush RLE of another size) comes back as {"id", "error"}; the others are described.
+A worker that finds several jobs waiting answers them together (`answer_batch`: one `describe_many` pass), each
+with its own dict. Regions travel in percent, not pixels, because only the worker knows the decoded image's true
+size (Label Studio's original_width/height may be missing, or refer to the un-rotated file). A region whose shape
+cannot be described there (an empty mask, a brush RLE of another size) comes back as {"id", "error"}; the others
+are described.
 
 Jobs and results are JSON-serialized (rq's JSONSerializer), never pickled, so a Redis shared with other software
 cannot make a worker unpickle code.
@@ -34,6 +36,7 @@ from model.errors import RegionScribeError
 
 from .images import FetchError
 from .labeling import percent_box_to_pixels
+from .logs import request_context
 from .shapes import Shape, ShapeError
 from .settings import Settings
 
@@ -77,16 +80,91 @@ def _fetch_bytes(state, ref: str, task_id) -> bytes:
     return data
 
 
+_ANSWERED: dict[str, dict] = {}  # job id -> its answer, computed with other jobs in one pass (answer_batch)
+
+
 def describe_job(payload: dict) -> dict:
     """Runs in an inference worker. Input errors (image unreachable, not an image, bad box) come back as
-    {"error": ...}; anything else raises and rq records the job as failed."""
-    from model.images import load_image
+    {"error": ...}; anything else raises and rq records the job as failed. When the worker answered this job
+    together with others (`answer_batch`), it returns that answer."""
+    from rq import get_current_job
 
+    job = get_current_job()
+    if job is not None and job.id in _ANSWERED:
+        return _ANSWERED.pop(job.id)
+    return describe_payloads([payload])[0]
+
+
+def answer_batch(jobs: list) -> int:
+    """Answer several waiting describe jobs in one batched pass (the worker's job loop calls it before running
+    them); each job then returns its own answer when rq runs it. Returns how many were answered. Anything but an
+    input error leaves the jobs unanswered, so each runs alone and fails alone."""
+    try:
+        answers = describe_payloads([job.args[0] for job in jobs])
+    except Exception as exc:
+        log.warning("batched pass over %d jobs failed (%s: %s); running them one by one", len(jobs),
+                    type(exc).__name__, exc)
+        return 0
+    for job, answer in zip(jobs, answers):
+        _ANSWERED[job.id] = answer
+    return len(jobs)
+
+
+def forget_answers(job_ids) -> None:
+    """Drop answers a job loop computed but did not hand out (a job that could not run)."""
+    for job_id in job_ids:
+        _ANSWERED.pop(job_id, None)
+
+
+def describe_payloads(payloads: list[dict]) -> list[dict]:
+    """Describe every payload's task in one batched pass (`RegionDescriber.describe_many`): the vision tower over
+    the images not cached yet together, then every box's questions together. Each payload gets its own answer or
+    its own {"error": ...}."""
     from .worker import current, refresh_model
 
     state = current()
     refresh_model(state, state.metrics.connection)
     started = time.perf_counter()
+    answers: list[dict | None] = [None] * len(payloads)
+    requests, owners = [], []
+    for i, payload in enumerate(payloads):
+        with request_context(payload.get("request_id")):
+            prepared = _prepare(state, payload)
+        if isinstance(prepared, dict):
+            answers[i] = prepared
+            continue
+        requests.append(prepared.request)
+        owners.append((i, prepared))
+    described = state.describer.describe_many(requests) if requests else []
+    for (i, prepared), description in zip(owners, described):
+        payload = payloads[i]
+        with request_context(payload.get("request_id")):  # its lines carry its request id, in a batch too
+            if isinstance(description, RegionScribeError):
+                answers[i] = _error(state, "input", str(description))
+            else:
+                answers[i] = _answer(state, payload, prepared, description, started, len(payloads))
+    return answers
+
+
+@dataclass
+class _Prepared:
+    """A payload made ready for the describer: its request, the image size, and which payload regions it holds
+    (`kept`: the payload index of each box given to the describer; `region_errors`: payload index -> error)."""
+
+    request: object  # model.describer.DescribeRequest
+    size: tuple[int, int]
+    kept: list[int]
+    region_errors: dict[int, str]
+
+
+def _prepare(state, payload: dict) -> "_Prepared | dict":
+    """The payload's describe request, or an error answer (image unreachable or not an image, `describe` not a list
+    of region indices, no region left to describe). Each region's pixel box and, for a polygon, ellipse or brush,
+    its mask on the decoded (EXIF-corrected) image; a region whose shape cannot be described there (an empty mask,
+    an RLE of another size) is reported on its own."""
+    from model.describer import DescribeRequest
+    from model.images import load_image
+
     try:
         data = _fetch_bytes(state, payload["image"], payload.get("task_id"))
         image = load_image(data, max_pixels=state.settings.max_image_pixels)
@@ -94,9 +172,7 @@ def describe_job(payload: dict) -> dict:
         log.info("request %s task %s: image error: %s", payload.get("request_id"), payload.get("task_id"), exc)
         return _error(state, "image", str(exc))
     width, height = image.size
-    # each region's pixel box and, for a polygon, ellipse or brush, its mask on this (EXIF-corrected) image; a
-    # region whose shape cannot be described (an empty mask, an RLE of another size) is reported on its own
-    kept: list[int] = []  # payload index of each box given to the describer
+    kept: list[int] = []
     boxes, masks, region_errors = [], [], {}
     for k, region in enumerate(payload["regions"]):
         try:
@@ -111,7 +187,6 @@ def describe_job(payload: dict) -> dict:
         state.metrics.count("region_errors", len(region_errors))
         log.info("request %s task %s: %s", payload.get("request_id"), payload.get("task_id"),
                  "; ".join(region_errors.values()))
-    asks = Asks(**payload["asks"])
     only = payload.get("describe")
     count = len(payload["regions"])
     if only is not None and not isinstance(only, list):
@@ -120,25 +195,32 @@ def describe_job(payload: dict) -> dict:
         return _error(state, "input", f"`describe` names boxes {only!r}; there are {count} boxes "
                                       f"(indices 0..{count - 1})")
     position = {k: i for i, k in enumerate(kept)}
-    wanted = range(len(payload["regions"])) if only is None else only
+    wanted = range(count) if only is None else only
     targets = [position[k] for k in wanted if k in position]
     if not targets:
         if region_errors:  # nothing left to describe: the task's error is its regions' errors
             return _error(state, "input", "; ".join(region_errors.values()))
         return _error(state, "input", "no region to describe")
-    try:
-        description = state.describer.describe(image, boxes, asks, image_key=hashlib.sha256(data).hexdigest(),
-                                               only=None if only is None and not region_errors else targets,
-                                               masks=masks if any(m is not None for m in masks) else None)
-    except RegionScribeError as exc:
-        return _error(state, "input", str(exc))
-    described = len(targets)
-    log.info("request %s task %s: %s region(s) in %.3f s (cache %s)", payload.get("request_id"),
-             payload.get("task_id"), described if only is None else f"{described} of {len(boxes)}",
-             time.perf_counter() - started, "hit" if description.cache_hit else "miss")
+    # a region with a mask is described by a pass of its own (describe_many's `extra`); rectangles batch together
+    extra = {"masks": masks} if any(m is not None for m in masks) else {}
+    request = DescribeRequest(image, boxes, Asks(**payload["asks"]), image_key=hashlib.sha256(data).hexdigest(),
+                              only=None if only is None and not region_errors else targets, extra=extra)
+    return _Prepared(request, (width, height), kept, region_errors)
+
+
+def _answer(state, payload: dict, prepared: _Prepared, description, started: float, batch: int) -> dict:
+    kept, region_errors = prepared.kept, prepared.region_errors
+    boxes, only = prepared.request.boxes, prepared.request.only
+    described = len(boxes) if only is None else len(set(only))
+    log.info("request %s task %s: %s region(s) in %.3f s (cache %s, %d job(s) in the pass)",
+             payload.get("request_id"), payload.get("task_id"),
+             described if only is None else f"{described} of {len(boxes)}", time.perf_counter() - started,
+             "hit" if description.cache_hit else "miss", batch)
     state.metrics.count("worker_jobs", outcome="ok")
     state.metrics.count("cache", result="hit" if description.cache_hit else "miss")
     state.metrics.count("regions", described)
+    width, height = prepared.size
+    position = {k: i for i, k in enumerate(kept)}
     out_regions = []
     for k, region in enumerate(payload["regions"]):
         if k in region_errors:

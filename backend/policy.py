@@ -11,7 +11,12 @@ When due, and no run of that project is queued or running, the policy enqueues
 the training worker's code). At most one run per project: the id of the project's current job is kept in Redis
 (`regionscribe:training:<project>:job`), and a short Redis mutex serialises the check-then-enqueue across web
 processes. A run counts as active while its rq job is queued/deferred/scheduled, or started on a worker whose
-liveness key is fresh (a killed training worker frees the project at once, not after rq's job timeout). A trigger that
+liveness key is fresh (a killed training worker frees the project at once, not after rq's job timeout), or while the
+project's training lease in the store is live (`store.training_lease`: taken by the running job, renewed by its
+worker every third of TRAINING_LEASE_SECONDS). The lease is what keeps one run per project when Redis loses its data
+in the middle of a run (FLUSHALL, a restart without persistence): the job, its pointer and the worker's liveness key
+are gone, but the lease is not, so nothing is enqueued and a job that starts anyway refuses to run
+(`training_job.run_training`). A lease whose worker died expires by itself; a run closed as failed releases it. A trigger that
 arrives while a run is active enqueues nothing: its regions stay pending (the count only restarts at
 `mark_training_started`) and the request flag stays set, and the run's success callback (`training_finished`)
 evaluates the project again, so it leads to the next run.
@@ -93,6 +98,10 @@ class Policy:
             return True
         return False
 
+    def lease(self, project_id: int) -> dict | None:
+        """The project's live training lease in the store (its running job renews it), or None."""
+        return self.store.training_lease(project_id)
+
     def active_job(self, project_id: int) -> Job | None:
         """The project's queued or running training job, or None."""
         job_id = self.connection.get(JOB_KEY.format(project=int(project_id)))
@@ -111,6 +120,8 @@ class Policy:
         job = self._fetch(run["job_id"])
         if job is not None and self._running(job, project_id):
             return None
+        if job is None and self.lease(project_id) is not None:
+            return None  # Redis lost the job (FLUSHALL, a restart without persistence), its worker still renews
         status = None if job is None else job.get_status(refresh=False)
         if status == JobStatus.FINISHED:
             self.store.training_completed(run["id"], "completed")  # returned without closing its run itself
@@ -172,6 +183,10 @@ class Policy:
             active = self.active_job(project_id)
             if active is not None:
                 answer["active"] = active.id
+                return answer
+            lease = self.lease(project_id)
+            if lease is not None:  # a run Redis no longer knows of (its data lost) is still going
+                answer["active"] = lease["holder"]
                 return answer
             answer["enqueued"] = self._enqueue(project_id, reason, function)
         return answer

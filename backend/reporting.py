@@ -32,17 +32,29 @@ def version_rows(settings: Settings | None = None) -> list[dict]:
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.manifest.get("created", 0))),
             "regions": v.manifest.get("regions"), "base_score": cand.get("base_score"),
             "heldout_score": cand.get("heldout_score"), "base_drop": v.manifest.get("base_drop"),
-            "train_seconds": v.manifest.get("train_seconds"),
+            "train_seconds": v.manifest.get("train_seconds"), "failed": gate_failures(v.manifest),
         })
     if not any(r["current"] for r in rows):
         rows.insert(0, {"version": current.version, "status": "base", "current": True, "parent": None,
                         "project": None, "created": "", "regions": None, "base_score": None, "heldout_score": None,
-                        "base_drop": None, "train_seconds": None})
+                        "base_drop": None, "train_seconds": None, "failed": None})
     return rows
 
 
+def gate_failures(manifest: dict) -> str | None:
+    """The metrics that made the promotion gate refuse a version (backend.promotion), e.g. "attribute:texture -9.40
+    (tolerance 2)"; None for an accepted version or one published before the gate recorded them."""
+    gate = manifest.get("gate") or {}
+    failed = [c for c in gate.get("checks") or [] if not c.get("passed")]
+    if not failed:
+        return None
+    return ", ".join(f"{c['metric']} {-c['drop']:+.2f} (tolerance {c['tolerance']:g})" if c.get("drop") is not None
+                     else f"{c['metric']} not scored" for c in failed)
+
+
 def format_table(rows: list[dict]) -> str:
-    cols = ["version", "status", "current", "parent", "regions", "base_score", "heldout_score", "base_drop", "created"]
+    cols = ["version", "status", "current", "parent", "regions", "base_score", "heldout_score", "base_drop", "created",
+            "failed"]
     cells = [[("*" if r[c] else "") if c == "current" else ("" if r[c] is None else str(r[c])) for c in cols]
              for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
@@ -91,7 +103,7 @@ def write_report(path: str, settings: Settings | None = None) -> dict:
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape('' if r[c] is None else str(r[c]))}</td>" for c in
                          ("version", "status", "current", "parent", "regions", "base_score", "heldout_score",
-                          "base_drop", "created")) + "</tr>" for r in rows)
+                          "base_drop", "created", "failed")) + "</tr>" for r in rows)
     edits = "".join(f"<tr><td>{html.escape(v)}</td><td>{e['regions']}</td><td>{e['changed']}</td>"
                     f"<td>{100 * e['rate']:.1f}%</td></tr>" for v, e in sorted(edit.items()))
     arrivals = "".join(f"<tr><td>{p}</td><td>{c['regions']}</td><td>{c['webhook']}</td><td>{c['sync']}</td>"
@@ -102,10 +114,13 @@ def write_report(path: str, settings: Settings | None = None) -> dict:
 padding:3px 8px;font-size:13px}}</style></head><body>
 <h1>regionscribe: model versions</h1>
 <p>Generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}. Base score: mean attribute and relation accuracy on the
-synthetic base test split; held-out score: attribute accuracy and caption exact match on held-out corrections.</p>
+synthetic base test split; held-out score: attribute accuracy and caption exact match on held-out corrections. The
+promotion gate checks each attribute, each relation axis and the caption CIDEr-D on its own; a refused version names
+the metrics that failed.</p>
 <img alt="metrics across versions and edit rate" src="data:image/png;base64,{png}">
 <h2>Versions</h2><table><tr><th>version</th><th>status</th><th>current</th><th>parent</th><th>regions</th>
-<th>base score</th><th>held-out score</th><th>base drop</th><th>created</th></tr>{table}</table>
+<th>base score</th><th>held-out score</th><th>base drop</th><th>created</th><th>refused by (promotion gate)</th></tr>
+{table}</table>
 <h2>Edit rate per model version</h2><table><tr><th>model version</th><th>pre-filled regions</th><th>changed</th>
 <th>edit rate</th></tr>{edits}</table>
 <h2>How the annotations arrived</h2><p>Live regions per project by the path that delivered their current content: Label

@@ -59,10 +59,13 @@ class Settings:
     inference_queue: str = "inference"  # INFERENCE_QUEUE: RQ queue name for describe jobs
     training_queue: str = "training"  # TRAINING_QUEUE: RQ queue name for training runs (feedback loop)
     ingest_queue: str = "ingest"  # INGEST_QUEUE: RQ queue for ingest jobs (caching annotated images by content hash)
+    training_lease_seconds: float = 60.0  # TRAINING_LEASE_SECONDS: a training run's lease in the store lasts this long; the running worker renews it every third of it, and a run whose worker died frees the project after at most this long even when Redis lost the job
     training_timeout: int = 3600  # TRAINING_TIMEOUT: seconds a training run may take before rq stops it
     predict_timeout: float = 60.0  # PREDICT_TIMEOUT: seconds a /predict waits for the workers before answering a per-task error (LS gives up at 100)
     job_timeout: int = 120  # JOB_TIMEOUT: seconds a worker may spend on one job before rq stops it
     result_ttl: int = 300  # RESULT_TTL: seconds a finished job's result stays in Redis
+    inference_batch_jobs: int = 16  # INFERENCE_BATCH_JOBS: waiting describe jobs an inference worker answers in one batched pass (1: one job per pass)
+    inference_batch_wait_ms: float = 2.0  # INFERENCE_BATCH_WAIT_MS: milliseconds an inference worker waits for more jobs when fewer than INFERENCE_BATCH_JOBS are waiting (0: take only what is waiting)
     worker_heartbeat: float = 2.0  # WORKER_HEARTBEAT: seconds between a worker's liveness beats; 4 missed beats = dead (a waiting /predict then fails fast)
 
     # --- feedback loop: the store of corrected annotations and the retraining policy ---------------------------
@@ -75,7 +78,8 @@ class Settings:
     retrain_lr: float = 3e-4  # RETRAIN_LR: learning rate of a feedback run's two stages (the LM's; the region encoder's is this times RETRAIN_VISUAL_LR_SCALE)
     retrain_visual_lr_scale: float = 0.5  # RETRAIN_VISUAL_LR_SCALE: region encoder's learning-rate factor in feedback runs (the LM is trained by then, so its gradients no longer scramble the region features)
     replay_ratio: float = 2.0  # REPLAY_RATIO: replayed base (synthetic) samples per correction sample, so old skills stay (README, Benchmarks: feedback_loop.py)
-    promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points a candidate may lose on the base test split and still become current
+    promotion_tolerance: float = 2.0  # PROMOTION_TOLERANCE: points of accuracy a candidate may lose on the base test split, on each attribute and each relation axis alone, and still become current
+    promotion_cider_tolerance: float = 25.0  # PROMOTION_CIDER_TOLERANCE: points of caption CIDEr-D (0-1000 scale) a candidate may lose on the base test split and still become current
     promotion_base_scenes: int = 60  # PROMOTION_BASE_SCENES: base test scenes scored for the promotion gate
     sync_interval: int = 300  # SYNC_INTERVAL: seconds between reconciliations of every connected project with Label Studio (backend.sync; run by the ingest worker); 0 turns it off
 
@@ -115,6 +119,10 @@ class Settings:
                     kwargs[f.name] = raw
             except ValueError:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+        if kwargs.get("inference_batch_jobs", 1) < 1:
+            raise ValueError(f"INFERENCE_BATCH_JOBS={get('INFERENCE_BATCH_JOBS')!r}: at least 1 job per pass")
+        if kwargs.get("inference_batch_wait_ms", 0) < 0:
+            raise ValueError(f"INFERENCE_BATCH_WAIT_MS={get('INFERENCE_BATCH_WAIT_MS')!r}: milliseconds, 0 or more")
         if kwargs.get("sync_interval", 0) < 0:
             raise ValueError(f"SYNC_INTERVAL={get('SYNC_INTERVAL')!r}: seconds between syncs, or 0 for none")
         if kwargs.get("log_format", "text") not in LOG_FORMATS:

@@ -31,6 +31,11 @@ moves the project's watermark there; `pending_count` counts live trainable regio
 events that arrive while a run is going count toward the next run. A run that never completes (`training_failed`:
 its worker was killed, it raised) gives its count back: the watermark returns to the newest snapshot of a run that did
 not fail, and a training request it had satisfied is pending again.
+
+Training leases. `acquire_training_lease` gives a project's training run a row with an expiry, which the running
+worker renews (`renew_training_lease`) and releases at the end; the policy counts a live lease as a run going, so one
+run per project holds even when Redis loses its data mid-run. A run closed as failed (`training_failed`) releases its
+lease.
 """
 from __future__ import annotations
 
@@ -205,9 +210,20 @@ UPDATE annotations SET source = 'webhook' WHERE version_us IS NOT NULL;
 CREATE INDEX annotations_project ON annotations (project_id);
 CREATE INDEX regions_project_source ON regions (project_id, source)
 """),
+    # a training run's lease: one row per project while a run holds it, with an expiry the running worker renews
+    # (backend.training_job), so "one run per project" survives Redis losing its data (FLUSHALL, a restart without
+    # persistence): the policy enqueues nothing and a second job refuses to start while the lease is live
+    (4, "training leases", """
+CREATE TABLE training_leases (
+    project_id {BIGINT} PRIMARY KEY,
+    holder TEXT NOT NULL,
+    acquired_at {REAL} NOT NULL,
+    renewed_at {REAL} NOT NULL,
+    expires_at {REAL} NOT NULL
+)
+"""),
     # a region's shape when it is not a rectangle (backend.shapes.Shape.to_json: polygon points, ellipse, brush mask
-    # as Label Studio's RLE, keypoint); x, y, width, height stay its bounding box. NULL: a rectangle. Number 5: step 4
-    # is another branch's (training-run leases); steps apply in order and the numbers may have gaps.
+    # as Label Studio's RLE, keypoint); x, y, width, height stay its bounding box. NULL: a rectangle.
     (5, "region shape", """
 ALTER TABLE regions ADD COLUMN shape TEXT
 """),
@@ -1126,6 +1142,7 @@ class Store:
                 return False
             tx.execute("UPDATE training_runs SET finished_at = ?, outcome = ? WHERE id = ?",
                        (time.time(), f"failed: {reason}"[:500], run["id"]))
+            tx.execute("DELETE FROM training_leases WHERE project_id = ? AND holder = ?", (pid, str(job_id)))
             kept = "project_id = ? AND (outcome IS NULL OR outcome NOT LIKE ?)"  # a parameter: no literal % in SQL
             watermark = tx.scalar(f"SELECT MAX(max_seq) FROM training_runs WHERE {kept}", (pid, "failed%"))
             tx.execute("UPDATE projects SET trained_seq = ? WHERE project_id = ?", (int(watermark or 0), pid))
@@ -1137,6 +1154,53 @@ class Store:
             return True
 
         return self._run(write)
+
+    # ------------------------------------------------------------------------------------------ training leases
+
+    def acquire_training_lease(self, project_id: int, holder: str, seconds: float) -> dict | None:
+        """Take the project's training lease for `holder` (a training job's id) for `seconds`, unless another holder
+        has a live one. Returns None when taken, else the lease. Taking it again as its holder renews it."""
+        pid, holder = int(project_id), str(holder)
+
+        def write(tx: _Cursorish) -> dict | None:
+            now = time.time()
+            row = tx.one("SELECT * FROM training_leases WHERE project_id = ?" + tx.for_update, (pid,))
+            if row is not None and row["holder"] != holder and row["expires_at"] > now:
+                return None
+            if row is None:
+                tx.execute("INSERT INTO training_leases (project_id, holder, acquired_at, renewed_at, expires_at) "
+                           "VALUES (?, ?, ?, ?, ?)", (pid, holder, now, now, now + seconds))
+            else:
+                acquired = row["acquired_at"] if row["holder"] == holder else now
+                tx.execute("UPDATE training_leases SET holder = ?, acquired_at = ?, renewed_at = ?, expires_at = ? "
+                           "WHERE project_id = ?", (holder, acquired, now, now + seconds, pid))
+            return {"project_id": pid, "holder": holder, "expires_at": now + seconds}
+
+        return self._run(write)
+
+    def renew_training_lease(self, project_id: int, holder: str, seconds: float) -> bool:
+        """Extend `holder`'s lease by `seconds` from now. False when the lease is no longer its own (another holder
+        took it after it expired, or it was released because its run was closed as failed)."""
+        pid, holder = int(project_id), str(holder)
+
+        def write(tx: _Cursorish) -> bool:
+            now = time.time()
+            cur = tx.execute("UPDATE training_leases SET renewed_at = ?, expires_at = ? WHERE project_id = ? AND "
+                             "holder = ?", (now, now + seconds, pid, holder))
+            return cur.rowcount > 0
+
+        return self._run(write)
+
+    def release_training_lease(self, project_id: int, holder: str) -> bool:
+        """Drop `holder`'s lease (its run ended). Returns whether it held one."""
+        return self._run(lambda tx: tx.execute("DELETE FROM training_leases WHERE project_id = ? AND holder = ?",
+                                                (int(project_id), str(holder))).rowcount > 0)
+
+    def training_lease(self, project_id: int) -> dict | None:
+        """The project's live training lease ({"holder", "acquired_at", "renewed_at", "expires_at"}), or None."""
+        return self._run(lambda tx: tx.one(
+            "SELECT * FROM training_leases WHERE project_id = ? AND expires_at > ?", (int(project_id), time.time())),
+            write=False)
 
     def training_runs(self, project_id: int) -> list[dict]:
         return self._run(lambda tx: tx.all("SELECT * FROM training_runs WHERE project_id = ? ORDER BY id",

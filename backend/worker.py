@@ -26,6 +26,12 @@ missing heartbeat (4 × WORKER_HEARTBEAT), answers that task with an error and r
 any live worker at start and then every `maintenance_interval`) does the same, but only once the job's execution
 entry expires: job timeout + 60 s for a SimpleWorker.
 
+Cross-request batching (`_job_worker_class`): an inference worker takes every describe job waiting in its queue,
+up to INFERENCE_BATCH_JOBS (waiting up to INFERENCE_BATCH_WAIT_MS for more), and answers them in one batched pass
+(`RegionDescriber.describe_many`: the vision tower over their images together, each image's prefix shared by its
+boxes, decoding and ranking over all of them together); rq then records each job on its own, and a job whose input
+is bad gets its own error while the others are answered.
+
 Logging is set up by backend.logs (LOG_FORMAT, LOG_LEVEL); every line written while a job runs, rq's own included,
 carries the request id of the web request that queued it (`job.meta["request_id"]`).
 """
@@ -147,9 +153,12 @@ def live_workers(connection: redis.Redis, queue: str | None = None) -> list[dict
         return []
     values = connection.mget(keys)
     workers = [json.loads(v) for v in values if v]
-    if queue is not None:
-        workers = [w for w in workers if "queues" not in w or queue in (w.get("queues") or [])]
-    return workers
+    return workers if queue is None else serving(workers, queue)
+
+
+def serving(workers: list[dict], queue: str) -> list[dict]:
+    """Those of `workers` (from live_workers) that serve `queue`; a worker that does not say counts for every one."""
+    return [w for w in workers if "queues" not in w or queue in (w.get("queues") or [])]
 
 
 def is_alive(connection: redis.Redis, name: str) -> bool:
@@ -257,15 +266,61 @@ def job_request_id(job) -> str | None:
     return str(value) if value else None
 
 
-def _job_worker_class():
+def _job_worker_class(settings: Settings | None = None):
     from rq import SimpleWorker
 
+    from .jobs import JOB_FUNCTION, answer_batch, forget_answers
+
+    limit = settings.inference_batch_jobs if settings is not None else 1
+    wait = (settings.inference_batch_wait_ms if settings is not None else 0.0) / 1000.0
+    inference = settings.inference_queue if settings is not None else None
+
     class JobWorker(SimpleWorker):
-        """rq's non-forking worker, with each job's request id on every line logged while the job runs."""
+        """rq's non-forking worker, with each job's request id on every line logged while the job runs.
+
+        Cross-request batching: when it takes a describe job from the inference queue, it also takes every describe
+        job waiting there, up to INFERENCE_BATCH_JOBS, waiting up to INFERENCE_BATCH_WAIT_MS for more when fewer
+        are waiting, answers them all in one batched pass (`jobs.answer_batch`), and then runs each through rq as
+        usual (started, finished, result), so each job is answered, timed out or failed on its own."""
 
         def execute_job(self, job, queue):
-            with request_context(job_request_id(job)):
-                return super().execute_job(job, queue)
+            batch = self._gather(job, queue) if limit > 1 and job.func_name == JOB_FUNCTION else [(job, queue)]
+            if len(batch) == 1:
+                with request_context(job_request_id(job)):
+                    return super().execute_job(job, queue)
+            # started on this worker from now on, as rq marks a job it runs: a waiting /predict whose job's worker
+            # dies during the batched pass gets its error as soon as the heartbeat stops (jobs.wait_for)
+            with self.connection.pipeline() as pipe:
+                for j, _ in batch:
+                    j.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.execute()
+            answer_batch([j for j, _ in batch if j.func_name == JOB_FUNCTION])
+            try:
+                for j, q in batch:
+                    with request_context(job_request_id(j)):
+                        super().execute_job(j, q)
+            finally:
+                forget_answers([j.id for j, _ in batch])
+
+        def _gather(self, job, queue) -> list:
+            if queue.name != inference:
+                return [(job, queue)]
+            batch = [(job, queue)]
+            # pop as this worker's own dequeue does: rq moves a job into its intermediate queue (and takes it out at
+            # the start of the job) only for a worker of one queue; with two keys dequeue_any pops it plainly
+            keys = [queue] if len(self.queues) == 1 else [queue, queue]
+            deadline = time.monotonic() + wait
+            while len(batch) < limit:
+                got = self.queue_class.dequeue_any(keys, None, connection=self.connection,
+                                                   job_class=self.job_class, serializer=self.serializer,
+                                                   death_penalty_class=self.death_penalty_class)
+                if got is not None:
+                    batch.append(got)
+                elif time.monotonic() < deadline:
+                    time.sleep(0.0005)
+                else:
+                    break
+            return batch
 
     return JobWorker
 
@@ -311,7 +366,7 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
             clock = _start_sync_clock(settings, connection)
         heartbeat.beat()
         rq_queues = [Queue(q, connection=connection, serializer=JSONSerializer) for q in queue_names]
-        worker = _job_worker_class()(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
+        worker = _job_worker_class(settings)(rq_queues, connection=connection, name=name, serializer=JSONSerializer,
                                      worker_ttl=60, maintenance_interval=60)
         log.info("worker %s serving %s on %s", name, [q.name for q in rq_queues], redacted_url(settings.redis_url))
         return worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)

@@ -77,7 +77,8 @@ def new_concept_accuracy(describer, scenes) -> dict:
 
 
 def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300, base_scenes: int = 100,
-             eval_scenes: int = 60, tolerance: float = 2.0, timeout: float = 1500.0, seed: int = 11,
+             eval_scenes: int = 60, tolerance: float = 2.0,
+             cider_tolerance: float = 25.0, timeout: float = 1500.0, seed: int = 11,
              log=print, model_dir: str | None = None) -> dict:
     from model.corpus import make_scenes
     from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
@@ -107,7 +108,8 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
     env = dict(os.environ, REDIS_URL=url, DATA_DIR=str(work / "data"), IMAGE_ROOT=str(images), PORT=str(port),
                HOST="127.0.0.1", LOG_LEVEL="INFO", RETRAIN_AFTER=str(total), WEB_WORKERS="1",
                RETRAIN_STAGE1_STEPS=str(stage1_steps), RETRAIN_STAGE2_STEPS=str(stage2_steps),
-               PROMOTION_TOLERANCE=str(tolerance), PROMOTION_BASE_SCENES="40",
+               PROMOTION_TOLERANCE=str(tolerance),
+               PROMOTION_CIDER_TOLERANCE=str(cider_tolerance), PROMOTION_BASE_SCENES="40",
                **({"MODEL_DIR": str(model_dir)} if model_dir else {}))
     py = sys.executable
     logs = {name: open(work / f"{name}.log", "w") for name in ("web", "inference", "trainer")}

@@ -20,7 +20,6 @@ Without a CUDA device (and without --smoke) it prints {"skipped": true, "reason"
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics

@@ -15,6 +15,11 @@ attribute/relation candidates are ranked by log-likelihood together.
 `naive=True` is the baseline kept for honest speed comparisons: one region per pass, image re-encoded each time,
 no shared prefix.
 
+`describe_many(requests)` answers several calls at once (an inference worker's waiting jobs, backend.jobs): the
+vision tower and the LM's prefix run once over every image not cached yet, each image's prefix is shared by its
+boxes' questions, and the questions of all requests are one batch for decoding and ranking. Each request gets its
+own Description, or its own error (a bad box fails that request alone).
+
 When a call asks for both a caption and attributes, what is served agrees (`agree_caption`, on by default): where
 the caption names another value of an attribute than its ranking puts first (`disagreements`), the caption is
 written with the top value. The ranking scores every allowed value; the greedy caption commits to one word as it
@@ -30,7 +35,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -39,7 +44,7 @@ from PIL import Image
 
 from model import conversation as conv
 from model.asks import Asks, Box, Description, RegionDescription, Relation
-from model.errors import BoxError, PlaceholderError
+from model.errors import BoxError, PlaceholderError, RegionScribeError
 from model.generation import State, extend, greedy, last_logits, rank
 from model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes, pixel_values
 from model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
@@ -47,6 +52,17 @@ from model.weights import SAFE_INDEX
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default"
 
+
+@dataclass
+class DescribeRequest:
+    """One call of `describe`, for `describe_many`."""
+
+    image: Image.Image | bytes
+    boxes: list[Box]
+    asks: Asks | None = None
+    image_key: str | None = None
+    only: Sequence[int] | None = None
+    extra: dict = field(default_factory=dict)  # further keyword arguments of `describe`: such a request gets its own pass
 
 @dataclass
 class _Question:
@@ -151,6 +167,46 @@ class RegionDescriber:
             return self._assemble(boxes, questions, answers_list, hit, timings)
 
     @torch.no_grad()
+    def describe_many(self, requests: Sequence[DescribeRequest]) -> list[Description | RegionScribeError]:
+        """Several `describe` calls in one batched pass: images not cached yet go through the vision tower and the
+        LM's prefix together, then the questions of every request are decoded and ranked together. Returns, in
+        order, each request's Description, or the RegionScribeError that request alone raised (an unreadable
+        image, a bad box). A request with `extra` keyword arguments is answered by its own `describe` call."""
+        out: list = [None] * len(requests)
+        for i, r in enumerate(requests):
+            if r.extra:
+                try:
+                    out[i] = self.describe(r.image, r.boxes, r.asks, image_key=r.image_key, only=r.only, **r.extra)
+                except RegionScribeError as exc:
+                    out[i] = exc
+        with self._lock:
+            batch = []  # (index, image, boxes, norm, questions, asks)
+            for i, r in enumerate(requests):
+                if r.extra:
+                    continue
+                try:
+                    image = r.image if isinstance(r.image, Image.Image) else load_image(r.image)
+                    w, h = image.size
+                    boxes = check_boxes(r.boxes, w, h)
+                    asks = r.asks or Asks()
+                    questions = self._questions(self._targets(r.only, len(boxes)), boxes, asks)
+                    batch.append((i, image, r.image_key, boxes, normalise_boxes(boxes, w, h).to(self.model.device),
+                                  questions, asks))
+                except RegionScribeError as exc:
+                    out[i] = exc
+            if not batch:
+                return out
+            t0 = time.perf_counter()
+            encoded = self._encode_many([(image, key) for _, image, key, *_ in batch])
+            t1 = time.perf_counter()
+            answers = self._answer_many([enc for enc, _ in encoded], [b[4] for b in batch], [b[5] for b in batch],
+                                        [b[6].max_new_tokens for b in batch])
+            timings = {"encode": t1 - t0, "answer": time.perf_counter() - t1, "batch": float(len(batch))}
+            for (i, _, _, boxes, _, questions, _), (_, hit), got in zip(batch, encoded, answers):
+                out[i] = self._assemble(boxes, questions, got, hit, dict(timings))
+        return out
+
+    @torch.no_grad()
     def ask(self, image: Image.Image | bytes, boxes: list[Box],
             questions: list[tuple[str, list[int], list[str] | None]], image_key: str | None = None,
             masks: Sequence | None = None) -> list:
@@ -241,6 +297,45 @@ class RegionDescriber:
             self._cache.popitem(last=False)
         return enc, False
 
+    def _encode_many(self, items: list[tuple[Image.Image, str | None]]) -> list[tuple[_Encoded, bool]]:
+        """Encodings of several images (with whether each was already there: cached, or earlier in `items`); those
+        not cached go through the vision tower and the LM's prefix in one batch, then into the cache."""
+        keys = [key or self._image_key(image) for image, key in items]
+        found: dict[str, _Encoded] = {}
+        todo: dict[str, Image.Image] = {}
+        for (image, _), key in zip(items, keys):
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                found[key] = self._cache[key]
+            elif key not in todo:
+                todo[key] = image
+        if todo:
+            fresh = self._encode_batch(list(todo.values()))
+            for key, enc in zip(todo, fresh):
+                found[key] = self._cache[key] = enc
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        out, seen = [], set()
+        for key in keys:
+            hit = key not in todo or key in seen
+            seen.add(key)
+            self.hits, self.misses = self.hits + hit, self.misses + (not hit)
+            out.append((found[key], hit))
+        return out
+
+    def _encode_batch(self, images: list[Image.Image]) -> list[_Encoded]:
+        """The vision tower and the shared prefix (system prompt + image tokens) for several images at once."""
+        m = self.model
+        cfg = m.config
+        pv = torch.stack([pixel_values(im, cfg.image_size, cfg.image_mean, cfg.image_std) for im in images]).to(m.device)
+        feats = m.encode_images(pv)
+        n = len(images)
+        ids = torch.tensor([conv.prefix_ids(m.tokenizer, m.n_image_tokens, m.system)], device=m.device).expand(n, -1)
+        emb = m.embed(ids, feats.image_tokens, [ids.new_zeros(0, 1)] * n)
+        state, _ = extend(m.lm, State.empty(n, m.device), emb, torch.full((n,), ids.shape[1], device=m.device))
+        return [_Encoded(feats.select(torch.tensor([b], device=m.device)), state.select(torch.tensor([b], device=m.device)))
+                for b in range(n)]
+
     def _encode(self, image: Image.Image) -> _Encoded:
         m = self.model
         cfg = m.config
@@ -254,49 +349,76 @@ class RegionDescriber:
     # ------------------------------------------------------------------------------------------------ answering
     def _answer(self, enc: _Encoded, norm: torch.Tensor, questions: list[_Question], max_new_tokens: int,
                 grids: list[torch.Tensor | None] | None = None) -> list:
-        if not questions:
-            return []
+        return self._answer_many([enc], [norm], [questions], [max_new_tokens], [grids])[0]
+
+    def _answer_many(self, encs: list[_Encoded], norms: list[torch.Tensor], questions: list[list[_Question]],
+                     max_new_tokens: list[int], grids: list[list[torch.Tensor | None] | None] | None = None
+                     ) -> list[list]:
+        """Answers to the questions about each image (encs[k], boxes norms[k], per box None or a mask grid in
+        grids[k]), all in one right-padded batch: each row continues its own image's prefix; captions are decoded
+        together (one pass per distinct max_new_tokens, stopping at </s> or the config's stop string) and
+        candidates ranked together."""
+        out: list[list] = [[None] * len(qs) for qs in questions]
+        active = [k for k, qs in enumerate(questions) if qs]
+        if not active:
+            return out
         m = self.model
         tok = m.tokenizer
         device = m.device
-        regions = m.region_tokens(enc.features, [norm], None if grids is None else [grids])[0]
-        rows, region_rows = [], []
-        for q in questions:
-            text = q.text
-            if not m.uses_region_features:
-                for r in q.regions:
-                    text = text.replace(conv.BBOX, conv.box_as_text(norm[r].tolist()), 1)
-            rows.append(conv.question_ids(tok, text, first=True))
-            region_rows.append(regions[q.regions] if m.uses_region_features else regions.new_zeros(0, regions.shape[1]))
+        prefix = State.concat([encs[k].prefix for k in active])
+        if len(active) == 1:
+            features = encs[active[0]].features
+        else:
+            features = ImageFeatures([torch.cat(levels) for levels in zip(*(encs[k].features.levels for k in active))],
+                                     None)
+        masks = None
+        if grids is not None and any(grids[k] is not None for k in active):
+            masks = [grids[k] if grids[k] is not None else [None] * len(norms[k]) for k in active]
+        regions = m.region_tokens(features, [norms[k] for k in active], masks)
+        rows, region_rows, slots, owners = [], [], [], []
+        for slot, k in enumerate(active):
+            for j, q in enumerate(questions[k]):
+                text = q.text
+                if not m.uses_region_features:
+                    for r in q.regions:
+                        text = text.replace(conv.BBOX, conv.box_as_text(norms[k][r].tolist()), 1)
+                rows.append(conv.question_ids(tok, text, first=True))
+                region_rows.append(regions[slot][q.regions] if m.uses_region_features
+                                   else regions[slot].new_zeros(0, regions[slot].shape[1]))
+                slots.append(slot)
+                owners.append((k, j))
         lengths = torch.tensor([len(r) for r in rows], device=device)
         ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id, dtype=torch.long, device=device)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
         emb = m.embed(ids, None, region_rows)
-        state, logits = extend(m.lm, enc.prefix.select(torch.zeros(len(rows), dtype=torch.long, device=device)),
-                               emb, lengths)
+        state, logits = extend(m.lm, prefix.select(torch.tensor(slots, dtype=torch.long, device=device)), emb, lengths)
         first = last_logits(logits, lengths)
         embed_tokens = m.lm.get_input_embeddings()
-        out: list = [None] * len(questions)
-        gen = [i for i, q in enumerate(questions) if q.candidates is None]
-        ranked = [i for i, q in enumerate(questions) if q.candidates is not None]
-        if gen:
+        stop = m.config.stop_string
+        stop_when = (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
+        ranked = [i for i, (k, j) in enumerate(owners) if questions[k][j].candidates is not None]
+        for limit in sorted({max_new_tokens[k] for k in active}):
+            gen = [i for i, (k, j) in enumerate(owners)
+                   if questions[k][j].candidates is None and max_new_tokens[k] == limit]
+            if not gen:
+                continue
             index = torch.tensor(gen, device=device)
-            stop = m.config.stop_string
-            stop_when = (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
             g = greedy(m.lm, embed_tokens, state.select(index), first.index_select(0, index), {tok.eos_token_id},
-                       max_new_tokens, stop_when)
-            for k, i in enumerate(gen):
-                text = tok.decode(g.tokens[k], skip_special_tokens=True)
+                       limit, stop_when)
+            for n, i in enumerate(gen):
+                text = tok.decode(g.tokens[n], skip_special_tokens=True)
                 text = (text.split(stop)[0] if stop else text).strip()
-                out[i] = (text, math.exp(g.mean_logprob[k]) if g.stopped[k] else 0.5 * math.exp(g.mean_logprob[k]))
+                k, j = owners[i]
+                out[k][j] = (text, math.exp(g.mean_logprob[n]) if g.stopped[n] else 0.5 * math.exp(g.mean_logprob[n]))
         if ranked:
             index = torch.tensor(ranked, device=device)
-            cands = [[conv.answer_ids(tok, c) for c in questions[i].candidates] for i in ranked]
+            cands = [[conv.answer_ids(tok, c) for c in questions[owners[i][0]][owners[i][1]].candidates] for i in ranked]
             scores = rank(m.lm, embed_tokens, state.select(index), first.index_select(0, index), cands)
-            for k, i in enumerate(ranked):
-                probs = torch.softmax(torch.tensor(scores[k], dtype=torch.float64), 0).tolist()
-                out[i] = list(zip(questions[i].candidates, probs))
+            for n, i in enumerate(ranked):
+                k, j = owners[i]
+                probs = torch.softmax(torch.tensor(scores[n], dtype=torch.float64), 0).tolist()
+                out[k][j] = list(zip(questions[k][j].candidates, probs))
         return out
 
     def _assemble(self, boxes: list[Box], questions: list[_Question], answers: list, hit: bool,

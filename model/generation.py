@@ -33,6 +33,21 @@ class State:
         return cls(None, torch.zeros(batch, 0, dtype=torch.long, device=device),
                    torch.zeros(batch, dtype=torch.long, device=device))
 
+    @classmethod
+    def concat(cls, states: list["State"]) -> "State":
+        """The rows of several states of the same length, one after another (prefixes of several images)."""
+        if len(states) == 1:
+            return states[0]
+        if len({s.mask.shape[1] for s in states}) != 1:
+            raise ValueError(f"states of different lengths {[s.mask.shape[1] for s in states]} cannot be stacked")
+        cache = None
+        if states[0].cache is not None:
+            cache = DynamicCache()
+            layers = [_kv(s.cache) for s in states]
+            for i in range(len(layers[0])):
+                cache.update(torch.cat([kv[i][0] for kv in layers]), torch.cat([kv[i][1] for kv in layers]), i)
+        return cls(cache, torch.cat([s.mask for s in states]), torch.cat([s.next_pos for s in states]))
+
     def select(self, index: torch.Tensor) -> "State":
         """A new state whose rows are copies of `index` rows of this one (the original stays usable)."""
         cache = None

@@ -71,7 +71,9 @@ def test_a_plain_worker_serves_the_inference_and_the_ingest_queue(redis_client, 
 
 def test_several_workers_share_one_queue(redis_client, make_settings, spawn_worker):
     settings = make_settings(inference_queue="inference-shared")
-    workers = [spawn_worker(name, "inference-shared", wait=False) for name in ("shared-a", "shared-b")]
+    # at most 2 jobs per batched pass: one worker cannot take all 4 jobs at once, the other gets the rest
+    workers = [spawn_worker(name, "inference-shared", wait=False, INFERENCE_BATCH_JOBS=2)
+               for name in ("shared-a", "shared-b")]
     for w in workers:  # both load their model at the same time
         w.wait_ready(redis_client)
     slow = [payload(f"http://{settings.allowed_hosts[0]}/slow.png?s=0.6", task_id=i) for i in range(4)]
@@ -132,3 +134,32 @@ def test_a_worker_killed_mid_job_does_not_hang_the_request(make_settings, spawn_
     job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FAILED
     assert job_id in inference_queue(redis_client, settings).failed_job_registry.get_job_ids()
+
+
+def test_waiting_jobs_are_answered_in_one_pass_each_on_its_own(redis_client, make_settings, spawn_worker):
+    """Cross-request batching: jobs waiting when the worker looks are answered in one batched pass, each with the
+    answer a one-job-per-pass worker gives it, and a job with an unreadable image or a bad box fails alone."""
+    boxes = [BOX, BOX2, {**BOX, "x": 30, "y": 5, "width": 20, "height": 20}]
+    good = [payload("scene.png", *boxes[: 1 + i % 3], task_id=i) for i in range(6)]
+    bad_box = make_payload(90, "scene.png", [{"id": "r0", **BOX}], Asks(caption=True), True, describe=[5])
+    jobs = good[:3] + [payload("nope.png", task_id=91)] + good[3:] + [bad_box]
+    answers = {}
+    for name, limit in (("batching", 16), ("one-per-pass", 1)):
+        settings = make_settings(inference_queue=f"inference-{name}")
+        submitted = submit(inference_queue(redis_client, settings), jobs, settings)  # all waiting before it starts
+        spawn_worker(f"{name}-worker", f"inference-{name}", INFERENCE_BATCH_JOBS=limit)
+        answers[name] = wait_for(redis_client, submitted, timeout=60)
+    batched, alone = answers["batching"], answers["one-per-pass"]
+    assert [o.ok for o in batched] == [o.ok for o in alone] == [True] * 3 + [False] + [True] * 3 + [False]
+    assert "does not exist" in batched[3].message and batched[3].value["error_kind"] == "image"
+    assert "there are 1 boxes" in batched[7].message and batched[7].value["error_kind"] == "input"
+    assert {o.value["timings"]["batch"] for o in batched if o.ok} == {6.0}  # 8 jobs in the pass, 6 reached the model
+    assert {o.value["timings"]["batch"] for o in alone if o.ok} == {1.0}
+    for b, a in zip(batched, alone):
+        if not b.ok:
+            continue
+        assert len(b.value["regions"]) == len(a.value["regions"])
+        for rb, ra in zip(b.value["regions"], a.value["regions"]):
+            assert rb["caption"] == ra["caption"]
+            assert [v for v, _ in rb["attributes"]["color"]] == [v for v, _ in ra["attributes"]["color"]]
+            assert abs(rb["confidence"] - ra["confidence"]) < 1e-4

@@ -45,7 +45,8 @@ def trainer_env(stage1: int, stage2: int) -> dict:
     """A training worker's settings for these tests: tiny runs, a one-scene promotion check that lets any candidate
     through, and no `java` on PATH, so the evaluation skips METEOR's JVM (about 20 s of a run on 2 cores)."""
     return {"RETRAIN_STAGE1_STEPS": str(stage1), "RETRAIN_STAGE2_STEPS": str(stage2),
-            "PROMOTION_BASE_SCENES": "1", "PROMOTION_TOLERANCE": "100", "PATH": str(Path(sys.executable).parent)}
+            "PROMOTION_BASE_SCENES": "1", "PROMOTION_TOLERANCE": "100",
+            "PROMOTION_CIDER_TOLERANCE": "1000", "PATH": str(Path(sys.executable).parent)}
 
 
 def training_jobs(settings, client) -> list:
@@ -220,3 +221,66 @@ def test_backend_killed_and_redis_restarted_between_events_lose_nothing_and_coun
         assert len(kept) == len(distinct) and sum(e["deliveries"] for e in kept) == len(posts)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_redis_flushed_mid_run_starts_no_second_run(make_settings, own_redis, spawn_worker, fake_ls, ls, wait):
+    """FLUSHALL while a training run goes: the job, the policy's pointer to it and the worker's liveness key are
+    gone from Redis, but the run's lease lives in the store (renewed by its worker), so neither further events, nor
+    a training worker's start-up sweep, nor a second job of the same project start a second run. Once the first
+    run's worker is gone, its lease expires and the project trains again."""
+    from backend.worker import WORKER_KEY
+
+    settings = make_settings(redis_url=own_redis.url, retrain_after=3)
+    seeded_registry(Path(settings.registry_path))
+    store = Store.shared(settings)
+    client = redis.Redis.from_url(own_redis.url)
+    p, t = ls.new_id(), ls.new_id()
+    lease_seconds = 3.0
+    env = {**trainer_env(stage1=2, stage2=100_000), "TRAINING_LEASE_SECONDS": str(lease_seconds)}
+
+    def correction(n: int) -> dict:
+        path = f"/data/upload/{p}/{n}.png"
+        fake_ls.files[path] = ls.png(color=(40 * n % 256, 90, 160))
+        return ls.annotation_event(p, t + n, ls.new_id(), ls.region("r", caption=f"a red square {n}", color="red"),
+                                   image=path)
+
+    first = [handle_event(settings, correction(n))["training"] for n in range(3)][-1]["enqueued"]
+    assert first
+    running = spawn_worker(settings, [settings.training_queue], env=env)
+    wait(lambda: store.open_training_run(p), timeout=60, every=0.2)
+    lease = wait(lambda: store.training_lease(p), timeout=10, every=0.1)
+    assert lease["holder"] == first
+
+    client.flushall()  # Redis loses everything in the middle of the run
+    assert client.get(JOB_KEY.format(project=p)) is None and not training_jobs(settings, client)
+
+    # events past RETRAIN_AFTER: each evaluates the policy; Redis knows of no run, the store's lease does
+    during = [handle_event(settings, correction(n))["training"] for n in (3, 4, 5)]
+    assert [(d["pending"], d["enqueued"], d["active"]) for d in during] == [(1, None, None), (2, None, None),
+                                                                           (3, None, first)]
+    # a training worker starting sweeps every project: still nothing enqueued
+    assert Policy(settings, store, client).sweep()[p]["enqueued"] is None
+    # a second job of the same project that got onto the queue anyway (a race before the lease) refuses to run
+    Queue(settings.training_queue, connection=client, serializer=JSONSerializer).enqueue_call(
+        "backend.training_job.run_training", args=(p,), job_id="second-run", timeout=600)
+    second = spawn_worker(settings, [settings.training_queue], env=env)
+    job = wait(lambda: (j := Queue(settings.training_queue, connection=client, serializer=JSONSerializer)
+                        .fetch_job("second-run")) is not None and j.is_finished and j, timeout=120, every=0.2)
+    assert job.return_value()["skipped"] is True and job.return_value()["holder"] == first
+    # the first run's worker renews its lease past its original expiry; one run, still open, in the store
+    time.sleep(lease_seconds + 0.5)
+    renewed = store.training_lease(p)
+    assert renewed is not None and renewed["holder"] == first and renewed["expires_at"] > lease["expires_at"]
+    assert running.process.poll() is None
+    assert [(r["job_id"], r["finished_at"]) for r in store.training_runs(p)] == [(first, None)]
+    assert client.exists(WORKER_KEY.format(name=running.name))  # its heartbeat wrote its liveness key again
+
+    # the first run's worker dies: the lease expires, the run is closed as failed and the project trains again
+    second.stop()
+    running.kill()
+    wait(lambda: store.training_lease(p) is None, timeout=lease_seconds + 5, every=0.2)
+    after = handle_event(settings, correction(6))["training"]
+    assert after["enqueued"] and after["enqueued"] != first
+    assert [r["outcome"] for r in store.training_runs(p)] == ["failed: its job is gone from Redis"]
+    client.close()

@@ -20,7 +20,7 @@ def _loop_module():
 def test_corrections_with_a_new_concept_produce_a_served_version_that_names_it():
     loop = _loop_module()
     out = loop.run_loop(regions=40, stage1_steps=5, stage2_steps=120, base_scenes=8, eval_scenes=12,
-                        tolerance=100.0, timeout=600, seed=21, log=lambda m: None)
+                        tolerance=100.0, cider_tolerance=1000.0, timeout=600, seed=21, log=lambda m: None)
     published = out["published"]
     assert published is not None, out
     assert published["accepted"] and published["regions"] == out["corrected_regions"] <= 40

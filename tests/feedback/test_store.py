@@ -303,7 +303,8 @@ def test_migrations_are_recorded_and_safe_under_concurrent_openers(store_url, tm
     s = stores[0]
     rows = s._run(lambda tx: tx.all("SELECT version, name FROM schema_version ORDER BY version"), write=False)
     assert rows == [{"version": 1, "name": "initial schema"}, {"version": 2, "name": "training run outcome"},
-                    {"version": 3, "name": "event source"}, {"version": 5, "name": "region shape"}]
+                    {"version": 3, "name": "event source"}, {"version": 4, "name": "training leases"},
+                    {"version": 5, "name": "region shape"}]
     assert s.schema_version() == 5
     for each in stores:
         each.close()
@@ -394,9 +395,32 @@ def test_the_source_migration_keeps_what_a_v2_store_holds(store_url, tmp_path, l
     old.close()
     monkeypatch.undo()
     new = Store.open(store_url, images_dir=tmp_path / "images")
-    assert new.schema_version() == 5
+    assert new.schema_version() == backend.store.MIGRATIONS[-1][0]  # every later step applied too
     assert [(r.caption, r.source) for r in new.records(p)] == [("from before", "webhook")]
     assert [e["source"] for e in new.events()] == ["webhook"]
     assert new.annotation_versions(p)[a]["source"] == "webhook"
     assert new.regions_by_source(p) == {p: {"regions": 1, "webhook": 1, "sync": 0}}
     new.close()
+
+
+def test_training_lease_one_holder_until_it_expires_or_is_released(store, ls):
+    import time
+
+    p = ls.new_id()
+    assert store.training_lease(p) is None
+    assert store.acquire_training_lease(p, "job-a", 0.6)["holder"] == "job-a"
+    assert store.acquire_training_lease(p, "job-b", 0.6) is None  # a live lease of another run
+    assert store.acquire_training_lease(p, "job-a", 0.6) is not None  # its holder takes it again
+    assert store.training_lease(p)["holder"] == "job-a"
+    assert store.renew_training_lease(p, "job-a", 0.6) and not store.renew_training_lease(p, "job-b", 0.6)
+    time.sleep(0.8)  # job-a's worker stopped renewing
+    assert store.training_lease(p) is None
+    assert store.acquire_training_lease(p, "job-b", 30)["holder"] == "job-b"
+    assert not store.renew_training_lease(p, "job-a", 30)  # job-a learns it lost the project
+    assert not store.release_training_lease(p, "job-a") and store.training_lease(p)["holder"] == "job-b"
+    # closing job-b's run as failed releases its lease
+    snap = store.snapshot(p)
+    store.mark_training_started(p, snap.id, job_id="job-b")
+    assert store.training_failed(p, "job-b", "worker gone") and store.training_lease(p) is None
+    assert store.acquire_training_lease(p, "job-c", 30) is not None and store.release_training_lease(p, "job-c")
+    assert store.training_lease(p) is None
