@@ -56,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
             lora=lora, model_overrides=overrides, save_dtype=args.save_dtype, version=args.version,
             visual_lr_scale=args.visual_lr_scale,
             drills=[_drill(d) for d in args.drill or []], drill_lr=args.drill_lr, drill_balance=args.drill_balance,
-            mask_share=args.mask_share,
+            mask_share=args.mask_share, overlap_share=args.overlap_share,
         )
     except ValueError as exc:  # model overrides that an --init checkpoint cannot take
         raise SystemExit(f"regionscribe train: {exc}") from None
@@ -247,6 +247,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--mask-share", type=float, default=0.0,
                    help="share of the regions that stage 2 and the drills give with their object's visible mask "
                         "(mask pooling) instead of the box alone, 0-1")
+    t.add_argument("--overlap-share", type=float, default=0.0,
+                   help="share of the stage-2 and drill scenes drawn as two heavily overlapping objects, 0-1")
     t.add_argument("--mask-pooling", choices=MASK_POOLINGS, default=None,
                    help="how a mask weights the RoI bins (filled: the rest holds the mask's mean; weighted: zero)")
     t.add_argument("--visual-lr-scale", type=float, default=0.05,
