@@ -22,7 +22,7 @@ inside the mask. On every pyramid level the RoI features `f` of a masked region 
 Measured (benchmarks/mask_regions.py, README "Mask-aware regions"): on the embedded default, never trained on masks,
 either pooling reads an occluded object's colour far better than its box does (heavy overlap: 27 -> 86.5 filled,
 72.5 weighted) but loses shape (93.5 -> 63.5 / 67.5; "filled" erases the silhouette). 85 stage-2 steps with masks
-(`--mask-share`, weighted) brought shape back (95.5) with colour at 73.
+(`--mask-share`, weighted) brought shape back (95.5) with colour at 73, but cost boxes their same-colour relations.
 The position term keeps the box. A region without a mask takes exactly the unmasked path (no weight is applied at
 all), so boxes give bitwise the tokens they gave before masks existed.
 
