@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
             run=RunOptions(grad_accum=args.grad_accum, mixed_precision="bf16" if args.bf16 else "no",
                            gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
                            state_dir=args.state_dir, resume=args.resume),
-            mask_share=args.mask_share,
+            mask_share=args.mask_share, overlap_share=args.overlap_share,
         )
         if args.vision and args.lm:  # the folders are checked before anything is loaded
             from model.config import from_parts
@@ -351,6 +351,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--mask-share", type=float, default=0.0,
                    help="share of the regions that stage 2 and the drills give with their object's visible mask "
                         "(mask pooling) instead of the box alone, 0-1")
+    t.add_argument("--overlap-share", type=float, default=0.0,
+                   help="share of the stage-2 and drill scenes drawn as two heavily overlapping objects, 0-1")
     t.add_argument("--mask-pooling", choices=MASK_POOLINGS, default=None,
                    help="how a mask weights the RoI bins (filled: the rest holds the mask's mean; weighted: zero)")
     t.add_argument("--visual-lr-scale", type=float, default=0.05,

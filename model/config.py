@@ -14,7 +14,7 @@ from typing import Any
 
 
 POSITION_ENCODINGS = ("sinusoidal", "coordinates")
-MASK_POOLINGS = ("filled", "weighted")
+MASK_POOLINGS = ("weighted", "filled")
 
 
 @dataclass
@@ -47,10 +47,10 @@ class ModelConfig:
     # own embedding through every layer and never took in the `regionK` name before it. False: tokens as the encoder
     # makes them (the presets and the embedded default; the scaled alternative has not beaten them yet, see README).
     match_embedding_scale: bool = False
-    # how a region's mask weights its RoI bins (model/region_encoder.py): "filled" (each bin's feature times the mask's
-    # coverage of the bin, the rest filled with the mask's mean feature) or "weighted" (times the coverage alone).
-    # A selection over the same parameters: it can be changed on a loaded checkpoint. Regions without a mask: no effect.
-    mask_pooling: str = "filled"
+    # how a region's mask weights its RoI bins (model/region_encoder.py): "weighted" (each bin's feature times the mask's
+    # coverage of the bin) or "filled" (the rest filled with the mask's mean feature). A selection over the same
+    # parameters: it can be changed on a loaded checkpoint. Regions without a mask: no effect.
+    mask_pooling: str = "weighted"
     # image-level tokens (LLaVA)
     use_image_tokens: bool = True
     image_token_grid: int | None = None  # adaptive-average-pool the patch grid to this side first (None = every patch)
@@ -82,7 +82,7 @@ class ModelConfig:
         d = dict(d)
         if d.get("position_encoding", "coordinates") not in POSITION_ENCODINGS:
             raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, not {d['position_encoding']!r}")
-        if d.get("mask_pooling", "filled") not in MASK_POOLINGS:
+        if d.get("mask_pooling", "weighted") not in MASK_POOLINGS:
             raise ValueError(f"mask_pooling must be one of {MASK_POOLINGS}, not {d['mask_pooling']!r}")
         for k in ("image_mean", "image_std"):
             if k in d:

@@ -15,10 +15,14 @@ Mask pooling: a region may come with a mask (`mask_grid`: the fraction of each c
 that the mask covers, model/images.py). The RoI is still the mask's bounding box; the mask grid itself is RoIAligned as
 a 1-channel image with the same box and output size (adaptive sampling), which gives per bin the share `w` of the bin
 inside the mask. On every pyramid level the RoI features `f` of a masked region become, with `mask_pooling`:
-    "filled"   (default)  w * f + (1 - w) * m, m = sum(w * f) / sum(w) the mask's mean feature: bins outside the mask
-                          hold the object's own mean instead of what else falls inside the box (an occluder, the
-                          background), so the token keeps the statistics the encoder was trained on for whole boxes;
-    "weighted"            w * f: bins outside the mask are zero (Osprey-style masked pooling, kept on the RoI grid).
+    "weighted" (default)  w * f: bins outside the mask are zero, so the token keeps the mask's silhouette (Osprey-style
+                          masked pooling, kept on the RoI grid);
+    "filled"              w * f + (1 - w) * m, m = sum(w * f) / sum(w) the mask's mean feature: bins outside the mask
+                          hold the object's own mean instead of whatever else falls inside the box.
+Measured (benchmarks/mask_regions.py, README "Mask-aware regions"): on the embedded default, never trained on masks,
+either pooling reads an occluded object's colour far better than its box does (heavy overlap: 27 -> 86.5 filled,
+72.5 weighted) but loses shape (93.5 -> 63.5 / 67.5; "filled" erases the silhouette). 85 stage-2 steps with masks
+(`--mask-share`, weighted) brought shape back (95.5) with colour at 73, but cost boxes their same-colour relations.
 The position term keeps the box. A region without a mask takes exactly the unmasked path (no weight is applied at
 all), so boxes give bitwise the tokens they gave before masks existed.
 
@@ -201,7 +205,7 @@ class RegionEncoder(nn.Module):
         return pooled.index_copy(0, at, masked)
 
     def forward(self, levels: list[torch.Tensor], boxes: list[torch.Tensor], masks: Masks = None,
-                mask_pooling: str = "filled") -> list[torch.Tensor]:
+                mask_pooling: str = "weighted") -> list[torch.Tensor]:
         """levels: fused maps [B, C, s, s]; boxes: per image [N_i, 4] normalised xyxy; masks: None, or per image per
         box None or a [S, S] mask grid (`model.images.mask_grid`) -> per image [N_i, lm_hidden]."""
         counts = [len(b) for b in boxes]

@@ -29,7 +29,7 @@ import torch
 
 from model.config import ModelConfig, preset as make_preset
 from model.corpus import (BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples,
-                          relations, vocabulary_text)
+                          relations, render_overlapping_pair, vocabulary_text)
 from model.mixture import Mixture
 from model.modeling import RegionScribeModel
 from model.trainer import RunOptions, cosine_with_warmup, fit, is_main_process, process_state, resume_point
@@ -79,6 +79,8 @@ class TrainConfig:
     # the share of regions that stage 2 and the drills give as their object's visible mask instead of the box alone, so
     # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes
     mask_share: float = 0.0
+    # the share of stage-2 and drill scenes drawn as two heavily overlapping objects (corpus.render_overlapping_pair)
+    overlap_share: float = 0.0
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     # save the run as a LoRA adapter version over this base checkpoint (model/adapters.py) instead of a full copy;
     # needs `lora`. An --init that is itself an adapter version continues its adapter.
@@ -96,6 +98,9 @@ class TrainConfig:
             raise ValueError("--vision and --lm go together (a tower and an LM from local HF folders)")
         if self.vision and self.init:
             raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
+        for name in ("mask_share", "overlap_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)!r}")
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
         if self.init and fixed:  # refused before anything is loaded or built
             raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
@@ -113,18 +118,36 @@ class TrainResult:
     seconds: float
 
 
-def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0) -> Iterator:
+def with_overlapping_pairs(scenes: list, share: float, key: str) -> list:
+    """`scenes` with a `share` of them replaced by heavily overlapping pairs (corpus.render_overlapping_pair, drawn
+    from `key`), in a shuffled order: occluders for masks to leave out."""
+    if not share:
+        return scenes
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"overlap_share must be between 0 and 1, not {share!r}")
+    n = round(share * len(scenes))
+    pairs = [render_overlapping_pair(random.Random(f"{key}:pair:{i}"), scene_id=f"train-pair-{key}-{i}")
+             for i in range(n)]
+    out = scenes[:len(scenes) - n] + pairs
+    random.Random(f"{key}:order").shuffle(out)
+    return out
+
+
+def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0,
+                     overlap_share: float = 0.0) -> Iterator:
     """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes);
-    `mask_share` of the regions come with their object's visible mask (corpus.with_masks)."""
+    `mask_share` of the regions come with their object's visible mask (corpus.with_masks), `overlap_share` of the
+    scenes are heavily overlapping pairs (`with_overlapping_pairs`)."""
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
+        scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:{stage}:{k}")
         yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
         k += 1
 
 
 def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,
-                    mask_share: float = 0.0) -> Iterator:
+                    mask_share: float = 0.0, overlap_share: float = 0.0) -> Iterator:
     """Endless single-turn relation questions on `axes` from the train split, shuffled across `chunk` scenes.
 
     balance: per axis, keep only as many questions with the more common answer as there are with the other one.
@@ -136,6 +159,7 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
+        scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:drill:{k}")
         samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share))
         random.Random(f"{seed}:{k}").shuffle(samples)
         if balance:
@@ -411,14 +435,15 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if f"drill{k + 1}" in skip:
             continue
         sc = StageConfig(steps=steps, lr=cfg.drill_lr, batch_size=cfg.drill_batch, warmup=0.0)
-        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance,
-                                 mask_share=cfg.mask_share)
+        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance, mask_share=cfg.mask_share,
+                                 overlap_share=cfg.overlap_share)
         history[f"drill{k + 1}"] = phase(f"drill{k + 1}", 2, sc, stream, f"drill {'/'.join(axes)}")
     history.setdefault("stage2", [])
     s2 = cfg.stage2
     if s2.steps or s2.epochs:
         data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data,
-                              lambda: synthetic_stream(2, cfg.seed + 1, mask_share=cfg.mask_share))
+                              lambda: synthetic_stream(2, cfg.seed + 1, mask_share=cfg.mask_share,
+                                                       overlap_share=cfg.overlap_share))
         if cfg.lora and not cfg.adapter_base:
             import warnings
 

@@ -41,7 +41,7 @@ def test_agree_rewrites_every_disagreement():
 
 def _scripted(describer: RegionDescriber, caption: str, ranked: dict[str, list[tuple[str, float]]]) -> None:
     """The describer's model answers `caption` to caption questions and `ranked[key]` to attribute questions."""
-    def answer(enc, norm, questions, max_new_tokens):
+    def answer(enc, norm, questions, max_new_tokens, grids=None):
         return [(caption, 0.9) if q.kind == "caption" else list(ranked[q.key]) for q in questions]
     describer._answer = answer
 

@@ -222,13 +222,18 @@ def test_overlapping_pairs_share_most_of_their_boxes():
 def test_training_with_a_mask_share_runs_stage2_and_drills_on_masks(tmp_path):
     from model.training import StageConfig, TrainConfig, relation_stream, synthetic_stream, train
 
-    assert any(m is not None for s in [next(synthetic_stream(2, 0, chunk=4, mask_share=0.5)) for _ in range(3)]
-               for m in s.masks)
-    assert any(m is not None for s in [next(relation_stream(("overlap",), 0, mask_share=0.5)) for _ in range(4)]
-               for m in s.masks)
+    stream = synthetic_stream(2, 0, chunk=4, mask_share=0.5)
+    assert any(m is not None for s in [next(stream) for _ in range(4)] for m in s.masks)
+    stream = relation_stream(("overlap",), 0, mask_share=0.5)
+    assert any(m is not None for s in [next(stream) for _ in range(8)] for m in s.masks)
+    stream = synthetic_stream(2, 0, chunk=4, overlap_share=0.5)
+    first = [next(stream) for _ in range(4)]
+    assert sum(s.scene_id.startswith("train-pair-") for s in first) == 2  # half of every chunk of 4 scenes
+    with pytest.raises(ValueError, match="overlap_share must be between 0 and 1"):
+        TrainConfig(overlap_share=2.0)
     cfg = TrainConfig(out=str(tmp_path / "run"), seed=1, stage0=StageConfig(steps=0, lr=1e-3),
                       stage1=StageConfig(steps=0, lr=1e-3), stage2=StageConfig(steps=2, lr=1e-3, batch_size=2),
-                      drills=[(("overlap",), 2)], drill_batch=2, mask_share=1.0)
+                      drills=[(("overlap",), 2)], drill_batch=2, mask_share=1.0, overlap_share=0.5)
     result = train(cfg, progress=False)
     assert [len(result.history[k]) for k in ("drill1", "stage2")] == [2, 2]
     assert all(np.isfinite(v) for v in result.history["stage2"])
