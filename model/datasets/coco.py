@@ -39,26 +39,22 @@ class CocoFile:
         self.db = sqlite3.connect(Path(self._dir.name) / "coco.sqlite")
         self.db.execute("CREATE TABLE images (seq INTEGER PRIMARY KEY, id TEXT, json TEXT)")
         self.db.execute("CREATE TABLE annotations (image_id TEXT, json TEXT)")
-        batch = []
-        for image in iter_array(self.path, "images"):
-            if not isinstance(image, dict) or "id" not in image:
-                raise FormatError(self.path, f"an 'images' entry without an id: {str(image)[:80]}")
-            batch.append((json.dumps(image["id"]), json.dumps(image)))
-            if len(batch) == 10000:
-                self.db.executemany("INSERT INTO images (id, json) VALUES (?, ?)", batch)
-                batch = []
-        self.db.executemany("INSERT INTO images (id, json) VALUES (?, ?)", batch)
-        batch = []
-        for ann in iter_array(self.path, "annotations"):
-            if not isinstance(ann, dict) or "image_id" not in ann:
-                raise FormatError(self.path, f"an 'annotations' entry without an image_id: {str(ann)[:80]}")
-            batch.append((json.dumps(ann["image_id"]), json.dumps(ann)))
-            if len(batch) == 10000:
-                self.db.executemany("INSERT INTO annotations VALUES (?, ?)", batch)
-                batch = []
-        self.db.executemany("INSERT INTO annotations VALUES (?, ?)", batch)
+        self._spill("images", "id", "INSERT INTO images (id, json) VALUES (?, ?)")
+        self._spill("annotations", "image_id", "INSERT INTO annotations VALUES (?, ?)")
         self.db.execute("CREATE INDEX annotations_image ON annotations (image_id)")
         self.db.commit()
+
+    def _spill(self, key: str, id_field: str, sql: str, chunk: int = 10000) -> None:
+        """Stream the file's `key` list into SQLite, `chunk` rows at a time, keyed by each entry's `id_field`."""
+        batch = []
+        for entry in iter_array(self.path, key):
+            if not isinstance(entry, dict) or id_field not in entry:
+                raise FormatError(self.path, f"an {key!r} entry without an {id_field}: {str(entry)[:80]}")
+            batch.append((json.dumps(entry[id_field]), json.dumps(entry)))
+            if len(batch) == chunk:
+                self.db.executemany(sql, batch)
+                batch = []
+        self.db.executemany(sql, batch)
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
