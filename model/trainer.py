@@ -129,12 +129,16 @@ def fit(model, params: list, groups: list[dict], steps: int, batch_size: int, wa
         start, losses = saved["step"], list(saved["losses"])
     per_step = batch_size * world * options.grad_accum
     share = _my_share(items, rank, world, start * per_step)
-    bar = tqdm(range(start, steps), desc=desc or phase, disable=not (progress and acc.is_main_process), dynamic_ncols=True,
-               initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=desc or phase, disable=not (progress and acc.is_main_process),
+               dynamic_ncols=True, initial=start, total=steps)
     for step in bar:
         micro = []
         for _ in range(options.grad_accum):
-            chunk = [encode_sample(inner, next(share)) for _ in range(batch_size)]
+            try:
+                chunk = [encode_sample(inner, next(share)) for _ in range(batch_size)]
+            except StopIteration:
+                raise ValueError(f"{phase}: the data ran out at step {step} of {steps} (give fewer steps, epochs, "
+                                 "or more data)") from None
             micro.append(to_device(collate(chunk, inner.tokenizer.pad_token_id), acc.device))
         tokens = sum(int((mb["labels"][:, 1:] != IGNORE).sum()) for mb in micro)
         total = acc.reduce(torch.tensor(float(tokens), device=acc.device), reduction="sum")

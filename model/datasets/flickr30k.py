@@ -88,7 +88,8 @@ def read(root: str | Path, split: str | None = "train", image_root: str | Path |
             continue
         sentences, xml = root / "Sentences" / f"{image_id}.txt", root / "Annotations" / f"{image_id}.xml"
         if not sentences.is_file() or not xml.is_file():
-            report.skip("bad_record", f"{image_id}: no {'Sentences' if not sentences.is_file() else 'Annotations'} file")
+            missing = "Sentences" if not sentences.is_file() else "Annotations"
+            report.skip("bad_record", f"{image_id}: no {missing} file")
             continue
         (width, height), chains = parse_boxes(xml)
         for n, line in enumerate(sentences.read_text(encoding="utf-8").splitlines()):

@@ -216,7 +216,8 @@ def refer_data(tmp_path) -> Path:
     refs = [{"ref_id": 0, "ann_id": 1719310, "image_id": 581857, "category_id": 1, "split": "train",
              "file_name": "COCO_train2014_000000581857_16.jpg", "sent_ids": [0, 1, 2],
              "sentences": [{"tokens": ["the", "lady", "with", "the", "blue", "shirt"],
-                            "raw": "THE LADY WITH THE BLUE SHIRT", "sent_id": 0, "sent": "the lady with the blue shirt"},
+                            "raw": "THE LADY WITH THE BLUE SHIRT", "sent_id": 0,
+                            "sent": "the lady with the blue shirt"},
                            {"tokens": ["lady"], "raw": "lady", "sent_id": 1, "sent": "lady"},
                            {"tokens": ["woman", "in", "blue"], "raw": "woman in blue", "sent_id": 2,
                             "sent": "woman in blue"}]},
@@ -301,7 +302,8 @@ def test_flickr30k_sentences_boxes_and_conversation(flickr):
     assert src.report.counts["no_box"] == 3 and src.report.counts["missing_image"] == 1
     s = next(Source.parse(f"flickr30k:{flickr}").samples(stage=2))
     assert s.turns[0].kind == "multi" and s.turns[0].answer == r.caption
-    assert s.turns[0].question.count(BBOX) == 3 and "region1 <bbox>,region2 <bbox>,region3 <bbox>" in s.turns[0].question
+    assert s.turns[0].question.count(BBOX) == 3
+    assert "region1 <bbox>,region2 <bbox>,region3 <bbox>" in s.turns[0].question
     assert [t.answer for t in s.turns[1:]] == ["Two young guys", "shaggy hair", "their hands"]
     assert "region 2" in s.turns[2].question and BBOX not in s.turns[2].question
 

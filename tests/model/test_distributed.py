@@ -130,8 +130,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path, parts):
     common = ("--batch-size", "2", "--stage2-steps", "40", "--save-every", "4")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(train_command(straight, data, parts, *common))
-    proc = subprocess.Popen(train_command(killed, data, parts, *common), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(train_command(killed, data, parts, *common), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     progress = killed / "state" / "progress.json"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
