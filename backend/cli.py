@@ -1,7 +1,9 @@
 """`regionscribe`: thin command line over importable functions.
 
-    regionscribe train   two-stage tuning of a preset (or --vision PATH --lm PATH) on the synthetic corpus -> an
-                         HF-shaped checkpoint
+    regionscribe train   two-stage tuning of a preset (or --vision PATH --lm PATH) on the synthetic corpus or on
+                         region-text datasets (--stage2-data, --recipe gpt4roi), on one process or under
+                         `accelerate launch` -> an HF-shaped checkpoint
+    regionscribe data    read datasets or exports as training conversations; counts and what was skipped
     regionscribe eval    metrics of a checkpoint on a split of the synthetic corpus (--json)
     regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
     regionscribe serve   the web server (gunicorn) only
@@ -325,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="two-stage spatial instruction tuning on the synthetic corpus")
+    t = sub.add_parser("train", help="two-stage spatial instruction tuning on the synthetic corpus or on datasets")
     t.add_argument("--out", default="runs/tiny", help="checkpoint folder to write")
     t.add_argument("--preset", default="tiny")
     t.add_argument("--init", default=None, help="start from this checkpoint instead of a fresh preset")
