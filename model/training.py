@@ -401,7 +401,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     history: dict[str, list[float]] = {k: list(v) for k, v in (saved["history"] if saved else {}).items()}
     history.setdefault("stage0", [])
     history.setdefault("stage1", [])  # in the order the phases run
-    reports: list = []
+    data_sources: list = []  # their .report is the last pass's skip report
 
     def stage_data(stage: int, sc: StageConfig, given: Iterable | None, specs: list[str], synthetic: Callable):
         if given is not None:
@@ -413,7 +413,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
             return synthetic(), sc
         per_step = sc.batch_size * world * run.grad_accum
         mixture, sources = data_mixture(specs, stage, cfg.seed, sc.epochs, pad_to=per_step, images=cfg.data_images)
-        reports.extend(src.report for src in sources)
+        data_sources.extend(sources)
         if sc.epochs:
             sc = dataclasses.replace(sc, steps=mixture.count() // per_step)
         return mixture, sc
@@ -474,7 +474,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         or (stage1_data is None and not cfg.stage1_data and bool(history["stage1"]))
         or (synthetic and bool(history["stage2"])),
         "processes": world,
-        **({"data_reports": [r.to_dict() for r in reports]} if reports else {}),
+        **({"data_reports": [src.report.to_dict() for src in data_sources]} if data_sources else {}),
         **(metadata or {}),
     }
     if cfg.adapter_base:
@@ -488,8 +488,8 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if is_main_process():
         (out / "history.json").write_text(json.dumps(history))
         plot_losses(history, out / "loss_curve.png", title=version)
-        for report in reports:
-            print(report)
+        for src in data_sources:
+            print(src.report)
     process_state().wait_for_everyone()
     return TrainResult(out, model, history, seconds)
 

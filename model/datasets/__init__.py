@@ -83,6 +83,7 @@ class Source:
         if not self.weight > 0:
             raise ValueError(f"data source {self.name}: the weight must be positive, not {self.weight}")
         self.report = SkipReport(self.name)
+        self._passes = 0
 
     @classmethod
     def parse(cls, spec: str, images: str | Path | None = None, split: str = "train") -> "Source":
@@ -107,29 +108,31 @@ class Source:
     def image_root(self) -> Path:
         return self.images if self.images is not None else SOURCES[self.name][1](self.path, self.split)
 
-    def records(self) -> Iterator[ImageRecord]:
+    def records(self, report: SkipReport | None = None) -> Iterator[ImageRecord]:
+        """The source's image records; what is skipped counts into `report` (default: self.report)."""
         read = SOURCES[self.name][0]
         if read is None:
             raise ValueError(f"{self.name} holds finished conversations, not records: use samples()")
-        return read(self.path, self.image_root, self.split, self.report, self.name)
+        return read(self.path, self.image_root, self.split, report or self.report, self.name)
 
     def units(self, stage: int, seed: int = 0) -> Iterator["Unit"]:
         """The conversations this source gives, not yet with their image: cheap to make and to skip, so that each
-        training process loads only the images of its own share (model/mixture.py). Each call is a new pass with
-        a new skip report."""
-        self.report = SkipReport(self.name)
+        training process loads only the images of its own share (model/mixture.py). Each call is a new pass; the
+        first pass counts into `self.report` (later passes meet the same records again)."""
+        report = self.report if not self._passes else SkipReport(self.name)
+        self._passes += 1
         upright = SOURCES[self.name][3]
         if self.name == "export-conversations":
             for boxes, turns, key, image in exports.conversation_units(
-                    self.path / "conversations" / f"{self.split}.json", self.image_root, self.report):
-                yield Unit(image, True, boxes, turns, key, self.report)
+                    self.path / "conversations" / f"{self.split}.json", self.image_root, report):
+                yield Unit(image, True, boxes, turns, key, report)
             return
         rng = random.Random(f"{seed}:{self.name}:{stage}")
         build = prompts.stage1 if stage == 1 else prompts.stage2
-        for record in self.records():
+        for record in self.records(report):
             for n, (boxes, turns) in enumerate(build(record, self.kind, rng)):
                 yield Unit(record.image, upright, list(boxes), turns, f"{record.key}#{n}" if n else record.key,
-                           self.report)
+                           report)
 
     def samples(self, stage: int, seed: int = 0) -> Iterator:
         """GPT4RoI-format conversations (model.conversation.Sample), each image loaded when its sample is made;

@@ -188,8 +188,11 @@ def test_bf16_and_gradient_checkpointing_switches_train(tmp_path, parts):
                       "--gradient-checkpointing", "--grad-accum", "2"))
     losses = json.loads((tmp_path / "out" / "history.json").read_text())["stage2"]
     assert len(losses) == 3 and all(l == l and l < 50 for l in losses)
-    options = json.loads((tmp_path / "out" / "config.json").read_text())["metadata"]["train_config"]["run"]
+    metadata = json.loads((tmp_path / "out" / "config.json").read_text())["metadata"]
+    options = metadata["train_config"]["run"]
     assert options["mixed_precision"] == "bf16" and options["gradient_checkpointing"] and options["grad_accum"] == 2
+    report = metadata["data_reports"][0]  # the reader's skip report of the last pass over the data
+    assert report["source"] == "vg" and report["images"] == 4 and report["regions"] > 4
 
 
 def test_heldout_evaluation_scores_region_captions(tmp_path):
