@@ -1,11 +1,15 @@
 """Builders shared by every test folder: real images written with PIL, Label Studio-shaped JWTs and a stand-in
-checkpoint folder. Import them as `from tests.builders import ...`."""
+checkpoint folder, and the benchmark scripts loaded as modules. Import them as `from tests.builders import ...`."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -108,3 +112,17 @@ def tiny_parts_checkpoint(folder: Path, work: Path, version: str = "parts-base")
                               AutoTokenizer.from_pretrained(str(lm), config=PretrainedConfig()))
     model.save_pretrained(folder, metadata={"version": version, "synthetic_corpus": False})
     return folder
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator:
+    """benchmarks/<name>.py loaded as a module, registered in sys.modules while in use (dataclasses look their
+    module up there)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)

@@ -1,29 +1,20 @@
 """The feedback loop on a model with a pretrained LM (a random tower + Llama from folders, never trained on the
 synthetic corpus): corrections through /webhook -> a run trains a LoRA adapter -> the registry publishes it as an
 adapter version over the base (a fraction of the base's size) -> the inference worker reloads and serves it."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.builders import tiny_parts_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _loop_module():
-    spec = importlib.util.spec_from_file_location("feedback_loop", ROOT / "benchmarks" / "feedback_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.builders import benchmark_module, tiny_parts_checkpoint
 
 
 @pytest.mark.slow
 def test_corrections_publish_an_adapter_version_that_is_served(tmp_path):
     base = tiny_parts_checkpoint(tmp_path / "base", tmp_path / "parts")
-    out = _loop_module().run_loop(regions=12, stage1_steps=5, stage2_steps=6, base_scenes=2, eval_scenes=2,
-                                  tolerance=0.0, timeout=400, seed=21, log=lambda m: None, model_dir=str(base))
+    with benchmark_module("feedback_loop") as loop:
+        out = loop.run_loop(regions=12, stage1_steps=5, stage2_steps=6, base_scenes=2, eval_scenes=2,
+                            tolerance=0.0, timeout=400, seed=21, log=lambda m: None, model_dir=str(base))
     published = out["published"]
     assert published is not None and published["kind"] == "adapter", out
     assert published["accepted"], out  # gated on held-out regions alone: no synthetic base test for this model

@@ -1,26 +1,16 @@
 """The feedback loop end to end, small: withheld-concept corrections through /webhook as Label Studio sends them ->
 the policy triggers a run -> two-stage tuning -> promotion -> the inference worker serves the new version.
 (benchmarks/feedback_loop.py runs the same code at full size and prints the accuracy figures.)"""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _loop_module():
-    spec = importlib.util.spec_from_file_location("feedback_loop", ROOT / "benchmarks" / "feedback_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.builders import benchmark_module
 
 
 @pytest.mark.slow
 def test_corrections_with_a_new_concept_produce_a_served_version_that_names_it():
-    loop = _loop_module()
-    out = loop.run_loop(regions=40, stage1_steps=5, stage2_steps=120, base_scenes=8, eval_scenes=12,
-                        tolerance=100.0, cider_tolerance=1000.0, timeout=600, seed=21, log=lambda m: None)
+    with benchmark_module("feedback_loop") as loop:
+        out = loop.run_loop(regions=40, stage1_steps=5, stage2_steps=120, base_scenes=8, eval_scenes=12,
+                            tolerance=100.0, cider_tolerance=1000.0, timeout=600, seed=21, log=lambda m: None)
     published = out["published"]
     assert published is not None, out
     assert published["accepted"] and published["regions"] == out["corrected_regions"] <= 40

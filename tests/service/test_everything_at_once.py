@@ -4,26 +4,18 @@ at the newest version of every annotation, every webhook answer must be 2xx, /he
 throughout, and no prediction may fail. The benchmark's own size is 1,000 events, 16 clients and 16 annotators."""
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
 from backend.runner import find_redis_server
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.builders import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def everything():
-    spec = importlib.util.spec_from_file_location("everything_at_once", ROOT / "benchmarks" / "everything_at_once.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("everything_at_once") as module:
+        yield module
 
 
 def test_the_flood_has_duplicates_out_of_order_deliveries_and_deletes(everything):

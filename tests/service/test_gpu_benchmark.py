@@ -2,25 +2,18 @@
 configs, tokenizer padding to the 32006-row LM, batched and naive describe) to catch shape errors on CPU."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.builders import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_real_size", ROOT / "benchmarks" / "gpu_real_size.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("gpu_real_size") as module:
+        yield module
 
 
 @pytest.fixture

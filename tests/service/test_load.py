@@ -3,27 +3,19 @@ real inference workers (untrained tiny model) on a private Redis, all on loopbac
 well-formed answer: zero errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import requests
 
 from backend.runner import find_redis_server
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.builders import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def load_test():
-    spec = importlib.util.spec_from_file_location("load_test", ROOT / "benchmarks" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("load_test") as module:
+        yield module
 
 
 def _response(status: int, body) -> requests.Response:
