@@ -11,7 +11,7 @@ import json
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from model.datasets.jsonstream import iter_array, top_level_keys
 from model.datasets.records import (Deduper, FormatError, ImageRecord, RegionRecord, SkipReport, clean_text,
@@ -96,6 +96,27 @@ def find_image(root: Path, names: list[str]) -> Path | None:
     return None
 
 
+def coco2017_name(name: str) -> str:
+    """refer's and MDETR's `COCO_train2014_000000581857.jpg` as GPT4RoI's flat coco_all folder names it."""
+    return name.split("_")[-1]
+
+
+def locate(image: dict, root: Path, report: SkipReport, alias: Callable[[str], str] = lambda name: name
+           ) -> tuple[tuple[int, int], Path] | None:
+    """A COCO image entry's (width, height) and its file under `root`, found by its file_name or by
+    alias(file_name); None, with the skip reported, when it has no size (bad_record) or no file (missing_image)."""
+    size = image_size(image)
+    if size is None:
+        report.skip("bad_record", f"image {image.get('id')} has no width/height")
+        return None
+    name = str(image.get("file_name") or "")
+    path = find_image(root, [name, alias(name)])
+    if path is None:
+        report.skip("missing_image", str(root / name))
+        return None
+    return size, path
+
+
 def read_instances(path: str | Path, image_root: str | Path, report: SkipReport | None = None,
                    source: str = "coco") -> Iterator[ImageRecord]:
     """COCO instances_*.json: each non-crowd object's category name as its phrase (GPT4RoI's CocoDet, stage 1)."""
@@ -131,15 +152,10 @@ def _category(coco: CocoFile, ann: dict) -> str:
 def _record(image: dict, anns: list[dict], root: Path, report: SkipReport, source: str, text_of, field: str
             ) -> ImageRecord | None:
     key = f"{source}:{image.get('id')}"
-    size = image_size(image)
-    if size is None:
-        report.skip("bad_record", f"image {image.get('id')} has no width/height")
+    found = locate(image, root, report, alias=lambda name: name.split("/")[-1])
+    if found is None:
         return None
-    name = str(image.get("file_name") or "")
-    path = find_image(root, [name, name.split("/")[-1]])
-    if path is None:
-        report.skip("missing_image", str(root / name))
-        return None
+    size, path = found
     regions, dedup = [], Deduper()
     for ann in anns:
         if ann.get("iscrowd"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from model.datasets.coco import CocoFile, find_image, image_size
+from model.datasets.coco import CocoFile, coco2017_name, locate
 from model.datasets.records import (Deduper, ImageRecord, RegionRecord, SkipReport, clean_text, xywh_box)
 
 
@@ -36,15 +36,10 @@ def _read(path, image_root, report: SkipReport, source: str, flickr: bool) -> It
             if not isinstance(caption, str) or not caption.strip():
                 report.skip("empty_text", key)
                 continue
-            size = image_size(image)
-            if size is None:
-                report.skip("bad_record", f"image {image.get('id')} has no width/height")
+            found = locate(image, root, report, alias=coco2017_name)
+            if found is None:
                 continue
-            name = str(image.get("file_name") or "")
-            path_ = find_image(root, [name, name.split("_")[-1]])
-            if path_ is None:
-                report.skip("missing_image", str(root / name))
-                continue
+            size, path_ = found
             if not flickr and len(clean_text(caption).split(" ")) < 3:
                 report.skip("short_caption", caption)
                 continue

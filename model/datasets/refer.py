@@ -15,7 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Iterator
 
-from model.datasets.coco import CocoFile, find_image, image_size
+from model.datasets.coco import CocoFile, coco2017_name, locate
 from model.datasets.records import FormatError, ImageRecord, RegionRecord, SkipReport, clean_text, xywh_box
 
 
@@ -64,15 +64,10 @@ def read(refs_path: str | Path, instances_path: str | Path, image_root: str | Pa
             refs = by_image.get(image["id"])
             if not refs:
                 continue
-            size = image_size(image)
-            if size is None:
-                report.skip("bad_record", f"image {image['id']} has no width/height")
+            found = locate(image, root, report, alias=coco2017_name)
+            if found is None:
                 continue
-            name = str(image.get("file_name") or "")
-            path = find_image(root, [name, name.split("_")[-1]])
-            if path is None:
-                report.skip("missing_image", str(root / name))
-                continue
+            size, path = found
             boxes = {a.get("id"): a.get("bbox") for a in anns}
             for ref in refs:
                 if ref["ann_id"] not in boxes:
