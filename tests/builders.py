@@ -118,7 +118,8 @@ def tiny_parts_checkpoint(folder: Path, work: Path, version: str = "parts-base")
 def benchmark_module(name: str) -> Iterator:
     """benchmarks/<name>.py loaded as a module, registered in sys.modules while in use (dataclasses look their
     module up there)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

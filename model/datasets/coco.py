@@ -162,17 +162,9 @@ def _record(image: dict, anns: list[dict], root: Path, report: SkipReport, sourc
             report.skip("crowd", f"annotation {ann.get('id')}")
             continue
         box = xywh_box(ann.get("bbox"), *size)
-        if isinstance(box, str):
-            report.skip(box, f"annotation {ann.get('id')} {ann.get('bbox')}")
-            continue
-        text = text_of(ann)
-        if not text:
-            report.skip("empty_text", f"annotation {ann.get('id')}")
-            continue
-        if dedup.seen_before(box, text):
-            report.skip("duplicate", f"annotation {ann.get('id')}")
-            continue
-        regions.append(RegionRecord(box, **{field: text}))
+        text = "" if isinstance(box, str) else text_of(ann)
+        if dedup.admit(box, text, report, f"annotation {ann.get('id')} {ann.get('bbox')}"):
+            regions.append(RegionRecord(box, **{field: text}))
     if not regions:
         report.skip("no_regions", key)
         return None

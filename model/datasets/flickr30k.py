@@ -104,17 +104,9 @@ def read(root: str | Path, split: str | None = "train", image_root: str | Path |
                     continue
                 union = clip_box(min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                                  max(b[3] for b in boxes), width, height)
-                if isinstance(union, str):
-                    report.skip(union, f"{image_id}: chain {chain}")
-                    continue
                 phrase = clean_text(caption[s:e])
-                if not phrase:
-                    report.skip("empty_text", f"{image_id}: chain {chain}")
-                    continue
-                if dedup.seen_before(union, phrase):
-                    report.skip("duplicate", f"{image_id}: {phrase!r}")
-                    continue
-                regions.append(RegionRecord(union, phrase=phrase, span=(s, e)))
+                if dedup.admit(union, phrase, report, f"{image_id}: chain {chain} {phrase!r}"):
+                    regions.append(RegionRecord(union, phrase=phrase, span=(s, e)))
             if not regions:
                 report.skip("no_regions", f"{source}:{image_id}#{n}")
                 continue

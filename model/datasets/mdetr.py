@@ -58,14 +58,9 @@ def _read(path, image_root, report: SkipReport, source: str, flickr: bool) -> It
                 except (IndexError, TypeError, ValueError):
                     report.skip("empty_text", f"annotation {ann.get('id')} has no tokens_positive")
                     continue
-                phrase = clean_text(caption[s:e])
-                if not phrase or not 0 <= s < e <= len(caption):
-                    report.skip("empty_text", f"annotation {ann.get('id')}: span {s}:{e}")
-                    continue
-                if dedup.seen_before(box, phrase):
-                    report.skip("duplicate", f"annotation {ann.get('id')}")
-                    continue
-                regions.append(RegionRecord(box, phrase=phrase, span=(s, e)))
+                phrase = clean_text(caption[s:e]) if 0 <= s < e <= len(caption) else ""
+                if dedup.admit(box, phrase, report, f"annotation {ann.get('id')}: span {s}:{e}"):
+                    regions.append(RegionRecord(box, phrase=phrase, span=(s, e)))
             if not regions:
                 report.skip("no_regions", key)
                 continue

@@ -133,6 +133,15 @@ class Deduper:
     def __init__(self) -> None:
         self.seen: set = set()
 
+    def admit(self, box: Box | str, text: str, report: SkipReport, example: str) -> bool:
+        """Whether a region is kept: its box (or the skip reason clip_box/xywh_box gave instead), some text, and not
+        seen before in this image; otherwise the skip is reported with `example`."""
+        reason = box if isinstance(box, str) else "empty_text" if not text else \
+            "duplicate" if self.seen_before(box, text) else None
+        if reason is not None:
+            report.skip(reason, example)
+        return reason is None
+
     def seen_before(self, box: Box, *text) -> bool:
         key = (tuple(round(v, 1) for v in box), *[t.lower() if isinstance(t, str) else t for t in text])
         if key in self.seen:

@@ -102,18 +102,9 @@ def _record(info: dict, image_id, parts: dict, images_dir: Path, report: SkipRep
     dedup = Deduper()
     for reg in (parts.get("region_descriptions") or {}).get("regions") or []:
         box = xywh_box([reg.get("x"), reg.get("y"), reg.get("width"), reg.get("height")], width, height)
-        rid = reg.get("region_id", reg.get("id"))
-        if isinstance(box, str):
-            report.skip(box, f"region {rid}")
-            continue
         phrase = clean_text(reg.get("phrase"))
-        if not phrase:
-            report.skip("empty_text", f"region {rid}")
-            continue
-        if dedup.seen_before(box, phrase):
-            report.skip("duplicate", f"region {rid}")
-            continue
-        regions.append(RegionRecord(box, caption=phrase))
+        if dedup.admit(box, phrase, report, f"region {reg.get('region_id', reg.get('id'))}"):
+            regions.append(RegionRecord(box, caption=phrase))
     objects: dict = {}  # object_id -> index in regions
 
     def add_object(obj: dict) -> int | None:
