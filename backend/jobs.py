@@ -201,10 +201,9 @@ def _prepare(state, payload: dict) -> "_Prepared | dict":
         if region_errors:  # nothing left to describe: the task's error is its regions' errors
             return _error(state, "input", "; ".join(region_errors.values()))
         return _error(state, "input", "no region to describe")
-    # a region with a mask is described by a pass of its own (describe_many's `extra`); rectangles batch together
-    extra = {"masks": masks} if any(m is not None for m in masks) else {}
     request = DescribeRequest(image, boxes, Asks(**payload["asks"]), image_key=hashlib.sha256(data).hexdigest(),
-                              only=None if only is None and not region_errors else targets, extra=extra)
+                              only=None if only is None and not region_errors else targets,
+                              masks=masks if any(m is not None for m in masks) else None)
     return _Prepared(request, (width, height), kept, region_errors)
 
 

@@ -62,6 +62,7 @@ class DescribeRequest:
     asks: Asks | None = None
     image_key: str | None = None
     only: Sequence[int] | None = None
+    masks: Sequence | None = None  # as `describe`'s: per box None or a boolean (H, W) mask
     extra: dict = field(default_factory=dict)  # further keyword arguments of `describe`: such a request gets its own pass
 
 @dataclass
@@ -180,7 +181,7 @@ class RegionDescriber:
                 except RegionScribeError as exc:
                     out[i] = exc
         with self._lock:
-            batch = []  # (index, image, boxes, norm, questions, asks)
+            batch = []  # (index, image, boxes, norm, questions, asks, mask grids)
             for i, r in enumerate(requests):
                 if r.extra:
                     continue
@@ -188,10 +189,11 @@ class RegionDescriber:
                     image = r.image if isinstance(r.image, Image.Image) else load_image(r.image)
                     w, h = image.size
                     boxes = check_boxes(r.boxes, w, h)
+                    grids = self._mask_grids(r.masks, boxes, w, h)
                     asks = r.asks or Asks()
                     questions = self._questions(self._targets(r.only, len(boxes)), boxes, asks)
                     batch.append((i, image, r.image_key, boxes, normalise_boxes(boxes, w, h).to(self.model.device),
-                                  questions, asks))
+                                  questions, asks, grids))
                 except RegionScribeError as exc:
                     out[i] = exc
             if not batch:
@@ -200,9 +202,9 @@ class RegionDescriber:
             encoded = self._encode_many([(image, key) for _, image, key, *_ in batch])
             t1 = time.perf_counter()
             answers = self._answer_many([enc for enc, _ in encoded], [b[4] for b in batch], [b[5] for b in batch],
-                                        [b[6].max_new_tokens for b in batch])
+                                        [b[6].max_new_tokens for b in batch], [b[7] for b in batch])
             timings = {"encode": t1 - t0, "answer": time.perf_counter() - t1, "batch": float(len(batch))}
-            for (i, _, _, boxes, _, questions, _), (_, hit), got in zip(batch, encoded, answers):
+            for (i, _, _, boxes, _, questions, *_), (_, hit), got in zip(batch, encoded, answers):
                 out[i] = self._assemble(boxes, questions, got, hit, dict(timings))
         return out
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 from model.asks import Asks
 from model.describer import DescribeRequest, RegionDescriber
-from model.errors import BoxError
+from model.errors import BoxError, MaskError
 
 ASKS = Asks(caption=True, attributes={"color": ["red", "green", "blue"], "shape": ["circle", "square"]},
             relation_labels=["left of"], relation_text=True, max_new_tokens=6)
@@ -61,3 +61,20 @@ def test_extra_keyword_arguments_go_to_describe_for_that_request(untrained):
     _same(plain, naive)
     with pytest.raises(TypeError):
         d.describe_many([DescribeRequest(image, [(5, 5, 40, 40)], ASKS, extra={"no_such_argument": 1})])
+
+
+def test_masked_regions_are_batched_with_the_others_and_answered_as_describe_answers_them(untrained):
+    import numpy as np
+
+    d = RegionDescriber(untrained, "t")
+    image = _image((200, 30, 30))
+    mask = np.zeros((image.height, image.width), dtype=bool)
+    mask[5:40, 5:25] = True  # the left half of the box
+    masked = DescribeRequest(image, [(5, 5, 40, 40), (45, 45, 60, 60)], ASKS, masks=[mask, None])
+    plain = DescribeRequest(_image((30, 30, 200)), [(5, 5, 40, 40)], ASKS)
+    batched = d.describe_many([masked, plain])
+    assert batched[0].timings["batch"] == 2.0  # one pass for both
+    _same(batched[0], RegionDescriber(untrained, "t").describe(image, masked.boxes, ASKS, masks=[mask, None]))
+    _same(batched[1], RegionDescriber(untrained, "t").describe(plain.image, plain.boxes, ASKS))
+    wrong = np.ones((3, 3), dtype=bool)
+    assert isinstance(d.describe_many([DescribeRequest(image, [(5, 5, 40, 40)], ASKS, masks=[wrong])])[0], MaskError)
