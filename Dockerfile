@@ -20,12 +20,13 @@ WORKDIR /app
 
 # Dependencies first, in their own layer: a change to the sources does not reinstall torch.
 COPY requirements.lock ./
-RUN pip install --require-hashes -r requirements.lock
+RUN pip install pip==25.3 && pip install --require-hashes -r requirements.lock
 
 # The project itself (model/default, the embedded checkpoint, is package data and comes along).
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY backend ./backend
+COPY training ./training
 COPY labeling_configs ./labeling_configs
 RUN pip install --no-deps . && rm -rf build *.egg-info
 

@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
 PIP_TOOLS := pip-tools==7.6.2
+# Python 3.11's bundled pip (23.2) refuses the lock in hash-checking mode when a dependency asks for an extra
+# (jsf wants smart-open[http]>=6.3.0 and 23.2 looks past the pinned smart-open for it): a newer pip, pinned
+PIP := pip==25.3
 # the lock files carry no index or find-links lines of the machine that compiled them
 PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes \
 	--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
@@ -18,6 +21,7 @@ PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -
 $(STAMP): requirements-dev.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(PIP)
 	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
@@ -41,6 +45,7 @@ e2e: $(STAMP)
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet $(PIP)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST_VENV)/bin/python -m pip list --format freeze > $(LATEST_VENV)/versions.txt
 	@grep -iE '^(transformers|torch|accelerate|peft|tokenizers|rq|redis|flask|label-studio-sdk)==' $(LATEST_VENV)/versions.txt
@@ -51,7 +56,7 @@ test-latest:
 # covers the newest).
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && \
-		$(LOCK_VENV)/bin/python -m pip install --quiet $(PIP_TOOLS); }
+		$(LOCK_VENV)/bin/python -m pip install --quiet $(PIP) $(PIP_TOOLS); }
 	$(LOCK_VENV)/bin/python -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
 		print(next("transformers==" + re.search(r">=([^,]+)", d).group(1) for d in deps if d.startswith("transformers")))' \
 		> $(LOCK_VENV)/floor.txt

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
-from model.corpus import make_scenes  # noqa: E402
+from regionscribe.backend.ops.runner import _stop, find_redis_server, free_port, start_redis, wait_ready
+from regionscribe.training.corpus import make_scenes
 
 CONFIG = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 
@@ -78,9 +78,9 @@ def main() -> None:
     if args.model_dir:
         env["MODEL_DIR"] = args.model_dir
     py = sys.executable
-    worker = subprocess.Popen([py, "-c", "from backend.worker import run_worker; run_worker()"], env=env, cwd=ROOT,
+    worker = subprocess.Popen([py, "-c", "from regionscribe.backend.inference.worker import run_worker; run_worker()"], env=env, cwd=ROOT,
                               start_new_session=True)
-    web = subprocess.Popen([py, "-c", "from backend.server import serve; serve()"], env=env, cwd=ROOT,
+    web = subprocess.Popen([py, "-c", "from regionscribe.backend.web.server import serve; serve()"], env=env, cwd=ROOT,
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -133,9 +133,9 @@ def main() -> None:
         _stop(redis_process, "redis")
 
     # in-process: the same work (decode + describe, same asks) without HTTP and Redis
-    from backend.labeling import ProjectConfig
-    from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
-    from model.images import load_image
+    from regionscribe.backend.labelstudio.labeling import ProjectConfig
+    from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+    from regionscribe.model.images import load_image
 
     d = RegionDescriber.from_pretrained(args.model_dir or DEFAULT_CHECKPOINT)
     asks = ProjectConfig.parse(CONFIG).asks()

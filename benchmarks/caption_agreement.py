@@ -10,9 +10,9 @@ import argparse
 import json
 import time
 
-from model.corpus import make_scenes
-from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
-from model.evaluation import caption_agreement
+from regionscribe.training.corpus import make_scenes
+from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+from regionscribe.training.evaluation import caption_agreement
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,9 +35,9 @@ _CHILD = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-    from model.gpt4roi import convert
-    from model.modeling import RegionScribeModel
-    from model.weights import shard_files
+    from regionscribe.model.gpt4roi import convert
+    from regionscribe.model.modeling import RegionScribeModel
+    from regionscribe.model.weights import shard_files
 
     def status(field):
         for line in open("/proc/self/status"):

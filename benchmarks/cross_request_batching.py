@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from backend.jobs import inference_queue, make_payload, submit, wait_for  # noqa: E402
-from backend.runner import _stop, find_redis_server, start_redis  # noqa: E402
-from backend.settings import Settings  # noqa: E402
-from model.asks import Asks  # noqa: E402
-from model.corpus import ATTRIBUTE_VALUES, make_scenes  # noqa: E402
+from regionscribe.backend.inference.jobs import inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.ops.runner import _stop, find_redis_server, start_redis
+from regionscribe.backend.core.settings import Settings
+from regionscribe.model.asks import Asks
+from regionscribe.training.corpus import ATTRIBUTE_VALUES, make_scenes
 
 ASKS = Asks(caption=True, attributes={k: list(ATTRIBUTE_VALUES[k]) for k in ("color", "shape", "size", "texture")})
 MODES = {"one_per_pass": {"INFERENCE_BATCH_JOBS": "1"}, "batching": {}}
@@ -50,7 +50,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_worker(env: dict, queue: str, name: str, connection: redis.Redis) -> subprocess.Popen:
-    code = f"from backend.worker import run_worker; run_worker(queues=[{queue!r}], name={name!r})"
+    code = f"from regionscribe.backend.inference.worker import run_worker; run_worker(queues=[{queue!r}], name={name!r})"
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

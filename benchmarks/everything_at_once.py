@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
+from regionscribe.backend.ops.runner import _stop, find_redis_server, free_port, start_redis, wait_ready
 
 CONFIG = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 PROJECT = 1
@@ -94,7 +94,7 @@ def annotation_event(action: str, task: int, annotation: int, image: str, result
 
 def seed_annotations(scenes, paths) -> tuple[list[dict], dict]:
     """Corrected annotations the training run takes (annotation ids 1..len(scenes)), and their final state."""
-    from model.corpus import caption_text
+    from regionscribe.training.corpus import caption_text
 
     events, final = [], {}
     for i, (scene, path) in enumerate(zip(scenes, paths), start=1):
@@ -139,7 +139,7 @@ def flood(n_annotations: int, n_events: int, paths: list[str], first_id: int, rn
 
 def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations: int = 300, stage2_steps: int = 200,
         seed: int = 0, seeds: int = 24, log=print) -> dict:
-    from model.corpus import make_scenes
+    from regionscribe.training.corpus import make_scenes
 
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="regionscribe-everything-"))
@@ -165,18 +165,18 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
     logs = {name: open(work / f"{name}.log", "w") for name in ("web", "inference", "ingest", "trainer")}
 
     def worker(queue: str, name: str) -> subprocess.Popen:
-        return subprocess.Popen([py, "-m", "backend.cli", "worker", "--queue", queue], env=env, cwd=ROOT,
+        return subprocess.Popen([py, "-m", "regionscribe.backend.ops.cli", "worker", "--queue", queue], env=env, cwd=ROOT,
                                 start_new_session=True, stdout=logs[name], stderr=subprocess.STDOUT)
 
     procs = {"inference": worker("inference", "inference"), "ingest": worker("ingest", "ingest"),
              "trainer": worker("training", "trainer"),
-             "web": subprocess.Popen([py, "-m", "backend.cli", "serve"], env=env, cwd=ROOT, start_new_session=True,
+             "web": subprocess.Popen([py, "-m", "regionscribe.backend.ops.cli", "serve"], env=env, cwd=ROOT, start_new_session=True,
                                      stdout=logs["web"], stderr=subprocess.STDOUT)}
     base = f"http://127.0.0.1:{port}"
     out: dict = {"benchmark": "everything_at_once", "events": len(flood_events), "webhook_clients": clients,
                  "annotators": annotators, "annotations": annotations, "seed_annotations": len(seed_events),
                  "workdir": str(work)}
-    from backend.store import Store
+    from regionscribe.backend.store import Store
 
     store = prober = None
     try:

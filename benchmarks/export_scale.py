@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.store import REGION_COLUMNS, Store, image_key  # noqa: E402
+from regionscribe.backend.store import REGION_COLUMNS, Store, image_key
 
 WORDS = ["red", "blue", "green", "small", "large", "wooden", "metal", "cup", "chair", "table", "lamp", "dog", "cat",
          "window", "door", "tree", "car", "bicycle", "person", "bottle", "book", "plant", "café", "naïve", "über"]
@@ -109,7 +109,7 @@ def main() -> int:
         print(json.dumps(generate(Path(args.generate), args.regions, args.per_image)))
         return 0
 
-    from backend.export import ExportOptions, export, parse_formats
+    from regionscribe.backend.export import ExportOptions, export, parse_formats
 
     work = Path(tempfile.mkdtemp(prefix="regionscribe-export-bench-"))
     try:

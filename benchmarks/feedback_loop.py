@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
+from regionscribe.backend.ops.runner import _stop, find_redis_server, free_port, start_redis, wait_ready
 
 CONFIG = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
 
 
 def region_results(rid: str, obj, size: tuple[int, int]) -> list[dict]:
     """What Label Studio's editor serializes for one corrected region (same id on every result)."""
-    from model.corpus import caption_text
+    from regionscribe.training.corpus import caption_text
 
     w, h = size
     x1, y1, x2, y2 = obj.box
@@ -62,8 +62,8 @@ def annotation_event(project: int, task: int, annotation: int, image: str, resul
 def new_concept_accuracy(describer, scenes) -> dict:
     """Accuracy on the withheld concept only: colour questions about withheld-colour objects and shape questions
     about withheld-shape objects, ranked over every value (base and withheld)."""
-    from model.corpus import WITHHELD_COLOR, WITHHELD_SHAPE, eval_samples
-    from model.evaluation import evaluate_samples
+    from regionscribe.training.corpus import WITHHELD_COLOR, WITHHELD_SHAPE, eval_samples
+    from regionscribe.training.evaluation import evaluate_samples
 
     samples = [s for s in eval_samples(scenes) if s.turns[0].kind == "attribute"
                and ((s.turns[0].key == "color" and s.turns[0].answer == WITHHELD_COLOR)
@@ -80,9 +80,9 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
              eval_scenes: int = 60, tolerance: float = 2.0,
              cider_tolerance: float = 25.0, timeout: float = 1500.0, seed: int = 11,
              log=print, model_dir: str | None = None) -> dict:
-    from model.corpus import make_scenes
-    from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
-    from model.evaluation import evaluate
+    from regionscribe.training.corpus import make_scenes
+    from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+    from regionscribe.training.evaluation import evaluate
 
     work = Path(tempfile.mkdtemp(prefix="regionscribe-loop-"))
     images = work / "images-in"
@@ -114,12 +114,12 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
     py = sys.executable
     logs = {name: open(work / f"{name}.log", "w") for name in ("web", "inference", "trainer")}
     procs = {
-        "inference": subprocess.Popen([py, "-m", "backend.cli", "worker", "--queue", "inference", "--queue", "ingest"],
+        "inference": subprocess.Popen([py, "-m", "regionscribe.backend.ops.cli", "worker", "--queue", "inference", "--queue", "ingest"],
                                       env=env, cwd=ROOT, start_new_session=True, stdout=logs["inference"],
                                       stderr=subprocess.STDOUT),
-        "trainer": subprocess.Popen([py, "-m", "backend.cli", "worker", "--queue", "training"], env=env, cwd=ROOT,
+        "trainer": subprocess.Popen([py, "-m", "regionscribe.backend.ops.cli", "worker", "--queue", "training"], env=env, cwd=ROOT,
                                     start_new_session=True, stdout=logs["trainer"], stderr=subprocess.STDOUT),
-        "web": subprocess.Popen([py, "-m", "backend.cli", "serve"], env=env, cwd=ROOT, start_new_session=True,
+        "web": subprocess.Popen([py, "-m", "regionscribe.backend.ops.cli", "serve"], env=env, cwd=ROOT, start_new_session=True,
                                 stdout=logs["web"], stderr=subprocess.STDOUT),
     }
     base = f"http://127.0.0.1:{port}"
@@ -163,7 +163,7 @@ def run_loop(regions: int = 200, stage1_steps: int = 30, stage2_steps: int = 300
                                                           "total_seconds", "regions", "images", "heldout_images",
                                                           "kind")} if status else None
         if status:  # what a version costs on disk against the checkpoint it started from
-            from model.adapters import folder_bytes
+            from regionscribe.model.adapters import folder_bytes
 
             result["published"]["version_mb"] = round(folder_bytes(registry / status["version"]) / 2 ** 20, 3)
             result["published"]["base_mb"] = round(folder_bytes(model_dir or DEFAULT_CHECKPOINT) / 2 ** 20, 3)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.config import CLIP_VIT_L14, LLAMA_7B as LLAMA_7B_DIMS  # noqa: E402
+from regionscribe.model.config import CLIP_VIT_L14, LLAMA_7B as LLAMA_7B_DIMS
 
 TARGET_REGIONS_PER_S = 50.0
 LM_VOCAB = 32006  # LLaMA's 32000 and GPT4RoI's six added tokens
@@ -48,8 +48,8 @@ SMOKE_REGION = dict(fuse_channels=64, gn_groups=8, roi_output=7, region_hidden=1
 
 def padded_tokenizer(vocab: int = LM_VOCAB):
     """The project's BPE tokenizer, with the region tokens, padded with unused tokens to exactly `vocab` entries."""
-    from model.corpus import vocabulary_text
-    from model.tokenizer import add_region_tokens, train_tokenizer
+    from regionscribe.training.corpus import vocabulary_text
+    from regionscribe.model.tokenizer import add_region_tokens, train_tokenizer
 
     tok = train_tokenizer(vocabulary_text(), vocab_size=vocab)
     add_region_tokens(tok)
@@ -66,8 +66,8 @@ def build(image_size: int = 224, smoke: bool = False, device: str = "cuda", dtyp
     `device` in `dtype` (no fp32 copy on the host)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    from model.config import gpt4roi
-    from model.modeling import RegionScribeModel
+    from regionscribe.model.config import gpt4roi
+    from regionscribe.model.modeling import RegionScribeModel
 
     vit = dict(SMOKE_VIT if smoke else VIT_L_14, image_size=image_size)
     lm = dict(SMOKE_LM if smoke else LLAMA_7B)
@@ -116,9 +116,9 @@ def _p95(values: list[float]) -> float:
 
 def measure(model, boxes: int, max_new_tokens: int, images: int, repeats: int, naive_images: int,
             sync: bool) -> dict:
-    from model.asks import Asks
-    from model.corpus import make_scenes
-    from model.describer import RegionDescriber
+    from regionscribe.model.asks import Asks
+    from regionscribe.training.corpus import make_scenes
+    from regionscribe.model.describer import RegionDescriber
 
     d = RegionDescriber(model, "real-random", cache_size=0)
     asks = Asks(caption=True, max_new_tokens=max_new_tokens)

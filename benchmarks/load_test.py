@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from backend.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
+from regionscribe.backend.ops.runner import _stop, find_redis_server, free_port, start_redis, wait_ready
 
 
 def pct(values: list[float], q: float) -> float:
@@ -53,7 +53,7 @@ def summary(ms: list[float], errors: int, seconds: float) -> dict:
 
 def write_images(folder: Path, n: int, seed: int = 5) -> list[tuple[str, int, int]]:
     """n PNG scenes from the synthetic corpus (varied sizes come from the corpus itself)."""
-    from model.corpus import make_scenes
+    from regionscribe.training.corpus import make_scenes
 
     out = []
     for i, scene in enumerate(make_scenes("test", n, seed=seed)):
@@ -183,8 +183,8 @@ def run(annotators: int = 32, seconds: float = 60.0, workers: int = 2, model_dir
     base = f"http://127.0.0.1:{port}"
     try:
         for i in range(workers):
-            spawn(f"from backend.worker import run_worker; run_worker(name='load-worker-{i}')", f"worker{i}")
-        spawn("from backend.server import serve; serve()", "web")
+            spawn(f"from regionscribe.backend.inference.worker import run_worker; run_worker(name='load-worker-{i}')", f"worker{i}")
+        spawn("from regionscribe.backend.web.server import serve; serve()", "web")
         if not wait_ready(base, processes, start_timeout, workers=workers):
             raise RuntimeError(f"the backend did not report {workers} ready worker(s) within {start_timeout:.0f} s")
         model_version = requests.get(f"{base}/health", timeout=5).json().get("model_version")

@@ -30,11 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.corpus import (ATTRIBUTE_TEMPLATES, ATTRIBUTE_VALUES, ATTRIBUTE_WORDS, ATTRIBUTES,  # noqa: E402
-                          CAPTION_TEMPLATES, RELATION_AXES, RELATION_TEMPLATES, Scene, caption_text, make_scenes,
-                          relations, render_overlapping_pair)
-from model.describer import DEFAULT_CHECKPOINT, RegionDescriber  # noqa: E402
-from model.metrics import cider_d  # noqa: E402
+from regionscribe.training.corpus import (
+    ATTRIBUTE_TEMPLATES, ATTRIBUTE_VALUES, ATTRIBUTE_WORDS, ATTRIBUTES, CAPTION_TEMPLATES, RELATION_AXES,
+    RELATION_TEMPLATES, Scene, caption_text, make_scenes, relations, render_overlapping_pair,
+)
+from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+from regionscribe.training.caption_metrics import cider_d
 
 SEED = 21
 ROLES = ("occluder", "occluded")

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.asks import Asks  # noqa: E402
-from model.corpus import make_scenes  # noqa: E402
-from model.describer import DEFAULT_CHECKPOINT, RegionDescriber  # noqa: E402
+from regionscribe.model.asks import Asks
+from regionscribe.training.corpus import make_scenes
+from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
 
 
 def boxes_for(scene, n: int) -> list[tuple]:
@@ -50,7 +50,7 @@ def main() -> None:
     d = RegionDescriber.from_pretrained(args.checkpoint, cache_size=0)
     asks = Asks(caption=True, max_new_tokens=16)
     if args.asks == "full":
-        from model.corpus import ATTRIBUTE_VALUES
+        from regionscribe.training.corpus import ATTRIBUTE_VALUES
         asks.attributes = {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}
     scenes = make_scenes("test", args.images, seed=123)
     d.describe(scenes[0].image, boxes_for(scenes[0], 2), asks)  # warm-up

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.corpus import BASE_VALUES, make_scenes  # noqa: E402
-from model.describer import DEFAULT_CHECKPOINT  # noqa: E402
-from model.modeling import RegionScribeModel  # noqa: E402
-from model.training import scene_batch  # noqa: E402
+from regionscribe.training.corpus import BASE_VALUES, make_scenes
+from regionscribe.model.describer import DEFAULT_CHECKPOINT
+from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.training.stages import scene_batch
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.datasets.synthetic import write_visual_genome  # noqa: E402
+from regionscribe.training.datasets.synthetic import write_visual_genome
 
 
 def _port() -> int:
@@ -36,7 +36,7 @@ def _port() -> int:
 
 
 def run(processes: int, steps: int, batch: int, data: Path, out: Path, threads: int) -> float:
-    args = ["-m", "backend.cli", "train", "--out", str(out), "--preset", "tiny", "--stage0-steps", "0",
+    args = ["-m", "regionscribe.backend.ops.cli", "train", "--out", str(out), "--preset", "tiny", "--stage0-steps", "0",
             "--stage1-steps", "0", "--stage2-steps", str(steps), "--batch-size", str(batch), "--quiet",
             "--stage2-data", f"vg:{data}", "--version", "train-scaling"]
     if processes == 1:

@@ -62,7 +62,7 @@ def save(model, path: str | Path, base: str | Path, metadata: dict[str, Any] | N
          visual: bool = True) -> None:
     """Write `model` (its LM a peft model) as an adapter version over `base` (see the module docstring); `visual`:
     also the region encoder and projector (when the run trained them)."""
-    from model.modeling import write_config
+    from regionscribe.model.modeling import write_config
 
     path, base = Path(path), Path(base).resolve()
     path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def save(model, path: str | Path, base: str | Path, metadata: dict[str, Any] | N
 
 def load(path: str | Path, device: str | torch.device | None = None, trainable: bool = False):
     """An adapter version: its base with the visual weights and the adapter (merged unless `trainable`)."""
-    from model.modeling import RegionScribeModel
+    from regionscribe.model.modeling import RegionScribeModel
 
     path = Path(path)
     base = base_of(path)
@@ -105,7 +105,7 @@ def load(path: str | Path, device: str | torch.device | None = None, trainable: 
     else:
         model.lm = lm.merge_and_unload()
         model.config.lora = None
-    from model.modeling import compute_dtype
+    from regionscribe.model.modeling import compute_dtype
 
     model.to(compute_dtype(model.config, device))
     if device is not None:

@@ -23,12 +23,10 @@ import numpy as np
 
 from PIL import Image
 
-from model.errors import PlaceholderError
-from model.tokenizer import BBOX, IM_END, IM_PATCH, IM_START
+from regionscribe.model.errors import PlaceholderError
+from regionscribe.model.prompts import (ATTRIBUTE_PROMPT, BBOX, CAPTION_PROMPT, DETAILED_PROMPT, IM_END, IM_PATCH,
+                                        IM_START, IMAGE_PREFIX, RELATION_TEXT_PROMPT, SYSTEM, YESNO_PROMPT)
 
-SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-IMAGE_PREFIX = "The <image> provides an overview of the picture.\n"
 IGNORE = -100
 
 
@@ -155,10 +153,3 @@ def encode(tokenizer, turns: Sequence[tuple[str, str | None]], n_image_tokens: i
         raise PlaceholderError(f"{seen} <bbox> placeholder(s) in the conversation but {n_boxes} box(es) given")
     return Encoded(ids, labels, seen)
 
-
-# Canonical inference prompts (the synthetic corpus trains on these among its paraphrases).
-CAPTION_PROMPT = "Give a short description of region1 <bbox>."
-DETAILED_PROMPT = "Describe region1 <bbox> in detail."
-ATTRIBUTE_PROMPT = "What is the {name} of region1 <bbox>?"
-YESNO_PROMPT = "Is region1 <bbox> {label} region2 <bbox>?"
-RELATION_TEXT_PROMPT = "How is region1 <bbox> related to region2 <bbox>?"

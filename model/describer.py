@@ -15,7 +15,7 @@ attribute/relation candidates are ranked by log-likelihood together.
 `naive=True` is the baseline kept for honest speed comparisons: one region per pass, image re-encoded each time,
 no shared prefix.
 
-`describe_many(requests)` answers several calls at once (an inference worker's waiting jobs, backend.jobs): the
+`describe_many(requests)` answers several calls at once (an inference worker's waiting jobs, regionscribe.backend.inference.jobs): the
 vision tower and the LM's prefix run once over every image not cached yet, each image's prefix is shared by its
 boxes' questions, and the questions of all requests are one batch for decoding and ranking. Each request gets its
 own Description, or its own error (a bad box fails that request alone).
@@ -42,13 +42,13 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from model import conversation as conv
-from model.asks import Asks, Box, Description, RegionDescription, Relation
-from model.errors import BoxError, PlaceholderError, RegionScribeError
-from model.generation import State, extend, greedy, last_logits, rank
-from model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes, pixel_values
-from model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
-from model.weights import SAFE_INDEX
+from regionscribe.model import conversation as conv
+from regionscribe.model.asks import Asks, Box, Description, RegionDescription, Relation
+from regionscribe.model.errors import BoxError, PlaceholderError, RegionScribeError
+from regionscribe.model.generation import State, extend, greedy, last_logits, rank
+from regionscribe.model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes, pixel_values
+from regionscribe.model.modeling import WEIGHTS, ImageFeatures, RegionScribeModel
+from regionscribe.model.weights import SAFE_INDEX
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default"
 
@@ -105,9 +105,9 @@ class RegionDescriber:
     @classmethod
     def from_config(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> "RegionDescriber":
         """An untrained model of a preset (for tests and benchmarks of plumbing; its words are gibberish)."""
-        from model.config import preset as make_preset
-        from model.corpus import vocabulary_text
-        from model.tokenizer import train_tokenizer
+        from regionscribe.model.config import preset as make_preset
+        from regionscribe.training.corpus import vocabulary_text
+        from regionscribe.model.tokenizer import train_tokenizer
 
         torch.manual_seed(seed)
         model = RegionScribeModel(make_preset(preset), train_tokenizer(vocabulary_text()))

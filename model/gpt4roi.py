@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import torch
 
-from model.config import gpt4roi
-from model.weights import DEFAULT_SHARD_BYTES, Shard, ShardWriter, shard_files
+from regionscribe.model.config import gpt4roi
+from regionscribe.model.weights import DEFAULT_SHARD_BYTES, Shard, ShardWriter, shard_files
 
 # GPT4RoI's added tokens, in the order its tokenizer got them: ids vocab-6 .. vocab-1 (32000-32005 on LLaMA)
 ADDED_TOKENS = ["[PAD]", "<im_patch>", "<bbox>", "<point>", "<im_start>", "<im_end>"]
@@ -155,7 +155,7 @@ def _expected_shapes(model_config, tokenizer, vision_config, lm_cfg) -> dict[str
     device."""
     from transformers import AutoModelForCausalLM, CLIPVisionModel
 
-    from model.modeling import RegionScribeModel
+    from regionscribe.model.modeling import RegionScribeModel
 
     with torch.device("meta"):
         vision = CLIPVisionModel(vision_config)
@@ -265,7 +265,7 @@ def convert(source: str | Path, vision: str | Path, out: str | Path, delta_base:
     is called per shard. Returns `out`."""
     from transformers import CLIPVisionConfig
 
-    from model.modeling import write_config
+    from regionscribe.model.modeling import write_config
 
     source, vision, out = Path(source), Path(vision), Path(out)
     if out.exists():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from model.errors import BoxError, ImageError, MaskError
+from regionscribe.model.errors import BoxError, ImageError, MaskError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are refused before they are decoded (decompression bombs)
 

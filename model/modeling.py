@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ModelConfig
-from model.conversation import SYSTEM
-from model.errors import PlaceholderError
-from model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
-from model.tokenizer import SpecialIds, add_region_tokens
-from model.weights import DEFAULT_SHARD_BYTES, SAFE_INDEX, is_checkpoint_weights, iter_state, save_state
+from regionscribe.model.config import ModelConfig
+from regionscribe.model.conversation import SYSTEM
+from regionscribe.model.errors import PlaceholderError
+from regionscribe.model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
+from regionscribe.model.tokenizer import SpecialIds, add_region_tokens
+from regionscribe.model.weights import DEFAULT_SHARD_BYTES, SAFE_INDEX, is_checkpoint_weights, iter_state, save_state
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -248,7 +248,7 @@ class RegionScribeModel(nn.Module):
         from transformers import AutoTokenizer, PretrainedConfig
 
         path = Path(path)
-        from model import adapters
+        from regionscribe.model import adapters
 
         if adapters.is_adapter_version(path):  # a LoRA adapter version over a base checkpoint (model/adapters.py)
             return adapters.load(path, device=device)

@@ -10,8 +10,9 @@ from typing import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
+from regionscribe.model.prompts import BBOX, IM_END, IM_PATCH, IM_START
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-IM_START, IM_END, IM_PATCH, BBOX = "<im_start>", "<im_end>", "<im_patch>", "<bbox>"
 REGION_TOKENS = [IM_START, IM_END, IM_PATCH, BBOX]
 
 

@@ -59,7 +59,7 @@ def lm_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from model.corpus import vocabulary_text
+    from regionscribe.training.corpus import vocabulary_text
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -104,8 +104,8 @@ def tiny_parts_checkpoint(folder: Path, work: Path, version: str = "parts-base")
     model with a pretrained LM that never saw the synthetic corpus."""
     from transformers import AutoTokenizer, PretrainedConfig
 
-    from model.config import from_parts
-    from model.modeling import RegionScribeModel
+    from regionscribe.model.config import from_parts
+    from regionscribe.model.modeling import RegionScribeModel
 
     vision, lm = tiny_tower("clip", work / "clip"), tiny_lm("llama", work / "llama")
     model = RegionScribeModel(from_parts(str(vision), str(lm)),

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import redis
 
-from backend.runner import find_redis_server, start_redis
+from regionscribe.backend.ops.runner import find_redis_server, start_redis
 from tests.processes import WorkerProcess
 
 

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from model import corpus as C
-from model.errors import PlaceholderError
+from regionscribe.training import corpus as C
+from regionscribe.model.errors import PlaceholderError
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""model.metrics against pycocoevalcap, given the same tokenised strings."""
+"""regionscribe.training.caption_metrics against pycocoevalcap, given the same tokenised strings."""
 
 import random
 import shutil
 
 import pytest
 
-from model import metrics
+from regionscribe.training import caption_metrics as metrics
 
 pycoco_cider = pytest.importorskip("pycocoevalcap.cider.cider")
 from pycocoevalcap.bleu.bleu import Bleu  # noqa: E402

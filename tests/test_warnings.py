@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
-@pytest.mark.parametrize("module", ["model.generation", "backend.app", "benchmarks.feedback_loop",
+@pytest.mark.parametrize("module", ["regionscribe.model.generation", "regionscribe.backend.web.app", "benchmarks.feedback_loop",
                                     "torch.nn.modules.module", "transformers.utils.deprecation"])
 def test_a_deprecation_is_an_error(category, module):
     with pytest.raises(category, match="is deprecated"):

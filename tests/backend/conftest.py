@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 
-from backend.settings import Settings
+from regionscribe.backend.core.settings import Settings
 from tests.builders import exif_rotated_jpeg, fake_jwt, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,7 +226,7 @@ def make_settings(redis_url, image_root, http_host, tmp_path_factory):
 
 @pytest.fixture
 def client(make_settings, worker):
-    from backend.app import create_app
+    from regionscribe.backend.web.app import create_app
 
     app = create_app(make_settings())
     return app.test_client()

@@ -5,9 +5,11 @@ import base64
 
 import pytest
 
-from backend.images import FetchError, ForbiddenSource, ImageFetcher, fetch_image, is_public_address
-from backend.settings import Settings
-from model.errors import ImageError
+from regionscribe.backend.labelstudio.fetcher import (
+    FetchError, ForbiddenSource, ImageFetcher, fetch_image, is_public_address,
+)
+from regionscribe.backend.core.settings import Settings
+from regionscribe.model.errors import ImageError
 
 
 def fetcher(**changes) -> ImageFetcher:
@@ -165,7 +167,7 @@ def test_data_uris(h):
 def test_the_connected_address_is_checked_again(http_host, monkeypatch):
     """DNS rebinding: even when the pre-connection check passes, a connection that lands on a non-public address is
     closed before any request is sent."""
-    import backend.images as images
+    import regionscribe.backend.labelstudio.fetcher as images
 
     monkeypatch.setattr(images, "check_public_host", lambda host, port: None)  # pretend DNS said "public"
     before = len(http_host.seen)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs import inference_queue, make_payload, submit, wait_for
-from backend.labeling import ProjectConfig
-from model.asks import Asks
+from regionscribe.backend.inference.jobs import inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.labelstudio.labeling import ProjectConfig
+from regionscribe.model.asks import Asks
 
 CONFIGS = Path(__file__).resolve().parents[2] / "labeling_configs"
 
@@ -51,7 +51,7 @@ def edited_page():
 
 
 def answer_for(n: int) -> dict:
-    """A worker's answer (backend.jobs.describe_job's shape) describing n boxes."""
+    """A worker's answer (regionscribe.backend.inference.jobs.describe_job's shape) describing n boxes."""
     return {"width": 96, "height": 64, "model_version": "v-test", "relations": [
         {"subject": 1, "object": 0, "label": "right of", "score": 0.9},
         {"subject": 0, "object": 1, "label": "left of", "score": 0.9}], "regions": [
@@ -161,7 +161,7 @@ def test_a_bad_describe_list_is_a_clear_task_error(redis_client, make_settings, 
 def test_nothing_new_on_the_page_is_an_empty_answer_without_a_job(make_settings):
     """Every box already filled (a box moved, a smart box deleted): an empty result, no error, and no worker asked
     (this app's queue has no worker: asking one would answer "no inference worker is running")."""
-    from backend.app import create_app
+    from regionscribe.backend.web.app import create_app
 
     client = create_app(make_settings(inference_queue="inference-nobody")).test_client()
     xml = config_xml("region_attributes")

@@ -8,7 +8,7 @@ import time
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.app import create_app
+from regionscribe.backend.web.app import create_app
 
 
 def ls_box(rid, x, y, w, h, ow=96, oh=64):

@@ -8,10 +8,10 @@ import time
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from backend.app import create_app
-from backend.jobs import inference_queue, make_payload, submit, wait_for
-from backend.worker import live_workers
-from model.asks import Asks
+from regionscribe.backend.web.app import create_app
+from regionscribe.backend.inference.jobs import inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.inference.worker import live_workers
+from regionscribe.model.asks import Asks
 
 BOX = {"x": 8, "y": 12, "width": 34, "height": 50, "rotation": 0, "labels": ["Object"]}
 BOX2 = {"x": 58, "y": 30, "width": 34, "height": 50, "rotation": 0, "labels": ["Object"]}

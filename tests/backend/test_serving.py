@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.runner import free_port
+from regionscribe.backend.ops.runner import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_gunicorn_serves_the_app(redis_url, worker):
     env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "PYTHONPATH": str(ROOT),
            "LOG_LEVEL": "WARNING", "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "pw"}
     process = subprocess.Popen(
-        [sys.executable, "-c", f"from backend.server import serve; serve('127.0.0.1', {port}, workers=1)"],
+        [sys.executable, "-c", f"from regionscribe.backend.web.server import serve; serve('127.0.0.1', {port}, workers=1)"],
         env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -63,7 +63,7 @@ def test_run_all_starts_redis_worker_and_web_and_stops_cleanly(tmp_path):
                 "LOG_LEVEL": "WARNING", "WEB_WORKERS": "1"})
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-c", "from backend.runner import run_all; "
+        process = subprocess.Popen([sys.executable, "-c", "from regionscribe.backend.ops.runner import run_all; "
                                     "raise SystemExit(run_all())"], env=env, cwd=ROOT, start_new_session=True,
                                    stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -98,8 +98,8 @@ def restore_logging():
 
 
 def test_run_all_without_redis_says_how_to_install_it(monkeypatch, capsys, restore_logging):
-    import backend.runner as runner
-    from backend.settings import Settings
+    import regionscribe.backend.ops.runner as runner
+    from regionscribe.backend.core.settings import Settings
 
     monkeypatch.setattr(runner.shutil, "which", lambda name: None)
     monkeypatch.setattr(runner.importlib.util, "find_spec", lambda name: None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.settings import Settings, get_settings
+from regionscribe.backend.core.settings import Settings, get_settings
 
 
 def test_defaults_and_parsing():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.shapes import Shape
+from regionscribe.backend.labelstudio.shapes import Shape
 
 W, H = 96, 64  # scene.png: a red square at (8..40, 8..40), a blue one at (56..88, 20..52)
 KEYPOINT_XML_TAG = '<KeyPointLabels name="point" toName="image" smart="true"><Label value="Object"/></KeyPointLabels>'

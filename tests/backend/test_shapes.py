@@ -1,4 +1,4 @@
-"""backend.shapes: Label Studio's region shapes read, checked and rasterised; brush RLE through label-studio-sdk's
+"""regionscribe.backend.labelstudio.shapes: Label Studio's region shapes read, checked and rasterised; brush RLE through label-studio-sdk's
 own converter; the labeling config reading every region tool. No Redis, no worker."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from backend.jobs import region_pixels
-from backend.labeling import ProjectConfig
-from backend.shapes import Shape, ShapeError
+from regionscribe.backend.inference.jobs import region_pixels
+from regionscribe.backend.labelstudio.labeling import ProjectConfig
+from regionscribe.backend.labelstudio.shapes import Shape, ShapeError
 
 
 def result(type_, value, **extra):

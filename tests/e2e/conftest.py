@@ -268,9 +268,9 @@ class Backend:
     data_dir: Path  # DATA_DIR of its web and worker processes: the feedback store (store.sqlite3) lives there
 
     def store(self):
-        """The backend's feedback store (backend.store.Store), opened in this process."""
-        from backend.settings import Settings
-        from backend.store import Store
+        """The backend's feedback store (regionscribe.backend.store.Store), opened in this process."""
+        from regionscribe.backend.core.settings import Settings
+        from regionscribe.backend.store import Store
 
         return Store.shared(Settings(data_dir=str(self.data_dir)))
 
@@ -283,7 +283,7 @@ def redis_url(e2e_dir, e2e_logs) -> str:
     """A private, non-persistent redis-server on loopback for the backend's queue."""
     binary = shutil.which("redis-server") or shutil.which("valkey-server")
     if binary is None:
-        from backend.runner import find_redis_server
+        from regionscribe.backend.ops.runner import find_redis_server
 
         binary = find_redis_server()
     if binary is None:
@@ -339,9 +339,9 @@ def start_backend(name: str, *, redis_url: str, label_studio: LabelStudio, api_k
     })
     inference = queues is None or queue in queues
     worker_args = [arg for q in (queues or [queue]) for arg in ("--queue", q)]
-    worker = Proc(f"{name}-worker", [sys.executable, "-m", "backend.cli", "worker", *worker_args], env,
+    worker = Proc(f"{name}-worker", [sys.executable, "-m", "regionscribe.backend.ops.cli", "worker", *worker_args], env,
                   e2e_dir / f"{name}-worker.log", cwd=BACKEND_SRC)
-    web = Proc(f"{name}-web", [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port",
+    web = Proc(f"{name}-web", [sys.executable, "-m", "regionscribe.backend.ops.cli", "serve", "--host", "127.0.0.1", "--port",
                                str(web_port), "--workers", "1"], env, e2e_dir / f"{name}-web.log", cwd=BACKEND_SRC)
     e2e_logs.update({worker.name: worker, web.name: web})
     url = f"http://127.0.0.1:{web_port}"

@@ -116,7 +116,7 @@ class Deployment:
         self.procs = []
 
     def store(self):
-        from backend.store import Store
+        from regionscribe.backend.store import Store
 
         return Store.open(f"sqlite:///{self.data_dir / 'store.sqlite3'}", images_dir=self.data_dir / "images")
 
@@ -268,7 +268,7 @@ def test_without_the_webhook_the_sync_alone_keeps_the_store_exact(api, deploymen
     assert f'regionscribe_regions_sync_only{{project="{pid}"}} {only_sync}' in metrics
 
     env, src = deployment.env(), deployment.backends.src
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "sync", "--project", str(pid), "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync", "--project", str(pid), "--json"], env=env,
                           cwd=src, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)[str(pid)]
@@ -278,13 +278,13 @@ def test_without_the_webhook_the_sync_alone_keeps_the_store_exact(api, deploymen
     # --since reads only the tasks Label Studio changed since then (it bumps a task when an annotation changes)
     since = changed["updated_at"]
     api.call("PATCH", f"/api/annotations/{made[2]['id']}/", json={"result": made[2]["result"], "lead_time": 3.0})
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "sync", "--project", str(pid), "--json", "--since",
+    done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync", "--project", str(pid), "--json", "--since",
                            since], env=env, cwd=src, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)[str(pid)]
     assert report["tasks"] == 3, report  # changed, deleted and changed again since: not all 31
 
-    doctor = subprocess.run([sys.executable, "-m", "backend.cli", "doctor", "--json"], env=env, cwd=src,
+    doctor = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "doctor", "--json"], env=env, cwd=src,
                             capture_output=True, text=True, timeout=300)
     checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
     assert checks[f"webhooks.project-{pid}"]["status"] == "WARN", checks.get(f"webhooks.project-{pid}")

@@ -1,6 +1,6 @@
 """Fixtures for the export tests: a store on a real SQLite file and on the real PostgreSQL (own schema per test),
-filled the way the webhook fills it (Label Studio 1.23 payloads through backend.ingest.handle_event), with images
-cached through backend.ingest.cache_image exactly as the ingest job caches them."""
+filled the way the webhook fills it (Label Studio 1.23 payloads through regionscribe.backend.feedback.ingest.handle_event), with images
+cached through regionscribe.backend.feedback.ingest.cache_image exactly as the ingest job caches them."""
 from __future__ import annotations
 
 import io
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from backend.ingest import cache_image, handle_event
-from backend.settings import Settings
-from backend.store import Store, Suggestion
+from regionscribe.backend.feedback.ingest import cache_image, handle_event
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.store import Store, Suggestion
 
 ROOT = Path(__file__).resolve().parents[2]
 # the attributes config plus a detailed caption, a relation sentence, <Relations> and a second label
@@ -87,7 +87,7 @@ def event(project_id, task_id, annotation_id, result, *, image, updated=0.0, use
 
 
 class Fetcher:
-    """Stands in for backend.images.ImageFetcher: image bytes by reference."""
+    """Stands in for regionscribe.backend.labelstudio.fetcher.ImageFetcher: image bytes by reference."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -227,8 +227,8 @@ def sqlite_store(tmp_path):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from model.corpus import vocabulary_text
-    from model.tokenizer import train_tokenizer
+    from regionscribe.training.corpus import vocabulary_text
+    from regionscribe.model.tokenizer import train_tokenizer
 
     return train_tokenizer(vocabulary_text())
 

@@ -1,14 +1,14 @@
-"""A curated export trains the next model directly: each export format read back by model.datasets (the readers
+"""A curated export trains the next model directly: each export format read back by regionscribe.training.datasets (the readers
 `regionscribe train --data export-<format>:DIR` uses) gives the exported regions' captions and boxes, as
 GPT4RoI-format conversations, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import pytest
 
-from backend.export import ExportOptions, export, load_conversations
-from model.conversation import IMAGE_PREFIX
-from model.datasets import Source
-from model.tokenizer import BBOX
+from regionscribe.backend.export import ExportOptions, export, load_conversations
+from regionscribe.model.conversation import IMAGE_PREFIX
+from regionscribe.training.datasets import Source
+from regionscribe.model.prompts import BBOX
 
 
 @pytest.fixture

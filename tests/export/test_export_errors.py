@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from backend import export as ex
-from backend.cli import main
-from backend.export import ExportError, ExportFilters, ExportOptions, export, verify_manifest
+from regionscribe.backend import export as ex
+from regionscribe.backend.ops.cli import main
+from regionscribe.backend.export import ExportError, ExportFilters, ExportOptions, export, verify_manifest
 
 
 def leftovers(parent) -> list[str]:
@@ -17,8 +17,8 @@ def leftovers(parent) -> list[str]:
 
 
 def test_constants_match_the_model():
-    from model.conversation import IMAGE_PREFIX
-    from model.tokenizer import BBOX
+    from regionscribe.model.conversation import IMAGE_PREFIX
+    from regionscribe.model.prompts import BBOX
 
     assert (ex.IMAGE_PREFIX, ex.BBOX) == (IMAGE_PREFIX, BBOX)
 

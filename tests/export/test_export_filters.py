@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from backend.export import ExportError, ExportFilters, ExportOptions, export, split_of
+from regionscribe.backend.export import ExportError, ExportFilters, ExportOptions, export, split_of
 
 
 def exported_ids(store, tmp_path, name, **filters) -> tuple[set[str], dict]:

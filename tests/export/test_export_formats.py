@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from backend.export import ExportOptions, export, load_conversations, verify_manifest
+from regionscribe.backend.export import ExportOptions, export, load_conversations, verify_manifest
 
 UNI = "a red square — ünïcode 🚀 \"quoted\" {braces}"
 
@@ -37,7 +37,7 @@ def exported(any_store, tmp_path, lab):
 
 
 def test_conversations_read_back_by_the_training_loader(exported, tokenizer):
-    from model.conversation import IMAGE_PREFIX, encode
+    from regionscribe.model.conversation import IMAGE_PREFIX, encode
 
     store, filled, out, manifest = exported
     want = expected(store)

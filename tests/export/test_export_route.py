@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from backend.app import create_app
-from backend.export import verify_manifest
-from backend.settings import Settings
-from backend.store import Store
+from regionscribe.backend.web.app import create_app
+from regionscribe.backend.export import verify_manifest
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.store import Store
 
 
 def auth(user="ls", password="s3cret") -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.export import ExportOptions, coco_rle_mask, export, load_conversations
-from backend.ingest import cache_image
-from backend.shapes import Shape
+from regionscribe.backend.export import ExportOptions, coco_rle_mask, export, load_conversations
+from regionscribe.backend.feedback.ingest import cache_image
+from regionscribe.backend.labelstudio.shapes import Shape
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENTS_XML = (ROOT / "labeling_configs" / "region_segments.xml").read_text()

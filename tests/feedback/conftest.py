@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.runner import find_redis_server, free_port
-from backend.settings import Settings
-from backend.store import Store
+from regionscribe.backend.ops.runner import find_redis_server, free_port
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.store import Store
 from tests.builders import exif_rotated_jpeg, png_bytes
 from tests.processes import GroupProcess, RestartableRedis, WorkerProcess
 
@@ -315,7 +315,7 @@ class Backend(GroupProcess):
         self.log = Path(settings.data_dir) / f"backend-{self.port}.log"
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "regionscribe.backend.ops.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                  "--workers", "1"], env=env_for(settings), cwd=ROOT, start_new_session=True, stdout=out,
                 stderr=subprocess.STDOUT)
 
@@ -363,7 +363,7 @@ class Server:
     def __init__(self, settings: Settings):
         from werkzeug.serving import make_server
 
-        from backend.app import create_app
+        from regionscribe.backend.web.app import create_app
 
         self.app = create_app(settings)
         self.httpd = make_server("127.0.0.1", 0, self.app, threaded=True)

@@ -1,4 +1,4 @@
-"""A stand-in for backend.training_job.run_training (the lead's job), for the policy tests: it takes a snapshot, marks
+"""A stand-in for regionscribe.backend.feedback.training_run.run_training (the lead's job), for the policy tests: it takes a snapshot, marks
 the run started, records the run in Redis, and can replay events "arriving during the run" or fail on request."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import redis
 from rq import get_current_job
 
-from backend.ingest import handle_event
-from backend.settings import get_settings
-from backend.store import Store
+from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.core.settings import get_settings
+from regionscribe.backend.store import Store
 
 RUNS = "feedback-test:runs:{project}"
 INJECT = "feedback-test:inject:{project}"

@@ -13,7 +13,7 @@ import requests
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from backend.store import Store
+from regionscribe.backend.store import Store
 
 EVENTS = 1000
 CLIENTS = 16

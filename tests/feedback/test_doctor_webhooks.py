@@ -10,8 +10,8 @@ import pytest
 import redis
 import requests
 
-from backend.doctor import FAIL, OK, SKIP, WARN, check_sync, check_webhooks
-from backend.webhooks import refusals, remember_connection
+from regionscribe.backend.ops.doctor import FAIL, OK, SKIP, WARN, check_sync, check_webhooks
+from regionscribe.backend.labelstudio.webhooks import refusals, remember_connection
 
 from tests.feedback.fake_labelstudio import HEADER, PASSWORD, USER
 
@@ -58,7 +58,7 @@ def test_doctor_reports_the_sync(make_settings, own_redis, api):
     connection = redis.Redis.from_url(own_redis.url)
     assert check_sync(settings, connection).status == WARN  # never ran
     assert check_sync(settings.replace(sync_interval=0), connection).status == WARN
-    from backend.sync import LAST_KEY
+    from regionscribe.backend.feedback.sync import LAST_KEY
 
     connection.set(LAST_KEY, json.dumps({"at": time.time() - 5, "projects": {"7": {"new": 1}}}))
     check = check_sync(settings, connection)

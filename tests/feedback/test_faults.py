@@ -20,10 +20,10 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from backend.ingest import handle_event
-from backend.policy import JOB_KEY, Policy
-from backend.store import Store
-from backend.worker import is_alive
+from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.policy import JOB_KEY, Policy
+from regionscribe.backend.store import Store
+from regionscribe.backend.inference.worker import is_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def seeded_registry(root: Path) -> Path:
     """A registry whose current version "v0" is an untrained tiny-preset checkpoint saved by the model code of this
     tree (a copy of model/default would do too, but only while its weights match the current architecture)."""
-    from model.registry import Registry
-    from model.training import TrainConfig, new_model
+    from regionscribe.backend.core.registry import Registry
+    from regionscribe.training.stages import TrainConfig, new_model
 
     new_model(TrainConfig(preset="tiny", seed=0)).save_pretrained(root / "versions" / "v0", {"version": "v0"})
     (root / "versions" / "v0" / "manifest.json").write_text(
@@ -59,7 +59,7 @@ def training_jobs(settings, client) -> list:
 @pytest.fixture
 def forget_announcement(redis_client):
     """The published version is announced under a global Redis key; the session's other tests must not see it."""
-    from backend.worker import CURRENT_KEY
+    from regionscribe.backend.inference.worker import CURRENT_KEY
 
     yield
     redis_client.delete(CURRENT_KEY)
@@ -68,8 +68,8 @@ def forget_announcement(redis_client):
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_a_training_worker_killed_mid_run_leaves_the_current_version_and_loses_no_event(
         make_settings, redis_client, spawn_worker, fake_ls, ls, wait, forget_announcement):
-    from model.describer import RegionDescriber
-    from model.registry import Registry
+    from regionscribe.model.describer import RegionDescriber
+    from regionscribe.backend.core.registry import Registry
 
     settings = make_settings(retrain_after=3)
     root = seeded_registry(Path(settings.registry_path))
@@ -229,7 +229,7 @@ def test_redis_flushed_mid_run_starts_no_second_run(make_settings, own_redis, sp
     gone from Redis, but the run's lease lives in the store (renewed by its worker), so neither further events, nor
     a training worker's start-up sweep, nor a second job of the same project start a second run. Once the first
     run's worker is gone, its lease expires and the project trains again."""
-    from backend.worker import WORKER_KEY
+    from regionscribe.backend.inference.worker import WORKER_KEY
 
     settings = make_settings(redis_url=own_redis.url, retrain_after=3)
     seeded_registry(Path(settings.registry_path))
@@ -263,7 +263,7 @@ def test_redis_flushed_mid_run_starts_no_second_run(make_settings, own_redis, sp
     assert Policy(settings, store, client).sweep()[p]["enqueued"] is None
     # a second job of the same project that got onto the queue anyway (a race before the lease) refuses to run
     Queue(settings.training_queue, connection=client, serializer=JSONSerializer).enqueue_call(
-        "backend.training_job.run_training", args=(p,), job_id="second-run", timeout=600)
+        "regionscribe.backend.feedback.training_run.run_training", args=(p,), job_id="second-run", timeout=600)
     second = spawn_worker(settings, [settings.training_queue], env=env)
     job = wait(lambda: (j := Queue(settings.training_queue, connection=client, serializer=JSONSerializer)
                         .fetch_job("second-run")) is not None and j.is_finished and j, timeout=120, every=0.2)

@@ -12,9 +12,9 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from backend.ingest import handle_event
-from backend.policy import JOB_KEY, TRAINING_FUNCTION, Policy
-from backend.store import Store
+from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.policy import JOB_KEY, TRAINING_FUNCTION, Policy
+from regionscribe.backend.store import Store
 
 FAKE = "tests.feedback.fake_training.run_training"
 
@@ -41,7 +41,7 @@ def test_nth_changed_region_enqueues_exactly_one_run(make_settings, redis_client
     jobs = training_jobs(settings, redis_client)
     assert len(jobs) == 1
     job = jobs[0]
-    assert job.func_name == TRAINING_FUNCTION == "backend.training_job.run_training"
+    assert job.func_name == TRAINING_FUNCTION == "regionscribe.backend.feedback.training_run.run_training"
     assert list(job.args) == [p] and job.origin == settings.training_queue
     assert job.timeout == settings.training_timeout and job.meta["project_id"] == p
     for _ in range(3):  # more corrections while it waits: still one run
@@ -175,7 +175,7 @@ def test_concurrent_triggers_enqueue_one_run(make_settings, redis_client, ls):
     decisions = []
 
     def decide():
-        from backend.ingest import fast_redis
+        from regionscribe.backend.feedback.ingest import fast_redis
 
         decisions.append(Policy(settings, store, fast_redis(settings.redis_url)).evaluate(p))
 

@@ -1,11 +1,11 @@
-"""The promotion gate checks every metric on its own (backend.promotion): the v4 case from the README's
+"""The promotion gate checks every metric on its own (regionscribe.backend.feedback.promotion): the v4 case from the README's
 "Benchmarks" (texture -9.4 points while the mean of attributes and relations stayed inside PROMOTION_TOLERANCE) is
 refused, and the refusal names the metric in the manifest and in `regionscribe versions` / `report`."""
-from backend.promotion import promotion_gate
-from backend.reporting import format_table, version_rows, write_report
-from backend.settings import Settings
-from backend.training_job import base_score
-from model.registry import Registry
+from regionscribe.backend.feedback.promotion import promotion_gate
+from regionscribe.backend.ops.report import format_table, version_rows, write_report
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.feedback.training_run import base_score
+from regionscribe.backend.core.registry import Registry
 from tests.builders import fake_checkpoint
 
 # tiny-default-v4 on the base test split (README, "The embedded default")

@@ -1,6 +1,6 @@
-from backend.reporting import format_table, version_rows, write_report
-from backend.settings import Settings
-from model.registry import Registry
+from regionscribe.backend.ops.report import format_table, version_rows, write_report
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.core.registry import Registry
 from tests.builders import fake_checkpoint
 
 

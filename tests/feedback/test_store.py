@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from backend.ingest import handle_event
-from backend.settings import Settings
-from backend.store import Store, StoreError
+from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.store import Store, StoreError
 
 NO_REDIS = Settings()  # redis_url None: the store alone
 
@@ -185,7 +185,7 @@ def test_unicode_captions_are_kept_intact(store, ls):
 
 
 def test_suggestions_give_changed_and_confirmed_flags_and_the_edit_rate(store, ls):
-    from backend.store import Suggestion
+    from regionscribe.backend.store import Suggestion
 
     p, t1, t2 = ls.new_id(), ls.new_id(), ls.new_id()
     store.record_suggestions(p, [
@@ -337,7 +337,7 @@ def test_bad_urls_are_refused_clearly(tmp_path):
 
 
 def test_settings_name_the_store():
-    from backend.store import default_url
+    from regionscribe.backend.store import default_url
 
     assert default_url(Settings.from_env({})) == "sqlite:///var/store.sqlite3"
     assert default_url(Settings.from_env({"DATA_DIR": "/srv/rs"})) == "sqlite:////srv/rs/store.sqlite3"
@@ -348,7 +348,7 @@ def test_settings_name_the_store():
 
 
 def test_raw_events_replay_into_a_new_store(store, tmp_path, ls):
-    from backend.ingest import replay
+    from regionscribe.backend.feedback.ingest import replay
 
     p, t, a, b = ls.new_id(), ls.new_id(), ls.new_id(), ls.new_id()
     for event in (ls.annotation_event(p, t, a, ls.region("r1", caption="v2 ✓"), updated=2,
@@ -374,10 +374,10 @@ def test_raw_events_replay_into_a_new_store(store, tmp_path, ls):
 def test_the_source_migration_keeps_what_a_v2_store_holds(store_url, tmp_path, ls, monkeypatch):
     """A store written before migration 3 (no event sources) opens with everything it held marked as arrived
     through the webhook, which is how it arrived."""
-    import backend.store
+    import regionscribe.backend.store as store_module
 
     p, t, a = ls.new_id(), ls.new_id(), ls.new_id()
-    monkeypatch.setattr(backend.store, "MIGRATIONS", backend.store.MIGRATIONS[:2])
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
     old = Store.open(store_url, images_dir=tmp_path / "images")
     assert old.schema_version() == 2
 
@@ -395,7 +395,7 @@ def test_the_source_migration_keeps_what_a_v2_store_holds(store_url, tmp_path, l
     old.close()
     monkeypatch.undo()
     new = Store.open(store_url, images_dir=tmp_path / "images")
-    assert new.schema_version() == backend.store.MIGRATIONS[-1][0]  # every later step applied too
+    assert new.schema_version() == store_module.MIGRATIONS[-1][0]  # every later step applied too
     assert [(r.caption, r.source) for r in new.records(p)] == [("from before", "webhook")]
     assert [e["source"] for e in new.events()] == ["webhook"]
     assert new.annotation_versions(p)[a]["source"] == "webhook"

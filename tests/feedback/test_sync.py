@@ -1,4 +1,4 @@
-"""Reconciliation with Label Studio (backend.sync): annotations the webhook lost reach the store, newest wins,
+"""Reconciliation with Label Studio (regionscribe.backend.feedback.sync): annotations the webhook lost reach the store, newest wins,
 deletions are seen, a sync and a webhook together count each region once, and the store says which path brought what.
 Label Studio's API is tests/feedback/fake_labelstudio.py here; tests/e2e/test_no_lost_corrections.py runs the same against the real
 Label Studio 1.23.2."""
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.ingest import handle_event
-from backend.store import Store
-from backend.sync import SyncError, parse_since, sync_project
+from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.store import Store
+from regionscribe.backend.feedback.sync import SyncError, parse_since, sync_project
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,9 +143,9 @@ def test_a_listing_that_misses_an_annotation_deletes_nothing(setup, api, ls):
 
 
 def test_pages_and_since(setup, api, ls, monkeypatch):
-    import backend.labelstudio
+    import regionscribe.backend.labelstudio.api as ls_api
 
-    monkeypatch.setattr(backend.labelstudio, "PAGE_SIZE", 4)
+    monkeypatch.setattr(ls_api, "PAGE_SIZE", 4)
     settings, store = setup
     pid = api.add_project(ls.XML)
     tasks = [api.add_task(pid) for _ in range(10)]
@@ -238,7 +238,7 @@ def test_only_via_sync_until_a_webhook_delivers_it(setup, api, ls):
 
 
 def _seconds(label_studio_time: str) -> float:
-    from backend.store import parse_time_us
+    from regionscribe.backend.store import parse_time_us
 
     return parse_time_us(label_studio_time) / 1e6 - 1714564800
 
@@ -252,7 +252,7 @@ def test_the_command(setup, api, ls, tmp_path, settings_env):
     tid = api.add_task(pid)
     api.annotate(tid, ls.region("r1", caption="from the command"))
     env = {**settings_env(settings), "REDIS_URL": ""}
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "sync", "--project", str(pid), "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync", "--project", str(pid), "--json"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
@@ -260,16 +260,16 @@ def test_the_command(setup, api, ls, tmp_path, settings_env):
         "new": 1, "changed": 0, "unchanged": 0, "deleted": 0}
     assert [r.caption for r in Store.open(settings.store_url, images_dir=tmp_path).records(pid)] == ["from the command"]
 
-    text = subprocess.run([sys.executable, "-m", "backend.cli", "sync", "--project", str(pid), "--quiet"], env=env,
+    text = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync", "--project", str(pid), "--quiet"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and f"project {pid}: 0 new, 0 changed, 1 unchanged, 0 deleted" in text.stdout
-    missing = subprocess.run([sys.executable, "-m", "backend.cli", "sync", "--project", "999999999", "--quiet"],
+    missing = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync", "--project", "999999999", "--quiet"],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "not in Label Studio" in missing.stdout
-    bad = subprocess.run([sys.executable, "-m", "backend.cli", "sync", "--since", "yesterday-ish"], env=env,
+    bad = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync", "--since", "yesterday-ish"], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
-    unset = subprocess.run([sys.executable, "-m", "backend.cli", "sync"], env={**env, "LABEL_STUDIO_API_KEY": ""},
+    unset = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "sync"], env={**env, "LABEL_STUDIO_API_KEY": ""},
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert unset.returncode == 2 and "LABEL_STUDIO_API_KEY" in unset.stderr
 
@@ -324,7 +324,7 @@ def test_metrics_show_regions_that_only_the_sync_brought(setup, api, ls, make_se
 
 
 def test_report_shows_how_regions_arrived(setup, api, ls, tmp_path):
-    from backend.reporting import write_report
+    from regionscribe.backend.ops.report import write_report
     from tests.builders import fake_checkpoint
 
     settings, store = setup
@@ -344,7 +344,7 @@ def test_one_sync_waits_at_a_time_and_a_dead_worker_does_not_block(make_settings
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from backend.sync import SYNC_JOB_KEY, enqueue_sync, tick
+    from regionscribe.backend.feedback.sync import SYNC_JOB_KEY, enqueue_sync, tick
 
     settings = make_settings(sync_interval=30)
     assert enqueue_sync(redis_client, settings)

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from backend.store import Store
+from regionscribe.backend.store import Store
 
 
 def post(server, payload, **kwargs):
@@ -118,7 +118,7 @@ def test_ingest_worker_caches_the_image_by_content_hash(make_settings, serve, sp
 
 
 def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serve, own_redis, fake_ls, ls):
-    from backend.ingest import fetch_missing_images
+    from regionscribe.backend.feedback.ingest import fetch_missing_images
 
     settings = make_settings(redis_url=own_redis.url, retrain_after=1)
     server = serve(settings)
@@ -160,7 +160,7 @@ def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serv
 
 
 def test_sweep_records_failures_and_retries(make_settings, fake_ls, ls):
-    from backend.ingest import fetch_missing_images, handle_event
+    from regionscribe.backend.feedback.ingest import fetch_missing_images, handle_event
 
     settings = make_settings(redis_url=None)
     store = Store.shared(settings)
@@ -179,7 +179,7 @@ def test_sweep_records_failures_and_retries(make_settings, fake_ls, ls):
 
 
 def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
-    from backend.store import Suggestion
+    from regionscribe.backend.store import Suggestion
 
     settings = make_settings()
     server = serve(settings)
@@ -196,8 +196,8 @@ def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
 def test_predict_remembers_what_it_suggested(make_settings, ls):
     """The hook in RegionScribeModel.predict: the prediction sent to Label Studio is read back like an annotation
     and kept per (project, task, region id); then an annotation that keeps it counts as confirmed."""
-    from backend.labeling import ProjectConfig
-    from backend.model_backend import RegionScribeModel
+    from regionscribe.backend.labelstudio.labeling import ProjectConfig
+    from regionscribe.backend.web.ml_backend import RegionScribeModel
 
     settings = make_settings()
     p, t = ls.new_id(), ls.new_id()
@@ -216,7 +216,7 @@ def test_predict_remembers_what_it_suggested(make_settings, ls):
     assert got["r1"].caption == "a red square" and got["r1"].model_version == "tiny-v9"
     assert got["r1"].attributes == {"color": ["red"], "shape_family": [["polygon", "square"]]}
     assert store.suggestions(p, t + 1) == {}
-    from backend.ingest import handle_event
+    from regionscribe.backend.feedback.ingest import handle_event
 
     accepted = [dict(item, origin="prediction") for item in prediction["result"]]
     accepted[-1] = {**accepted[-1], "value": {**accepted[-1]["value"], "choices": ["green"]}}  # r2's colour fixed

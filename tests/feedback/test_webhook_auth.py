@@ -1,4 +1,4 @@
-"""The webhook made right automatically (backend.webhooks): /setup queues the repair without waiting on Label Studio,
+"""The webhook made right automatically (regionscribe.backend.labelstudio.webhooks): /setup queues the repair without waiting on Label Studio,
 the ingest worker gives Label Studio's webhook the Basic auth header and removes duplicates, and a backend without an
 API key says once how to fix it. Label Studio's API is
 tests/feedback/fake_labelstudio.py; tests/e2e/test_no_lost_corrections.py runs the same against the real Label Studio 1.23.2."""
@@ -12,8 +12,8 @@ import pytest
 import redis
 import requests
 
-from backend import webhooks
-from backend.webhooks import ensure_webhook
+from regionscribe.backend.labelstudio import webhooks
+from regionscribe.backend.labelstudio.webhooks import ensure_webhook
 
 from tests.feedback.fake_labelstudio import HEADER, PASSWORD, USER
 
@@ -61,11 +61,11 @@ def test_without_an_api_key_setup_succeeds_and_warns_once(make_settings, serve, 
     monkeypatch.setattr(webhooks, "_warned", False)
     settings = make_settings(basic_auth_user=USER, basic_auth_pass=PASSWORD, label_studio_api_key=None)
     server = serve(settings)
-    with caplog.at_level(logging.WARNING, logger="backend.webhooks"):
+    with caplog.at_level(logging.WARNING, logger="regionscribe.backend.labelstudio.webhooks"):
         for pid in (41, 42):
             response, seconds = setup_call(server, pid)
             assert response.status_code == 200 and seconds < 1.0
-    warnings = [r for r in caplog.records if r.name == "backend.webhooks" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "regionscribe.backend.labelstudio.webhooks" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     text = warnings[0].getMessage()
     assert "LABEL_STUDIO_API_KEY" in text and "401" in text and "/api/webhooks/<id>/" in text

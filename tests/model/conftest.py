@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from model.config import tiny
-from model.corpus import vocabulary_text
-from model.modeling import RegionScribeModel
-from model.tokenizer import train_tokenizer
+from regionscribe.model.config import tiny
+from regionscribe.training.corpus import vocabulary_text
+from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.model.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="session")

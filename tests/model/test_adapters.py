@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from model import adapters
-from model.corpus import iter_samples, make_scenes
-from model.describer import RegionDescriber
-from model.modeling import RegionScribeModel
-from model.training import StageConfig, TrainConfig, saw_synthetic, train
+from regionscribe.model import adapters
+from regionscribe.training.corpus import iter_samples, make_scenes
+from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.training.stages import StageConfig, TrainConfig, saw_synthetic, train
 from tests.builders import tiny_parts_checkpoint
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
@@ -32,7 +32,7 @@ def test_adapter_versions_train_load_continue_and_move(tmp_path):
     first = _run(base, base, tmp_path / "tree" / "v1", seed=1)
     v1 = first.path
     assert (v1 / "adapter" / "adapter_model.safetensors").is_file()
-    assert not (v1 / "model.safetensors").exists() and not (v1 / adapters.VISUAL).exists()  # visual frozen
+    assert not (v1 / "regionscribe.model.safetensors").exists() and not (v1 / adapters.VISUAL).exists()  # visual frozen
     assert adapters.folder_bytes(v1) < adapters.folder_bytes(base) / 3
     meta = json.loads((v1 / "config.json").read_text())["metadata"]
     assert meta["synthetic_corpus"] is False is saw_synthetic(meta)  # caller data on a model that never saw it

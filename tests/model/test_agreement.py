@@ -1,13 +1,13 @@
-"""A served caption agrees with the served choices: model.describer finds where they disagree (`disagreements`) and
-writes the caption with the top-ranked values; eval measures how often they agree (model.evaluation.caption_agreement)."""
+"""A served caption agrees with the served choices: regionscribe.model.describer finds where they disagree (`disagreements`) and
+writes the caption with the top-ranked values; eval measures how often they agree (regionscribe.training.evaluation.caption_agreement)."""
 from __future__ import annotations
 
 import pytest
 from PIL import Image
 
-from model.asks import Asks
-from model.describer import RegionDescriber, agree, disagreements
-from model.evaluation import caption_agreement
+from regionscribe.model.asks import Asks
+from regionscribe.model.describer import RegionDescriber, agree, disagreements
+from regionscribe.training.evaluation import caption_agreement
 
 SHAPE = [("circle", 0.64), ("cross", 0.30), ("square", 0.06)]
 
@@ -61,7 +61,7 @@ def test_describe_serves_a_caption_that_agrees_with_the_choices(untrained, agree
 
 
 def test_caption_agreement_counts_before_and_after(untrained):
-    from model.corpus import make_scenes
+    from regionscribe.training.corpus import make_scenes
 
     scene = make_scenes("test", 1, seed=5)[0]
     obj = scene.objects[0]

@@ -1,8 +1,8 @@
 from PIL import Image
 
-from model.annotations import AnnotatedImage, RegionAnnotation, eval_samples, training_samples
-from model.conversation import IMAGE_PREFIX, encode
-from model.tokenizer import BBOX
+from regionscribe.training.annotations import AnnotatedImage, RegionAnnotation, eval_samples, training_samples
+from regionscribe.model.conversation import IMAGE_PREFIX, encode
+from regionscribe.model.prompts import BBOX
 
 
 def _item():

@@ -1,8 +1,8 @@
 import pytest
 
-from model.conversation import IGNORE, IMAGE_PREFIX, encode, prefix_ids, question_ids
-from model.errors import PlaceholderError
-from model.tokenizer import BBOX, IM_PATCH
+from regionscribe.model.conversation import IGNORE, IMAGE_PREFIX, encode, prefix_ids, question_ids
+from regionscribe.model.errors import PlaceholderError
+from regionscribe.model.prompts import BBOX, IM_PATCH
 
 
 def test_labels_decode_to_exactly_the_answers(tokenizer):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model.conversation import IMAGE_PREFIX
-from model.datasets import FormatError, Source, jsonstream
-from model.datasets.flickr30k import parse_sentence
-from model.tokenizer import BBOX
+from regionscribe.model.conversation import IMAGE_PREFIX
+from regionscribe.training.datasets import FormatError, Source, jsonstream
+from regionscribe.training.datasets.flickr30k import parse_sentence
+from regionscribe.model.prompts import BBOX
 
 
 def jpg(path: Path, size=(64, 48), color=(200, 30, 30)) -> Path:
@@ -372,7 +372,7 @@ def test_source_spec_errors(tmp_path):
 
 
 def test_data_command_reports_counts_and_skips(vg, capsys):
-    from backend.cli import main
+    from regionscribe.backend.ops.cli import main
 
     assert main(["data", f"vg:{vg}", "--json", "--stage", "2"]) == 0
     out = json.loads(capsys.readouterr().out)

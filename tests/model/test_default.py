@@ -1,10 +1,10 @@
 """The embedded default checkpoint (model/default): present, small, trained, and it reads regions by their boxes."""
 import pytest
 
-from model.asks import Asks
-from model.corpus import ATTRIBUTE_VALUES, eval_samples, make_scenes
-from model.describer import DEFAULT_CHECKPOINT, RegionDescriber
-from model.evaluation import evaluate_samples
+from regionscribe.model.asks import Asks
+from regionscribe.training.corpus import ATTRIBUTE_VALUES, eval_samples, make_scenes
+from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
+from regionscribe.training.evaluation import evaluate_samples
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def test_checkpoint_is_small_and_versioned(default):
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size <= 20 * 1024 * 1024, size
     assert default.model_version == "tiny-default-v6"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "metrics.json"):
+    for name in ("config.json", "regionscribe.model.safetensors", "tokenizer.json", "loss_curve.png", "metrics.json"):
         assert (DEFAULT_CHECKPOINT / name).is_file(), name
 
 

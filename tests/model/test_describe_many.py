@@ -3,9 +3,9 @@ request fails alone."""
 import pytest
 from PIL import Image
 
-from model.asks import Asks
-from model.describer import DescribeRequest, RegionDescriber
-from model.errors import BoxError, MaskError
+from regionscribe.model.asks import Asks
+from regionscribe.model.describer import DescribeRequest, RegionDescriber
+from regionscribe.model.errors import BoxError, MaskError
 
 ASKS = Asks(caption=True, attributes={"color": ["red", "green", "blue"], "shape": ["circle", "square"]},
             relation_labels=["left of"], relation_text=True, max_new_tokens=6)

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.datasets.synthetic import write_visual_genome
-from model.mixture import Mixture
-from model.trainer import _my_share
+from regionscribe.training.datasets.synthetic import write_visual_genome
+from regionscribe.training.mixture import Mixture
+from regionscribe.training.trainer import _my_share
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -75,7 +75,7 @@ def parts(tmp_path_factory) -> tuple[Path, Path]:
 
 def train_command(out: Path, data: Path, parts: tuple[Path, Path], *extra: str, processes: int = 1) -> list[str]:
     vision, lm = parts
-    args = ["-m", "backend.cli", "train", "--out", str(out), "--vision", str(vision), "--lm", str(lm), "--seed", "0",
+    args = ["-m", "regionscribe.backend.ops.cli", "train", "--out", str(out), "--vision", str(vision), "--lm", str(lm), "--seed", "0",
             "--stage1-steps", "0", "--stage2-lr", "1e-3", "--quiet", "--version", "dist-test",
             "--stage2-data", f"vg:{data}", *extra]
     if processes == 1:
@@ -103,7 +103,7 @@ def run(cmd: list[str], timeout: float = 600) -> None:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from model.weights import iter_state  # one file or HF shards
+    from regionscribe.model.weights import iter_state
 
     out: dict[str, torch.Tensor] = {}
     for shard in iter_state(folder):
@@ -143,7 +143,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path, parts):
     proc.wait()
     saved = json.loads(progress.read_text())
     assert 8 <= saved["step"] < 40 and saved["phase"] == "stage2"
-    assert not (killed / "model.safetensors").exists()
+    assert not (killed / "regionscribe.model.safetensors").exists()
     run(train_command(killed, data, parts, *common, "--resume"))
     a, b = weights(straight), weights(killed)
     assert a.keys() == b.keys()
@@ -166,7 +166,7 @@ def test_fsdp_wraps_the_lm_decoder_layers_whatever_the_lm():
     import yaml
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from model.training import TrainConfig, new_model
+    from regionscribe.training.stages import TrainConfig, new_model
 
     config = yaml.safe_load((ROOT / "scripts" / "accelerate" / "fsdp.yaml").read_text())
     assert config["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
@@ -197,8 +197,8 @@ def test_bf16_and_gradient_checkpointing_switches_train(tmp_path, parts):
 
 def test_heldout_evaluation_scores_region_captions(tmp_path):
     """--eval-data: region-caption CIDEr-D (and METEOR where Java is) of a model on a held-out source."""
-    from model.describer import RegionDescriber
-    from model.evaluation import evaluate_sources
+    from regionscribe.model.describer import RegionDescriber
+    from regionscribe.training.evaluation import evaluate_sources
 
     data = write_visual_genome(tmp_path / "heldout", 4, seed=9, split="test")
     out = evaluate_sources(RegionDescriber.from_pretrained(), [f"vg:{data}"], limit=6)

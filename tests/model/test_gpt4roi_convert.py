@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.ops import roi_align
 
-from backend.cli import main as cli_main
-from model.config import gpt4roi
-from model.gpt4roi import ADDED_TOKENS, ConversionError, convert, load_tokenizer
-from model.modeling import RegionScribeModel
+from regionscribe.backend.ops.cli import main as cli_main
+from regionscribe.model.config import gpt4roi
+from regionscribe.model.gpt4roi import ADDED_TOKENS, ConversionError, convert, load_tokenizer
+from regionscribe.model.modeling import RegionScribeModel
 
 BASE_VOCAB, VOCAB = 250, 256
 VISION = dict(image_size=224, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=12,
@@ -319,7 +319,7 @@ def test_cli_converts_and_refuses_clearly(tmp_path, tower, weights, capsys):
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(tmp_path / "o")
     from PIL import Image
 
-    from model.describer import RegionDescriber
+    from regionscribe.model.describer import RegionDescriber
 
     describer = RegionDescriber.from_pretrained(tmp_path / "o")  # serves: GPT4RoI's prompt, stop string "###"
     assert describer.model.config.stop_string == "###" and describer.model.n_image_tokens == 256
@@ -377,7 +377,7 @@ def test_greedy_stops_where_the_stop_check_says():
     """GPT4RoI's answers end at "###" (no </s>): greedy stops a row once its text reaches the stop string."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from model.generation import State, extend, greedy, last_logits
+    from regionscribe.model.generation import State, extend, greedy, last_logits
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, **LM)).eval()

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.asks import Asks
-from model.errors import BoxError, ImageError
-from model.images import check_boxes, load_image
+from regionscribe.model.asks import Asks
+from regionscribe.model.errors import BoxError, ImageError
+from regionscribe.model.images import check_boxes, load_image
 
 
 def _bytes(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -84,7 +84,7 @@ def test_boxes_partly_outside_are_clipped():
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 900), (4000, 3000)])
 def test_tiny_and_large_images_are_described(untrained, size):
-    from model.describer import RegionDescriber
+    from regionscribe.model.describer import RegionDescriber
 
     d = RegionDescriber(untrained, "test")
     w, h = size
@@ -93,7 +93,7 @@ def test_tiny_and_large_images_are_described(untrained, size):
 
 
 def test_describer_rejects_bad_boxes_before_model_work(untrained):
-    from model.describer import RegionDescriber
+    from regionscribe.model.describer import RegionDescriber
 
     d = RegionDescriber(untrained, "test")
     with pytest.raises(BoxError):

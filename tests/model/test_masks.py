@@ -4,14 +4,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model.annotations import AnnotatedImage, RegionAnnotation, training_samples
-from model.asks import Asks
-from model.conversation import IMAGE_PREFIX, Sample, Turn
-from model.data import batches, collate, encode_sample
-from model.describer import RegionDescriber
-from model.errors import MaskError, PlaceholderError
-from model.images import check_masks, mask_grid, normalise_boxes, pixel_values
-from model.region_encoder import RegionEncoder
+from regionscribe.training.annotations import AnnotatedImage, RegionAnnotation, training_samples
+from regionscribe.model.asks import Asks
+from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn
+from regionscribe.training.batches import batches, collate, encode_sample
+from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.errors import MaskError, PlaceholderError
+from regionscribe.model.images import check_masks, mask_grid, normalise_boxes, pixel_values
+from regionscribe.model.region_encoder import RegionEncoder
 
 BOXES = [(10.0, 12.0, 70.0, 60.0), (40.0, 30.0, 110.0, 100.0), (5.0, 80.0, 40.0, 120.0)]
 
@@ -48,8 +48,8 @@ def test_a_region_without_mask_keeps_exactly_its_box_token(untrained):
 
 @pytest.mark.parametrize("pooling", ["filled", "weighted"])
 def test_a_mask_changes_the_token_and_its_shape_matters(tokenizer, pooling):
-    from model.config import tiny
-    from model.modeling import RegionScribeModel
+    from regionscribe.model.config import tiny
+    from regionscribe.model.modeling import RegionScribeModel
 
     torch.manual_seed(0)
     model = RegionScribeModel(tiny(mask_pooling=pooling), tokenizer).eval()
@@ -159,7 +159,7 @@ def test_annotation_masks_reach_the_training_batch_and_the_encoder_learns_from_t
 
 
 def test_corpus_objects_carry_their_visible_pixels():
-    from model.corpus import make_scenes
+    from regionscribe.training.corpus import make_scenes
 
     for scene in make_scenes("test", 25, seed=3):
         w, h = scene.image_size
@@ -181,7 +181,7 @@ def test_corpus_objects_carry_their_visible_pixels():
 
 
 def test_mask_share_gives_regions_their_masks_without_changing_the_conversations():
-    from model.corpus import iter_samples, make_scenes, relation_samples
+    from regionscribe.training.corpus import iter_samples, make_scenes, relation_samples
 
     scenes = make_scenes("train", 12, seed=4)
     boxes_only = list(iter_samples(scenes, 2, seed=1))
@@ -205,7 +205,7 @@ def test_mask_share_gives_regions_their_masks_without_changing_the_conversations
 def test_overlapping_pairs_share_most_of_their_boxes():
     import random
 
-    from model.corpus import render_overlapping_pair
+    from regionscribe.training.corpus import render_overlapping_pair
 
     for i in range(10):
         scene = render_overlapping_pair(random.Random(f"t:{i}"))
@@ -220,7 +220,7 @@ def test_overlapping_pairs_share_most_of_their_boxes():
 
 
 def test_training_with_a_mask_share_runs_stage2_and_drills_on_masks(tmp_path):
-    from model.training import StageConfig, TrainConfig, relation_stream, synthetic_stream, train
+    from regionscribe.training.stages import StageConfig, TrainConfig, relation_stream, synthetic_stream, train
 
     stream = synthetic_stream(2, 0, chunk=4, mask_share=0.5)
     assert any(m is not None for s in [next(stream) for _ in range(4)] for m in s.masks)

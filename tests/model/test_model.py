@@ -2,14 +2,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model.asks import Asks
-from model.config import tiny
-from model.conversation import IMAGE_PREFIX, encode
-from model.describer import RegionDescriber
-from model.errors import BoxError, PlaceholderError
-from model.images import pixel_values
-from model.modeling import RegionScribeModel
-from model.tokenizer import BBOX
+from regionscribe.model.asks import Asks
+from regionscribe.model.config import tiny
+from regionscribe.model.conversation import IMAGE_PREFIX, encode
+from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.errors import BoxError, PlaceholderError
+from regionscribe.model.images import pixel_values
+from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.model.prompts import BBOX
 
 BOXES = [(5, 5, 40, 40), (50, 10, 110, 70), (20, 60, 90, 118), (70, 70, 120, 120)]
 ASKS = Asks(caption=True, attributes={"color": ["red", "green", "blue"], "shape": ["circle", "square"]},
@@ -141,8 +141,8 @@ def test_switches_build_and_run(tokenizer, overrides):
     out = RegionDescriber(m, "s").describe(_image(), BOXES[:2], ASKS)
     assert len(out.regions) == 2 and all(r.caption is not None for r in out.regions)
     item = {"image": _image(), "boxes": BOXES[:2]}
-    from model.corpus import Turn
-    from model.data import collate, encode_sample
+    from regionscribe.training.corpus import Turn
+    from regionscribe.training.batches import collate, encode_sample
 
     class S:
         image, boxes = item["image"], item["boxes"]
@@ -167,7 +167,7 @@ def test_scaled_region_tokens_enter_at_the_word_embeddings_scale(tokenizer):
 
 
 def test_checkpoints_from_before_the_switches_load_as_they_were_trained():
-    from model.config import ModelConfig
+    from regionscribe.model.config import ModelConfig
 
     old = tiny(match_embedding_scale=True, position_encoding="sinusoidal").to_dict()
     del old["match_embedding_scale"], old["position_encoding"]

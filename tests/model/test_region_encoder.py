@@ -1,6 +1,6 @@
 import torch
 
-from model.region_encoder import BOX_FREQUENCIES, RegionEncoder, box_features, patch_grid, pyramid_layers
+from regionscribe.model.region_encoder import BOX_FREQUENCIES, RegionEncoder, box_features, patch_grid, pyramid_layers
 
 
 def test_pyramid_layers_match_gpt4roi():

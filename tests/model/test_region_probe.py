@@ -43,7 +43,7 @@ def test_script_probes_the_default_checkpoint():
 
 
 def test_script_refuses_a_checkpoint_without_region_tokens(tmp_path):
-    from model.training import TrainConfig, new_model
+    from regionscribe.training.stages import TrainConfig, new_model
 
     new_model(TrainConfig(model_overrides={"region_format": "text"})).save_pretrained(tmp_path / "coords", {})
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "region_probe.py"), "--checkpoint",

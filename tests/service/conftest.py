@@ -88,7 +88,7 @@ def fake_ls():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny model saved as a real checkpoint folder (config.json, model.safetensors, tokenizer)."""
-    from model.describer import RegionDescriber
+    from regionscribe.model.describer import RegionDescriber
 
     path = tmp_path_factory.mktemp("checkpoint") / "tiny-untrained-ckpt"
     RegionDescriber.from_config("tiny", seed=0).model.save_pretrained(path, metadata={"version": "tiny-test-v1"})

@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from backend.cli import parser
-from backend.settings import Settings
+from regionscribe.backend.ops.cli import parser
+from regionscribe.backend.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -195,7 +195,7 @@ def test_dockerfile_entrypoint_and_user():
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0")
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'regionscribe = "backend.cli:main"' in pyproject
+    assert 'regionscribe = "regionscribe.backend.ops.cli:main"' in pyproject
     for path in ("/var/lib/regionscribe/data", "/var/lib/regionscribe/registry", "/images"):
         assert path in text, f"the image creates and owns the mount point {path}"
 
@@ -261,7 +261,7 @@ def test_backend_healthcheck_and_port(compose):
     assert any(p.endswith(f":{settings.port}") for p in backend["ports"])
     assert compose["services"]["labelstudio"]["environment"]["LATEST_VERSION_CHECK"] == "false"
 
-    from backend.app import create_app
+    from regionscribe.backend.web.app import create_app
 
     assert "/health" in {r.rule for r in create_app(settings.replace(redis_url=None)).url_map.iter_rules()}
 

@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
-from backend.doctor import FAIL, OK, SKIP, WARN, main, render, run_checks
-from backend.runner import free_port
-from backend.settings import Settings, TINY_UNTRAINED
-from backend.worker import _Heartbeat
+from regionscribe.backend.ops.doctor import FAIL, OK, SKIP, WARN, main, render, run_checks
+from regionscribe.backend.ops.runner import free_port
+from regionscribe.backend.core.settings import Settings, TINY_UNTRAINED
+from regionscribe.backend.inference.worker import _Heartbeat
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def queues():
 
 @pytest.fixture
 def heartbeats(redis_client):
-    """Announce workers exactly the way backend.worker.run_worker does (its _Heartbeat), without starting them."""
+    """Announce workers exactly the way regionscribe.backend.inference.worker.run_worker does (its _Heartbeat), without starting them."""
     started = []
 
     def announce(queue: str, state: str = "ready", model_version: str | None = None) -> None:
@@ -43,7 +43,7 @@ def heartbeats(redis_client):
 
 @pytest.fixture
 def registry(tmp_path, tiny_checkpoint):
-    from model.registry import Registry
+    from regionscribe.backend.core.registry import Registry
 
     reg = Registry(tmp_path / "registry", base=tiny_checkpoint)
     staged = reg.staging_dir()
@@ -75,8 +75,8 @@ def quiet_webhooks(redis_client):
     (other tests share this Redis and leave their own)."""
     import time
 
-    from backend.sync import LAST_KEY
-    from backend.webhooks import CONNECTED_KEY, REFUSED_LAST_KEY
+    from regionscribe.backend.feedback.sync import LAST_KEY
+    from regionscribe.backend.labelstudio.webhooks import CONNECTED_KEY, REFUSED_LAST_KEY
 
     redis_client.delete(CONNECTED_KEY, REFUSED_LAST_KEY, *redis_client.keys("regionscribe:webhook_refused:*"))
     redis_client.set(LAST_KEY, json.dumps({"at": time.time(), "projects": {}}))
@@ -171,7 +171,7 @@ def test_missing_checkpoint(settings, tmp_path, capsys):
 
 
 def test_announced_version_not_on_this_machine(settings, redis_client, tmp_path):
-    from backend.worker import CURRENT_KEY
+    from regionscribe.backend.inference.worker import CURRENT_KEY
 
     redis_client.set(CURRENT_KEY, json.dumps({"version": "v9", "path": str(tmp_path / "elsewhere" / "v9")}))
     try:
@@ -246,8 +246,8 @@ def test_sharded_checkpoint_and_adapter_version(settings, heartbeats, tmp_path):
     an adapter whose base is gone fails with that said."""
     import torch
 
-    from model import adapters
-    from model.modeling import RegionScribeModel
+    from regionscribe.model import adapters
+    from regionscribe.model.modeling import RegionScribeModel
     from tests.builders import tiny_parts_checkpoint
 
     all_workers(heartbeats, settings)
@@ -274,7 +274,7 @@ def test_command_line(settings, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
            "DATA_DIR": str(tmp_path / "cli-data"), "MODEL_DIR": str(tmp_path / "nothing"), "LABEL_STUDIO_URL": "",
            "LABEL_STUDIO_API_KEY": "cli-Secret-Key"}
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "doctor", "--json", "--timeout", "1"],
+    done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "doctor", "--json", "--timeout", "1"],
                           capture_output=True, text=True, env=env, cwd=tmp_path.parent, timeout=60)
     assert done.returncode == 1, done.stderr
     doc = json.loads(done.stdout)

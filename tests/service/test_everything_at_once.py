@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from backend.runner import find_redis_server
+from regionscribe.backend.ops.runner import find_redis_server
 from tests.builders import benchmark_module
 
 

@@ -26,9 +26,9 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings as hypothesis_settings, strategies as st
 
-from backend.app import create_app
-from backend.settings import Settings
-from backend.store import Store
+from regionscribe.backend.web.app import create_app
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("REGIONSCRIBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -136,7 +136,7 @@ def shapes(prefix: str) -> list[dict]:
     """A polygon, a brush mask (Label Studio's RLE of a 96x64 image) and an ellipse, with a caption each."""
     import numpy as np
 
-    from backend.shapes import Shape
+    from regionscribe.backend.labelstudio.shapes import Shape
 
     mask = np.zeros((64, 96), bool)
     mask[20:52, 56:88] = True

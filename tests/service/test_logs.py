@@ -1,4 +1,4 @@
-"""Structured logs (backend.logs, LOG_FORMAT=json): one JSON object per line, the request id of an X-Request-Id header
+"""Structured logs (regionscribe.backend.core.logs, LOG_FORMAT=json): one JSON object per line, the request id of an X-Request-Id header
 on the web request's lines and on the worker's lines for the job it queued, gunicorn's lines in JSON too, whatever a
 dependency prints straight to stdout or stderr in a worker job or a request in JSON too, and no secret in any line."""
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.app import create_app
-from backend.logs import configure_logging, request_context
-from backend.runner import free_port
-from backend.settings import Settings
+from regionscribe.backend.web.app import create_app
+from regionscribe.backend.core.logs import configure_logging, request_context
+from regionscribe.backend.ops.runner import free_port
+from regionscribe.backend.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 XML = (ROOT / "labeling_configs" / "region_attributes.xml").read_text()
@@ -222,10 +222,10 @@ def test_request_id_on_the_web_lines_and_the_workers_lines(capture, app_settings
     assert response.get_json()["results"][0]["result"], response.get_json()
 
     web = [e for e in json_lines(out.getvalue()) if e.get("request_id") == rid]
-    assert any(e["logger"] == "backend.model_backend" and "job(s) answered" in e["message"] for e in web), web
+    assert any(e["logger"] == "regionscribe.backend.web.ml_backend" and "job(s) answered" in e["message"] for e in web), web
 
     job_lines = [e for e in worker_entries(logged_worker, rid, "Job OK") if e.get("request_id") == rid]
-    assert any(e["logger"] == "backend.jobs" and f"request {rid} task 11: 1 region(s)" in e["message"]
+    assert any(e["logger"] == "regionscribe.backend.inference.jobs" and f"request {rid} task 11: 1 region(s)" in e["message"]
                for e in job_lines), job_lines
     assert any(e["logger"] == "rq.worker" and "Job OK" in e["message"] for e in job_lines), job_lines
 
@@ -282,7 +282,7 @@ def json_web_server(redis_url: str, tmp_path: Path, app_code: str = "", **env):
     log_path = tmp_path / "web.log"
     env = {**os.environ, "REDIS_URL": redis_url, "MODEL_DIR": "tiny-untrained", "PYTHONPATH": str(ROOT),
            "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "DATA_DIR": str(tmp_path), **env}
-    code = f"{app_code}\nfrom backend.server import serve\nserve('127.0.0.1', {port}, workers=1)\n"
+    code = f"{app_code}\nfrom regionscribe.backend.web.server import serve\nserve('127.0.0.1', {port}, workers=1)\n"
     with open(log_path, "wb") as output:
         process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True,
                                    stdout=output, stderr=output)
@@ -339,16 +339,16 @@ def test_a_dependencys_bare_output_in_a_worker_job_is_json(start_worker, redis_c
 
 def test_a_dependencys_bare_output_in_a_request_is_json(redis_url, tmp_path):
     app_code = """
-import backend.app
+import regionscribe.backend.web.app
 from tests.service.test_logs import noisy_job
-create_app = backend.app.create_app
+create_app = regionscribe.backend.web.app.create_app
 
 def noisy_app(settings):
     app = create_app(settings)
     app.get("/noisy")(lambda: noisy_job("request"))
     return app
 
-backend.app.create_app = noisy_app
+regionscribe.backend.web.app.create_app = noisy_app
 """
     with json_web_server(redis_url, tmp_path, app_code) as (url, log_path):
         response = requests.get(f"{url}/noisy", timeout=5)

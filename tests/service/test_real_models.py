@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.app import create_app
-from backend.cli import main as cli_main
-from backend.settings import Settings
-from model.describer import RegionDescriber
+from regionscribe.backend.web.app import create_app
+from regionscribe.backend.ops.cli import main as cli_main
+from regionscribe.backend.core.settings import Settings
+from regionscribe.model.describer import RegionDescriber
 from tests.builders import tiny_lm, tiny_tower
 
 ROOT = Path(__file__).resolve().parents[2]

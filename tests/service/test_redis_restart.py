@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.app import create_app
-from backend.settings import Settings
+from regionscribe.backend.web.app import create_app
+from regionscribe.backend.core.settings import Settings
 from tests.processes import RestartableRedis
 
 ROOT = Path(__file__).resolve().parents[2]

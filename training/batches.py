@@ -1,0 +1,77 @@
+"""From conversation samples to padded training batches.
+
+A sample is one image, its boxes (pixel xyxy, in the order their `<bbox>` placeholders appear) and its turns; any
+object with `.image`, `.boxes` and `.turns` (each turn with `.question` and `.answer`) will do, so the synthetic
+corpus, accumulated corrections and exported datasets all feed the same loader. An optional `.masks` (per box None
+or a boolean (H, W) mask) makes the region encoder pool inside the masks; a batch carries them as per-sample lists of
+mask grids (None for a plain box).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from regionscribe.model.conversation import IGNORE, box_as_text, encode
+from regionscribe.model.images import check_boxes, check_masks, mask_grid, normalise_boxes, pixel_values
+from regionscribe.model.modeling import RegionScribeModel
+
+
+def encode_sample(model: RegionScribeModel, sample) -> dict:
+    cfg = model.config
+    w, h = sample.image.size
+    boxes = check_boxes(sample.boxes, w, h) if len(sample.boxes) else []
+    norm = normalise_boxes(boxes, w, h) if boxes else torch.zeros(0, 4)
+    masks = check_masks(getattr(sample, "masks", None) or None, boxes, w, h)
+    text_boxes = None if model.uses_region_features else [box_as_text(b) for b in norm.tolist()]
+    enc = encode(model.tokenizer, [(t.question, t.answer) for t in sample.turns], model.n_image_tokens, len(boxes),
+                 boxes_text=text_boxes, system=model.system)
+    if len(enc.input_ids) > cfg.max_length:
+        raise ValueError(f"sample of {len(enc.input_ids)} tokens exceeds max_length {cfg.max_length}")
+    return {
+        "pixel_values": pixel_values(sample.image, cfg.image_size, cfg.image_mean, cfg.image_std),
+        "input_ids": torch.tensor(enc.input_ids),
+        "labels": torch.tensor(enc.labels),
+        "boxes": norm,
+        "masks": [None if m is None else mask_grid(m, cfg.image_size) for m in masks],
+    }
+
+
+def collate(items: Sequence[dict], pad_id: int) -> dict:
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = it["input_ids"], it["labels"], 1
+    return {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "boxes": [it["boxes"] for it in items],
+        "masks": [it["masks"] for it in items] if any(m is not None for it in items for m in it["masks"]) else None,
+    }
+
+
+def batches(model: RegionScribeModel, samples: Iterable, batch_size: int) -> Iterator[dict]:
+    buf = []
+    for s in samples:
+        buf.append(encode_sample(model, s))
+        if len(buf) == batch_size:
+            yield collate(buf, model.tokenizer.pad_token_id)
+            buf = []
+    if buf:
+        yield collate(buf, model.tokenizer.pad_token_id)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of a batch on `device`: through the per-sample lists of boxes and of masks (None stays None)."""
+    def move(v):
+        if v is None:
+            return None
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        return v.to(device)
+    return {k: move(v) for k, v in batch.items()}

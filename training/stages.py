@@ -1,0 +1,523 @@
+"""Two-stage spatial instruction tuning (GPT4RoI), with the whole loop on one screen.
+
+Stage 1 (align): the region encoder and the image projector learn with the LM frozen, on simple region->phrase
+pairs. A vision tower built from scratch (the tiny preset) trains too; a pretrained one stays frozen throughout.
+Stage 2 (end-to-end): region encoder, projector and LM (fully, or LoRA adapters via peft that are merged back
+before saving) on the full mix of captions, attributes, relations, multi-region reasoning and multi-turn dialogue.
+AdamW, linear warm-up then cosine decay, gradient clipping, accelerate for device placement.
+
+Relation drills (optional, between stage 1 and stage 2; with `init` they continue a trained checkpoint): the stage-2
+parameters on single-turn relation questions of some axes alone. The tiny LM does not find on its own how to compare
+two region tokens: in the full mix left/right and above/below stayed at exactly 50% after 2,200 steps, and 600 more
+steps on all five relation axes together left them there, although a linear probe reads the answer from the two
+tokens at 100% (and from the LM's hidden state at the answer at 48-59%). 400 steps on the two position axes alone
+took them to 96% and 95% (val). Same colour and overlap needed drills of their own with balanced answers
+(`drill_balance`): on the corpus' shares the LM always gave the common answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from regionscribe.model.config import ModelConfig, preset as make_preset
+from regionscribe.training.corpus import (
+    BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples, relations,
+    render_overlapping_pair, vocabulary_text,
+)
+from regionscribe.training.mixture import Mixture
+from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.training.trainer import (
+    RunOptions, cosine_with_warmup, fit, is_main_process, process_state, resume_point,
+)
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    lr: float
+    batch_size: int = 8  # per process and micro-batch (model/trainer.py)
+    warmup: float = 0.05  # fraction of the steps
+    epochs: int | None = None  # with data sources: passes over the stage's mixture instead of `steps`
+
+
+# model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
+# e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling")
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/tiny"
+    preset: str = "tiny"
+    # a pretrained HF vision tower (CLIP/SigLIP) and causal LM from local folders instead of a preset (from_parts)
+    vision: str | None = None
+    lm: str | None = None
+    init: str | None = None  # start from this checkpoint instead of a fresh preset (the feedback loop does)
+    seed: int = 0
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=2500, lr=6e-4))
+    lora: dict[str, Any] | None = None  # e.g. {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]}
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"region_format": "text"}
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 = off
+    # after stage 0 the region encoder is pretrained: early gradients through a still-random LM would scramble it
+    # (measured: shape 16% -> 90% on val at the same budget when scaled down 20x)
+    visual_lr_scale: float = 0.05
+    # stage 0 (only for a vision tower built from scratch, i.e. the tiny preset): what CLIP's pretraining is to
+    # GPT4RoI. The tower and region encoder learn to tell region attributes apart, then the tower is frozen.
+    stage0: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3, batch_size=16))
+    # relation drills, in order, between stage 1 and stage 2 (see the module docstring): (axes, steps) each, e.g.
+    # [(("horizontal", "vertical"), 400), (RELATION_AXES, 300)]; every drill runs at drill_lr with batch drill_batch
+    drills: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
+    drill_lr: float = 3e-4
+    drill_batch: int = 16
+    drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
+    # the share of regions that stage 2 and the drills give as their object's visible mask instead of the box alone, so
+    # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes
+    mask_share: float = 0.0
+    # the share of stage-2 and drill scenes drawn as two heavily overlapping objects (corpus.render_overlapping_pair)
+    overlap_share: float = 0.0
+    save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
+    # save the run as a LoRA adapter version over this base checkpoint (model/adapters.py) instead of a full copy;
+    # needs `lora`. An --init that is itself an adapter version continues its adapter.
+    adapter_base: str | None = None
+    freeze_visual: bool = False  # stage 2 trains the LM alone (region encoder and projector stay as they are)
+    version: str | None = None
+    # data sources per stage, "SOURCE:PATH[:WEIGHT]" (model/datasets); empty: the synthetic corpus
+    stage1_data: list[str] = field(default_factory=list)
+    stage2_data: list[str] = field(default_factory=list)
+    data_images: str | None = None  # image folder for every source (default: each dataset's own layout)
+    run: RunOptions = field(default_factory=RunOptions)  # processes, precision, saved state, resume
+
+    def __post_init__(self) -> None:
+        if bool(self.vision) != bool(self.lm):
+            raise ValueError("--vision and --lm go together (a tower and an LM from local HF folders)")
+        if self.vision and self.init:
+            raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
+        for name in ("mask_share", "overlap_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)!r}")
+        fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
+        if self.init and fixed:  # refused before anything is loaded or built
+            raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
+                             f"checkpoint; train from the preset instead (only {', '.join(RUNTIME_SWITCHES)} can)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    model: RegionScribeModel
+    history: dict[str, list[float]]
+    seconds: float
+
+
+def with_overlapping_pairs(scenes: list, share: float, key: str) -> list:
+    """`scenes` with a `share` of them replaced by heavily overlapping pairs (corpus.render_overlapping_pair, drawn
+    from `key`), in a shuffled order: occluders for masks to leave out."""
+    if not share:
+        return scenes
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"overlap_share must be between 0 and 1, not {share!r}")
+    n = round(share * len(scenes))
+    pairs = [render_overlapping_pair(random.Random(f"{key}:pair:{i}"), scene_id=f"train-pair-{key}-{i}")
+             for i in range(n)]
+    out = scenes[:len(scenes) - n] + pairs
+    random.Random(f"{key}:order").shuffle(out)
+    return out
+
+
+def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0,
+                     overlap_share: float = 0.0) -> Iterator:
+    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes);
+    `mask_share` of the regions come with their object's visible mask (corpus.with_masks), `overlap_share` of the
+    scenes are heavily overlapping pairs (`with_overlapping_pairs`)."""
+    k = 0
+    while True:
+        scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
+        scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:{stage}:{k}")
+        yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
+        k += 1
+
+
+def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,
+                    mask_share: float = 0.0, overlap_share: float = 0.0) -> Iterator:
+    """Endless single-turn relation questions on `axes` from the train split, shuffled across `chunk` scenes.
+
+    balance: per axis, keep only as many questions with the more common answer as there are with the other one.
+    Left/right, above/below and bigger/smaller are balanced already (every ordered pair is asked both ways round);
+    "same colour as" is about 29% of colour questions and "overlapping" about 19% of overlap questions, and on
+    unbalanced data the LM learned to always give the common answer (80.5% on overlap, its share of the test split).
+    """
+    check_axes(axes)  # unknown axes fail here, before any training
+    k = 0
+    while True:
+        scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
+        scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:drill:{k}")
+        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share))
+        random.Random(f"{seed}:{k}").shuffle(samples)
+        if balance:
+            counts = Counter((s.turns[0].key, s.turns[0].answer) for s in samples)
+            quota = {axis: min(counts[(axis, answer)] for answer in RELATION_AXES[axis]) for axis in axes}
+            kept: Counter = Counter()
+            for s in samples:
+                key = (s.turns[0].key, s.turns[0].answer)
+                if kept[key] < quota[key[0]]:
+                    kept[key] += 1
+                    yield s
+        else:
+            yield from samples
+        k += 1
+
+
+def saw_synthetic(metadata: dict[str, Any]) -> bool:
+    """Whether a checkpoint was trained on the synthetic corpus (its metadata says so; checkpoints from before the
+    flag say it by their data or their preset). A converted GPT4RoI or an untrained tower + LM did not."""
+    if "synthetic_corpus" in metadata:
+        return bool(metadata["synthetic_corpus"])
+    return str(metadata.get("data", "")).startswith("synthetic corpus") or metadata.get("preset") == "tiny"
+
+
+def new_model(cfg: TrainConfig) -> RegionScribeModel:
+    from regionscribe.model.tokenizer import train_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    if cfg.vision:
+        from transformers import AutoTokenizer, PretrainedConfig
+
+        from regionscribe.model.config import from_parts
+
+        mcfg = from_parts(cfg.vision, cfg.lm, **cfg.model_overrides)
+        try:  # the LM's own tokenizer; the region tokens are added (and the LM's embeddings grown) by the model
+            tokenizer = AutoTokenizer.from_pretrained(cfg.lm, config=PretrainedConfig())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--lm {cfg.lm}: no loadable tokenizer ({exc})") from None
+        return RegionScribeModel(mcfg, tokenizer)
+    mcfg: ModelConfig = make_preset(cfg.preset, **cfg.model_overrides)
+    return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
+
+
+def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
+    """Apply model_overrides to a checkpoint loaded with --init (TrainConfig has checked they are RUNTIME_SWITCHES)."""
+    for key, value in overrides.items():
+        setattr(model.config, key, value)
+
+
+def scene_batch(model: RegionScribeModel, scenes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Pixel values [B, 3, S, S] and per-scene normalised object boxes of corpus scenes, on the model's device: what
+    stage 0 trains on, and what benchmarks/region_probe.py probes."""
+    from regionscribe.model.images import normalise_boxes, pixel_values
+
+    cfg = model.config
+    pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])
+    boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size).to(model.device) for s in scenes]
+    return pv.to(model.device), boxes
+
+
+def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progress: bool = True) -> list[float]:
+    """Stage 0 for a from-scratch tower: region-attribute classification on synthetic scenes (colour, shape, size,
+    texture from each box's region token) and pairwise relations (left/right, above/below, bigger/smaller, same
+    colour, overlapping from the two tokens of an ordered pair), through linear heads thrown away afterwards; then
+    the tower is frozen.
+
+    GPT4RoI starts from a CLIP tower pretrained on 400 M image-text pairs; no weights can be downloaded here, so the
+    tiny preset pretrains its own tower on the corpus' train split (never val/test/novel scenes).
+    """
+    from tqdm import tqdm
+
+    width = model.lm.config.hidden_size
+    names = list(BASE_VALUES)
+    axes = list(RELATION_AXES)
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(BASE_VALUES[n])) for n in names)
+    pair_heads = torch.nn.ModuleList(torch.nn.Linear(2 * width, 2) for _ in axes)
+    heads.to(model.device)
+    pair_heads.to(model.device)
+    model.requires_grad_(False)
+    params = [*model.vision.parameters(), *model.region_encoder.parameters(), *heads.parameters(),
+              *pair_heads.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=sc.lr, betas=(0.9, 0.98))
+    sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps)
+    model.train()
+    losses = []
+    hits: dict[str, list[float]] = {n: [] for n in names}  # running accuracy per attribute head, shown on the bar
+    ce = torch.nn.functional.cross_entropy
+    bar = tqdm(range(sc.steps), desc="stage 0 (vision)", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        scenes = make_scenes("train", sc.batch_size, seed=seed * 1_000_003 + 500_000 + step)
+        pv, boxes = scene_batch(model, scenes)
+        feats = model.encode_images(pv)
+        if not feats.levels:  # coordinates-as-text baseline: the tower is pretrained the same way, for fairness
+            hs = model.vision(pixel_values=pv, output_hidden_states=True).hidden_states
+            feats.levels = model.region_encoder.pyramid([hs[i] for i in model.level_indices])
+        tokens = torch.cat(model.region_encoder(feats.levels, boxes))
+        loss = 0
+        for head, name in zip(heads, names):
+            target = torch.tensor([BASE_VALUES[name].index(getattr(o, name)) for s in scenes for o in s.objects])
+            logits = head(tokens)
+            loss = loss + ce(logits, target.to(tokens.device))
+            hits[name].append(float((logits.argmax(1).cpu() == target).float().mean()))
+        pairs: dict[str, tuple[list[int], list[int], list[int]]] = {a: ([], [], []) for a in axes}
+        offset = 0
+        for s in scenes:
+            for i, a in enumerate(s.objects):
+                for j, b in enumerate(s.objects):
+                    if i != j:
+                        for axis, label in relations(a, b, s.image.size).items():
+                            pairs[axis][0].append(offset + i)
+                            pairs[axis][1].append(offset + j)
+                            pairs[axis][2].append(RELATION_AXES[axis].index(label))
+            offset += len(s.objects)
+        for head, axis in zip(pair_heads, axes):
+            left, right, target = pairs[axis]
+            if target:
+                both = torch.cat([tokens[left], tokens[right]], 1)
+                loss = loss + ce(head(both), torch.tensor(target, device=tokens.device))
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if step % 50 == 49:  # a head stuck near chance on one attribute shows here long before it shows in the loss
+            bar.set_postfix({n[:3]: f"{sum(h[-50:]) / len(h[-50:]):.2f}" for n, h in hits.items()}, refresh=False)
+    model.config.freeze_vision = True
+    model.vision.requires_grad_(False)
+    model.eval()
+    return losses
+
+
+def set_trainable(model: RegionScribeModel, stage: int, freeze_visual: bool = False) -> list[torch.nn.Parameter]:
+    model.requires_grad_(False)
+    parts = [] if freeze_visual else [model.region_encoder, model.projector]
+    if not model.config.frozen_vision():
+        parts.append(model.vision)
+    if stage == 2:
+        parts.append(model.lm)
+    for p in parts:
+        p.requires_grad_(True)
+    if model.config.match_embedding_scale:
+        model.region_scale.requires_grad_(True)
+    if stage == 2 and model.config.lora:
+        for n, p in model.lm.named_parameters():  # peft: only adapters in the LM
+            p.requires_grad_("lora_" in n)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: Iterable, weight_decay: float = 0.0,
+              grad_clip: float = 0.0, progress: bool = True, log: Callable[[str], None] | None = None,
+              visual_lr_scale: float = 1.0, name: str | None = None, run: RunOptions | None = None,
+              phase: str | None = None, history: dict[str, list[float]] | None = None,
+              freeze_visual: bool = False) -> list[float]:
+    """One phase: the parameters of `stage` (set_trainable), the LM's at sc.lr and the visual side's at
+    sc.lr * visual_lr_scale, trained by model/trainer.py's loop on `samples` (Samples or dataset Units). On CUDA a
+    model whose config asks for bfloat16 trains under bf16 autocast; on the CPU in fp32."""
+    run = run or RunOptions()
+    if torch.cuda.is_available() and model.config.dtype == "bfloat16" and run.mixed_precision == "no":
+        run = dataclasses.replace(run, mixed_precision="bf16")
+    params = set_trainable(model, stage, freeze_visual)
+    lm_params = {id(p) for p in model.lm.parameters()}
+    groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
+              {"params": [p for p in params if id(p) not in lm_params], "lr": sc.lr * visual_lr_scale}]
+    return fit(model, params, [g for g in groups if g["params"]], sc.steps, sc.batch_size, int(sc.warmup * sc.steps),
+               samples, run or RunOptions(), phase or f"stage{stage}", history or {}, weight_decay, grad_clip,
+               progress, log, desc=name or f"stage {stage}")
+
+
+def data_mixture(specs: list[str], stage: int, seed: int, epochs: int | None, pad_to: int = 1,
+                 images: str | None = None) -> tuple[Mixture, list]:
+    """The stage's mixture of dataset sources ("SOURCE:PATH[:WEIGHT]", model/datasets) and the sources (whose
+    .report says what was skipped)."""
+    from regionscribe.training.datasets import Source
+
+    sources = [Source.parse(spec, images=images) for spec in specs]
+    streams = [(src.name, (lambda n, src=src: src.units(stage, seed=seed * 1000 + n)), src.weight)
+               for src in sources]
+    return Mixture(streams, seed=seed * 7919 + stage, epochs=epochs, pad_to=pad_to), sources
+
+
+GPT4ROI_RECIPE = {  # GPT4RoI's configs/stage{1,2}.py, on its data layout (../shared/research/datasets.md, §5)
+    1: ["coco:{root}/coco/annotations/instances_train2017.json",
+        "mdetr-refcoco:{root}/mdetr_annotations/finetune_refcoco_train.json",
+        "mdetr-refcoco+:{root}/mdetr_annotations/finetune_refcoco+_train.json"],
+    2: ["mdetr-refcocog:{root}/mdetr_annotations/finetune_refcocog_train.json",
+        "mdetr-flickr30k:{root}/mdetr_annotations/final_flickr_mergedGT_train.json",
+        "grit-vg:{root}/visual_genome/train.json"],
+}
+
+
+def recipe(name: str, root: str | Path) -> dict[int, list[str]]:
+    """A named recipe's data sources per stage under `root` (GPT4RoI's ./data folder)."""
+    if name != "gpt4roi":
+        raise ValueError(f"unknown recipe {name!r}; known: gpt4roi")
+    return {stage: [spec.format(root=str(root).rstrip("/")) for spec in specs]
+            for stage, specs in GPT4ROI_RECIPE.items()}
+
+
+def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
+          progress: bool = True, metadata: dict[str, Any] | None = None) -> TrainResult:
+    """Run the phases (stage 0 for a from-scratch tower, stage 1, the drills, stage 2) and save an HF-shaped
+    checkpoint (plus loss_curve.png, history.json and the data reports) to cfg.out.
+
+    Data per stage: the caller's iterable, else cfg.stage{1,2}_data's dataset mixture, else fresh samples from the
+    synthetic corpus. Either stage may be skipped with steps=0 (and no epochs). Under `accelerate launch` every
+    process runs this; each trains on its own share of the data, and only the main process writes. With
+    cfg.run.resume the phases before the saved one are skipped and the saved one continues at its saved step.
+    """
+    from regionscribe.model import adapters
+
+    start = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    state_dir = Path(cfg.run.state_dir or Path(cfg.out) / "state")
+    run = dataclasses.replace(cfg.run, state_dir=str(state_dir))
+    saved = resume_point(state_dir, run.resume)
+    if cfg.adapter_base and not cfg.lora:
+        raise ValueError("adapter_base needs lora (the adapter's LoraConfig)")
+    if cfg.init and cfg.adapter_base and adapters.is_adapter_version(cfg.init):
+        model = adapters.load(cfg.init, trainable=True)  # the same adapter trained further: base + one adapter
+        apply_switches(model, cfg.model_overrides)
+    elif cfg.init:
+        model = RegionScribeModel.from_pretrained(cfg.init)
+        apply_switches(model, cfg.model_overrides)
+    else:
+        model = new_model(cfg)
+    if cfg.adapter_base and not model.config.lora:
+        adapters.attach(model, cfg.lora)
+    if cfg.lora:
+        model.config.lora = model.config.lora or cfg.lora
+    world = process_state().num_processes
+    phases = ["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))] + ["stage2"]
+    if saved is not None and saved["phase"] not in phases:
+        raise ValueError(f"--resume: the saved state is of phase {saved['phase']!r}, which this run does not have "
+                         f"({', '.join(phases)}): resume with the same options")
+    skip = set(phases[:phases.index(saved["phase"])]) if saved else set()
+    history: dict[str, list[float]] = {k: list(v) for k, v in (saved["history"] if saved else {}).items()}
+    history.setdefault("stage0", [])
+    history.setdefault("stage1", [])  # in the order the phases run
+    data_sources: list = []  # their .report is the last pass's skip report
+
+    def stage_data(stage: int, sc: StageConfig, given: Iterable | None, specs: list[str], synthetic: Callable):
+        if given is not None:
+            return given, sc
+        if not specs:
+            if sc.epochs:
+                raise ValueError(f"stage {stage}: epochs need data sources (--stage{stage}-data); the synthetic "
+                                 "corpus is endless: give steps")
+            return synthetic(), sc
+        per_step = sc.batch_size * world * run.grad_accum
+        mixture, sources = data_mixture(specs, stage, cfg.seed, sc.epochs, pad_to=per_step, images=cfg.data_images)
+        data_sources.extend(sources)
+        if sc.epochs:
+            sc = dataclasses.replace(sc, steps=mixture.count() // per_step)
+        return mixture, sc
+
+    def phase(name: str, stage: int, sc: StageConfig, data: Iterable, label: str, **kw) -> list[float]:
+        return run_stage(model, stage, sc, data, cfg.weight_decay, cfg.grad_clip, progress,
+                         visual_lr_scale=cfg.visual_lr_scale, name=label, run=run, phase=name, history=history, **kw)
+
+    if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision() and not saved:
+        if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
+            model.to("cuda")
+        history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
+    s1 = cfg.stage1
+    if (s1.steps or s1.epochs) and "stage1" not in skip:
+        data, s1 = stage_data(1, s1, stage1_data, cfg.stage1_data, lambda: synthetic_stream(1, cfg.seed))
+        if s1.steps:
+            history["stage1"] = phase("stage1", 1, s1, data, "stage 1")
+    for k, (axes, steps) in enumerate(cfg.drills):  # every drill draws the same scenes (seed + 2), on its own axes
+        if f"drill{k + 1}" in skip:
+            continue
+        sc = StageConfig(steps=steps, lr=cfg.drill_lr, batch_size=cfg.drill_batch, warmup=0.0)
+        stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance, mask_share=cfg.mask_share,
+                                 overlap_share=cfg.overlap_share)
+        history[f"drill{k + 1}"] = phase(f"drill{k + 1}", 2, sc, stream, f"drill {'/'.join(axes)}")
+    history.setdefault("stage2", [])
+    s2 = cfg.stage2
+    if s2.steps or s2.epochs:
+        data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data,
+                              lambda: synthetic_stream(2, cfg.seed + 1, mask_share=cfg.mask_share,
+                                                       overlap_share=cfg.overlap_share))
+        if cfg.lora and not cfg.adapter_base:
+            import warnings
+
+            from peft import LoraConfig, get_peft_model
+            with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question: not ours to fix
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                model.lm = get_peft_model(model.lm, LoraConfig(**cfg.lora))
+        if s2.steps:
+            history["stage2"] = phase("stage2", 2, s2, data, "stage 2", freeze_visual=cfg.freeze_visual)
+        if cfg.lora and not cfg.adapter_base:
+            model.lm = model.lm.merge_and_unload()
+            model.config.lora = None
+    seconds = time.time() - start
+    out = Path(cfg.out)
+    version = cfg.version or f"{model.config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    synthetic = stage2_data is None and not cfg.stage2_data
+    meta = {
+        "version": version,
+        "preset": model.config.preset,
+        "train_config": cfg.to_dict(),
+        "train_seconds": round(seconds, 1),
+        "final_loss": {k: (sum(v[-20:]) / len(v[-20:]) if v else None) for k, v in history.items()},
+        "data": ("synthetic corpus (model/corpus.py) train split" if synthetic else
+                 "caller-supplied" if stage2_data is not None else {"stage1": cfg.stage1_data,
+                                                                    "stage2": cfg.stage2_data}),
+        "synthetic_corpus": bool(history["stage0"]) or bool(cfg.drills) or saw_synthetic(model.metadata or {})
+        or (stage1_data is None and not cfg.stage1_data and bool(history["stage1"]))
+        or (synthetic and bool(history["stage2"])),
+        "processes": world,
+        **({"data_reports": [src.report.to_dict() for src in data_sources]} if data_sources else {}),
+        **(metadata or {}),
+    }
+    if cfg.adapter_base:
+        if is_main_process():
+            adapters.save(model, out, cfg.adapter_base, meta,
+                          visual=not cfg.freeze_visual or bool(cfg.stage1.steps) or bool(cfg.drills))
+        model.lm = model.lm.merge_and_unload()  # the returned model serves (and is evaluated) merged
+        model.config.lora = None
+    elif is_main_process():
+        model.save_pretrained(out, meta, dtype=getattr(torch, cfg.save_dtype))
+    if is_main_process():
+        (out / "history.json").write_text(json.dumps(history))
+        plot_losses(history, out / "loss_curve.png", title=version)
+        for src in data_sources:
+            print(src.report)
+    process_state().wait_for_everyone()
+    return TrainResult(out, model, history, seconds)
+
+
+def plot_losses(history: dict[str, list[float]], path: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for name, losses in history.items():
+        if not losses:
+            continue
+        k = max(1, len(losses) // 100)
+        smooth = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, len(losses), k)]
+        ax.plot([offset + i * k for i in range(len(smooth))], smooth, label=name)
+        offset += len(losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    if ax.get_lines():  # a run with no training step (an --init with 0 steps) has no curve to label
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
