@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 
 import redis
+from regionscribe.backend.core.keys import METRICS_PREFIX
 
 log = logging.getLogger(__name__)
 
-PREFIX = "regionscribe:metrics"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 100.0)
 COUNTERS = {  # hash field → (metric name, help); fields may carry labels as "name|k=v,k=v"
     "jobs": ("regionscribe_jobs_total", "Describe jobs as seen by the web process, by outcome."),
@@ -54,19 +54,19 @@ class Metrics:
 
     def count(self, counter: str, amount: float = 1, **labels: str) -> None:
         field = counter + ("|" + _labels(labels) if labels else "")
-        self._safe(lambda: self.connection.hincrbyfloat(f"{PREFIX}:counters", field, amount))
+        self._safe(lambda: self.connection.hincrbyfloat(f"{METRICS_PREFIX}:counters", field, amount))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         def write():
             pipe = self.connection.pipeline(transaction=False)
-            pipe.hincrby(f"{PREFIX}:requests", _labels({"route": route, "method": method, "status": str(status)}), 1)
-            key = f"{PREFIX}:latency:{route}"
+            pipe.hincrby(f"{METRICS_PREFIX}:requests", _labels({"route": route, "method": method, "status": str(status)}), 1)
+            key = f"{METRICS_PREFIX}:latency:{route}"
             for bound in LATENCY_BUCKETS:
                 if seconds <= bound:
                     pipe.hincrby(key, repr(bound), 1)
             pipe.hincrby(key, "+Inf", 1)
             pipe.hincrbyfloat(key, "sum", seconds)
-            pipe.sadd(f"{PREFIX}:routes", route)
+            pipe.sadd(f"{METRICS_PREFIX}:routes", route)
             pipe.execute()
 
         self._safe(write)
@@ -75,15 +75,15 @@ class Metrics:
         """The Prometheus text exposition; `gauges` adds name → (help, [(labels, value)]) read live by the caller."""
         lines: list[str] = []
         c = self.connection
-        requests = c.hgetall(f"{PREFIX}:requests")
+        requests = c.hgetall(f"{METRICS_PREFIX}:requests")
         lines += ["# HELP regionscribe_http_requests_total HTTP requests by route, method and status.",
                   "# TYPE regionscribe_http_requests_total counter"]
         for labels, value in sorted(requests.items()):
             lines.append(f"regionscribe_http_requests_total{{{labels.decode()}}} {int(value)}")
         lines += ["# HELP regionscribe_http_request_duration_seconds HTTP request latency by route.",
                   "# TYPE regionscribe_http_request_duration_seconds histogram"]
-        for route in sorted(r.decode() for r in c.smembers(f"{PREFIX}:routes")):
-            hist = {k.decode(): float(v) for k, v in c.hgetall(f"{PREFIX}:latency:{route}").items()}
+        for route in sorted(r.decode() for r in c.smembers(f"{METRICS_PREFIX}:routes")):
+            hist = {k.decode(): float(v) for k, v in c.hgetall(f"{METRICS_PREFIX}:latency:{route}").items()}
             for bound in LATENCY_BUCKETS:
                 lines.append(f'regionscribe_http_request_duration_seconds_bucket{{route="{_escape(route)}",'
                              f'le="{bound}"}} {int(hist.get(repr(bound), 0))}')
@@ -94,7 +94,7 @@ class Metrics:
                          f"{hist.get('sum', 0.0)}")
             lines.append(f'regionscribe_http_request_duration_seconds_count{{route="{_escape(route)}"}} {total}')
         counters: dict[str, list[tuple[str, float]]] = {}
-        for field, value in c.hgetall(f"{PREFIX}:counters").items():
+        for field, value in c.hgetall(f"{METRICS_PREFIX}:counters").items():
             name, _, labels = field.decode().partition("|")
             counters.setdefault(name, []).append((labels, float(value)))
         for key, (metric, help_) in COUNTERS.items():

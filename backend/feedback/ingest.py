@@ -31,10 +31,11 @@ import io
 import logging
 import math
 import os
-import threading
 
 import redis
 
+from regionscribe.backend.core.connections import fast_redis
+from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
 from regionscribe.model.files import write_atomic
 
 from regionscribe.backend.labelstudio.labeling import CAPTION_WORDS, ConfigError, ProjectConfig
@@ -340,8 +341,6 @@ def resolve_config(payload: dict, project_id: int, store: Store, connection: red
     if saved:
         return parsed_config(saved), None, False
     if connection is not None:
-        from regionscribe.backend.web.app import PROJECT_CONFIG_KEY
-
         try:
             raw = connection.get(PROJECT_CONFIG_KEY.format(project=project_id))
         except redis.RedisError as exc:
@@ -351,32 +350,6 @@ def resolve_config(payload: dict, project_id: int, store: Store, connection: red
             xml = raw.decode()
             return parsed_config(xml), xml, False
     return None, None, False
-
-
-# ------------------------------------------------------------------------------------------------- Redis
-
-
-_FAST: dict[tuple[int, str], redis.Redis] = {}
-_FAST_LOCK = threading.Lock()
-
-
-def fast_redis(url: str | None) -> redis.Redis | None:
-    """A Redis client for the webhook path: short timeouts and no retries, so a Redis that is down or slow costs
-    the webhook a fraction of a second, never Label Studio's whole 1 s."""
-    if not url:
-        return None
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    key = (os.getpid(), url)
-    with _FAST_LOCK:
-        client = _FAST.get(key)
-        if client is None:
-            # one immediate retry: a connection Redis closed (restart) is replaced; a refused one fails in ms
-            client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.3,
-                                          retry=Retry(NoBackoff(), 1), health_check_interval=0)
-            _FAST[key] = client
-        return client
 
 
 def enqueue_image_fetch(connection: redis.Redis, settings: Settings, image_ref: str, task_id: int) -> str | None:

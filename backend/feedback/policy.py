@@ -45,6 +45,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from regionscribe.backend.core.keys import TRAINING_JOB_KEY, TRAINING_MUTEX_KEY
 from regionscribe.backend.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 TRAINING_FUNCTION = "regionscribe.backend.feedback.training_run.run_training"
 FINISHED_CALLBACK = "regionscribe.backend.feedback.policy.training_finished"  # on success
 FAILED_CALLBACK = "regionscribe.backend.feedback.policy.training_failed"  # on failure (also rq's abandoned-job cleanup) and on stop
-JOB_KEY = "regionscribe:training:{project}:job"  # id of the project's current (or last) training job
-MUTEX_KEY = "regionscribe:training:{project}:mutex"
 MUTEX_MS = 5000
 _ACTIVE = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -104,7 +103,7 @@ class Policy:
 
     def active_job(self, project_id: int) -> Job | None:
         """The project's queued or running training job, or None."""
-        job_id = self.connection.get(JOB_KEY.format(project=int(project_id)))
+        job_id = self.connection.get(TRAINING_JOB_KEY.format(project=int(project_id)))
         if not job_id:
             return None
         job = self._fetch(job_id.decode())
@@ -145,7 +144,7 @@ class Policy:
 
     @contextmanager
     def _mutex(self, project_id: int, wait: float = 2.0):
-        key, token = MUTEX_KEY.format(project=int(project_id)), uuid.uuid4().hex
+        key, token = TRAINING_MUTEX_KEY.format(project=int(project_id)), uuid.uuid4().hex
         deadline = time.monotonic() + wait
         while not self.connection.set(key, token, nx=True, px=MUTEX_MS):
             if time.monotonic() > deadline:
@@ -193,7 +192,7 @@ class Policy:
 
     def _enqueue(self, project_id: int, reason: str, function: str) -> str:
         job_id = f"regionscribe-train-{project_id}-{uuid.uuid4().hex[:12]}"
-        key = JOB_KEY.format(project=project_id)
+        key = TRAINING_JOB_KEY.format(project=project_id)
         self.connection.set(key, job_id)  # first: a callback of a very fast run finds its own id
         try:
             failed = Callback(FAILED_CALLBACK, timeout=60)
@@ -215,7 +214,7 @@ class Policy:
         training worker starting leads to the next run (a run failing every time must not loop)."""
         project_id = int(project_id)
         with self._mutex(project_id):
-            key = JOB_KEY.format(project=project_id)
+            key = TRAINING_JOB_KEY.format(project=project_id)
             current = self.connection.get(key)
             if current is not None and current.decode() == job_id:
                 self.connection.delete(key)

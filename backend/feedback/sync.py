@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import redis
 
+from regionscribe.backend.core.connections import redis_connection
+from regionscribe.backend.core.keys import SYNC_JOB_KEY, SYNC_LAST_KEY, SYNC_TICK_KEY
 from regionscribe.backend.feedback.ingest import (
     CREATED, DELETED, UPDATED, BadEvent, evaluate_policy, parse_annotation, parsed_config, queue_missing_images,
 )
@@ -53,9 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SYNC_JOB = "regionscribe.backend.feedback.sync.sync_job"
-SYNC_JOB_KEY = "regionscribe:sync:{queue}:job"  # id of the last sync job queued on that queue
-TICK_KEY = "regionscribe:sync:tick"  # set for SYNC_INTERVAL seconds by the worker that queued the last sync
-LAST_KEY = "regionscribe:sync:last"  # JSON of the last periodic sync: {"at", "projects": {id: counts or error}}
 COUNTS = ("new", "changed", "unchanged", "deleted", "skipped")
 
 
@@ -268,7 +267,6 @@ def sync_all(settings: Settings, projects: Iterable[int] | None = None, since: i
 
 def sync_job() -> dict:
     """RQ job (INGEST_QUEUE), queued every SYNC_INTERVAL seconds by an ingest worker: every connected project."""
-    from regionscribe.backend.inference.worker import redis_connection
 
     settings = get_settings()
     connection = redis_connection(settings.redis_url) if settings.redis_url else None
@@ -281,7 +279,7 @@ def sync_job() -> dict:
                                                for p, r in reports.items()}}
     if connection is not None:
         try:
-            connection.set(LAST_KEY, json.dumps(summary, default=str))
+            connection.set(SYNC_LAST_KEY, json.dumps(summary, default=str))
         except redis.RedisError:
             pass
     return summary
@@ -324,6 +322,6 @@ def tick(connection: redis.Redis, settings: Settings) -> bool:
     SYNC_INTERVAL seconds. Returns whether this call queued one."""
     if settings.sync_interval <= 0:
         return False
-    if not connection.set(TICK_KEY, repr(time.time()), nx=True, ex=max(1, int(settings.sync_interval))):
+    if not connection.set(SYNC_TICK_KEY, repr(time.time()), nx=True, ex=max(1, int(settings.sync_interval))):
         return False
     return enqueue_sync(connection, settings)

@@ -34,13 +34,14 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from regionscribe.backend.core.keys import CURRENT_KEY, MODEL_VERSION_KEY
+from regionscribe.backend.core.connections import redis_connection
 from regionscribe.backend.labelstudio.shapes import Shape, ShapeError
 
 log = logging.getLogger(__name__)
 
 def announce(connection, version: str, path: str | Path) -> None:
     """Tell every inference worker (they look between jobs) and /setup which version is current."""
-    from regionscribe.backend.inference.worker import CURRENT_KEY, MODEL_VERSION_KEY
 
     connection.set(CURRENT_KEY, json.dumps({"version": version, "path": str(path)}))
     connection.set(MODEL_VERSION_KEY, version)
@@ -262,7 +263,6 @@ def _train_and_publish(project_id, settings, store, job, keeper: LeaseKeeper) ->
 
     from regionscribe.backend.feedback.ingest import fetch_missing_images
     from regionscribe.backend.feedback.promotion import promotion_gate
-    from regionscribe.backend.inference.worker import redis_connection
 
     started = time.time()
     registry = Registry(settings.registry_path, base=settings.model_dir or DEFAULT_CHECKPOINT)

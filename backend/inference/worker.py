@@ -48,6 +48,8 @@ from dataclasses import dataclass
 
 import redis
 
+from regionscribe.backend.core.connections import redis_connection
+from regionscribe.backend.core.keys import CURRENT_KEY, MODEL_VERSION_KEY, WORKER_KEY
 from regionscribe.backend.labelstudio.fetcher import ImageFetcher
 from regionscribe.backend.core.logs import capture_process_output, configure_logging, request_context
 from regionscribe.backend.core.prometheus import Metrics
@@ -55,18 +57,9 @@ from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings, get_set
 
 log = logging.getLogger(__name__)
 
-WORKER_KEY = "regionscribe:workers:{name}"  # liveness: JSON of pid/host/state/model_version, expires if not beaten
-MODEL_VERSION_KEY = "regionscribe:model_version"  # the model version the latest started worker serves
-CURRENT_KEY = "regionscribe:model:current"  # JSON {"version", "path"}: the registry's current version (training job)
 MISSED_BEATS = 4  # a worker that has not beaten for this many WORKER_HEARTBEAT periods counts as dead
 
 LOADS = 0  # how many times this process loaded a describer (tests check it stays 1 per worker)
-
-
-def redis_connection(url: str, **kwargs) -> redis.Redis:
-    options = {"socket_connect_timeout": 2, "socket_timeout": 10, "health_check_interval": 30}
-    options.update(kwargs)
-    return redis.Redis.from_url(url, **options)
 
 
 def announced_model(connection: redis.Redis | None) -> dict | None:

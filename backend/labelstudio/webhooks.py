@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from regionscribe.backend.core.keys import CONNECTED_KEY, REFUSED_KEY, REFUSED_LAST_KEY, WEBHOOK_CHECK_KEY
 from regionscribe.backend.labelstudio.api import (
     LabelStudioError, calling, client, ml_backends, normalized_url, webhooks, without_credentials,
 )
@@ -45,11 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECTED_KEY = "regionscribe:connected_projects"  # hash: project id -> {"url": backend URL LS uses, "seen_at"}
-CHECK_KEY = "regionscribe:webhook_check:{project}"  # set while a check of the project is recent (CHECK_EVERY)
 CHECK_EVERY = 60  # seconds: /setup runs often (every model list, every prediction batch); check a project this often
-REFUSED_KEY = "regionscribe:webhook_refused:{hour}"  # 401s on /webhook per UTC hour, kept REFUSED_KEEP seconds
-REFUSED_LAST_KEY = "regionscribe:webhook_refused:last"
 REFUSED_KEEP = 48 * 3600
 ENSURE_JOB = "regionscribe.backend.labelstudio.webhooks.ensure_webhook_job"
 WAIT_FOR_WEBHOOK = (1.0, 2.0, 4.0, 8.0)  # seconds between looks when Label Studio has not saved the webhook yet
@@ -100,7 +97,7 @@ def schedule_check(connection: redis.Redis, settings: Settings, project_id: int,
     from rq.exceptions import DuplicateJobError
     from rq.serializers import JSONSerializer
 
-    if not connection.set(CHECK_KEY.format(project=int(project_id)), "1", nx=True, ex=CHECK_EVERY):
+    if not connection.set(WEBHOOK_CHECK_KEY.format(project=int(project_id)), "1", nx=True, ex=CHECK_EVERY):
         return False
     queue = Queue(settings.ingest_queue, connection=connection, serializer=JSONSerializer)
     try:

@@ -253,7 +253,7 @@ def _redis_or_none(settings):
         return None
     import redis
 
-    from regionscribe.backend.inference.worker import redis_connection
+    from regionscribe.backend.core.connections import redis_connection
 
     connection = redis_connection(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from regionscribe.backend.core.connections import redis_connection
+from regionscribe.backend.core.keys import SYNC_LAST_KEY
 from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings, redacted_url
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
@@ -91,7 +93,6 @@ def check_redis(settings: Settings, timeout: float):
         return Check("redis", FAIL, "REDIS_URL is not set",
                      "point REDIS_URL at the Redis the web server and the workers share (redis://host:6379/0); "
                      "`regionscribe run` starts a private one when it is unset"), None
-    from regionscribe.backend.inference.worker import redis_connection
 
     where = redacted_url(settings.redis_url)
     connection = redis_connection(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
@@ -551,9 +552,8 @@ def check_sync(settings: Settings, connection) -> Check:
     last = None
     if connection is not None:
         try:
-            from regionscribe.backend.feedback.sync import LAST_KEY
 
-            raw = connection.get(LAST_KEY)
+            raw = connection.get(SYNC_LAST_KEY)
             last = json.loads(raw) if raw else None
         except Exception:
             last = None

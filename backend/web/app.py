@@ -29,11 +29,11 @@ import uuid
 
 import redis
 from flask import Flask, Response, g, jsonify, request
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from regionscribe.backend.feedback.ingest import fast_redis
+from regionscribe.backend.core.keys import SYNC_LAST_KEY
+from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
+from regionscribe.backend.core.connections import fast_redis
 from regionscribe.backend.core.logs import REQUEST_ID
 from regionscribe.backend.core.prometheus import Metrics
 from regionscribe.backend.web.ml_backend import QueueUnavailable, RegionScribeModel, read_model_version
@@ -41,11 +41,11 @@ from regionscribe.backend.core.settings import Settings, get_settings
 from regionscribe.backend.labelstudio.webhooks import (
     record_refusal, remember_connection, schedule_check, warn_unfixable,
 )
-from regionscribe.backend.inference.worker import live_workers, redis_connection, serving
+from regionscribe.backend.inference.worker import live_workers, serving
+from regionscribe.backend.core.connections import redis_connection
 
 log = logging.getLogger(__name__)
 
-PROJECT_CONFIG_KEY = "regionscribe:project:{project}:label_config"  # the config /setup saw, for /predict without one
 _REQUEST_ID_FORMAT = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # X-Request-Id values taken as they are
 
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # the jobs' connection, with a short connect timeout: an unreachable Redis costs a request 0.5 s, not 2
     connection = redis_connection(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=5) \
         if settings.redis_url else None
-    probe = _probe_connection(settings)  # /health's: answers within Label Studio's 1 s even when Redis hangs
+    probe = fast_redis(settings.redis_url)  # /health's: answers within Label Studio's 1 s even when Redis hangs
     metrics = Metrics(connection)
     app.extensions["regionscribe"] = {"settings": settings, "redis": connection, "metrics": metrics}
 
@@ -299,15 +299,6 @@ def _project_id(value) -> str | None:
     return text if text.isascii() and text.isdigit() else None
 
 
-def _probe_connection(settings: Settings) -> redis.Redis | None:
-    """A Redis client with short timeouts and one immediate retry (a broken connection is replaced at once), for
-    /health: a Redis that is down, unreachable or hung costs it well under a second."""
-    if not settings.redis_url:
-        return None
-    return redis_connection(settings.redis_url, socket_connect_timeout=0.2, socket_timeout=0.25,
-                            retry=Retry(NoBackoff(), 1), health_check_interval=0)
-
-
 def _gauges(connection: redis.Redis, settings: Settings) -> dict:
     from regionscribe.backend.inference.jobs import inference_queue
 
@@ -351,9 +342,8 @@ def _gauges(connection: redis.Redis, settings: Settings) -> dict:
 
 
 def _last_sync(connection: redis.Redis) -> float | None:
-    from regionscribe.backend.feedback.sync import LAST_KEY
 
-    raw = connection.get(LAST_KEY)
+    raw = connection.get(SYNC_LAST_KEY)
     try:
         return float(json.loads(raw)["at"]) if raw else None
     except (ValueError, KeyError, TypeError):

@@ -34,7 +34,8 @@ from regionscribe.backend.inference.jobs import Outcome, inference_queue, make_p
 from regionscribe.backend.labelstudio.labeling import ConfigError, ProjectConfig
 from regionscribe.backend.core.prometheus import Metrics
 from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings
-from regionscribe.backend.inference.worker import MODEL_VERSION_KEY, live_workers
+from regionscribe.backend.inference.worker import live_workers
+from regionscribe.backend.core.keys import MODEL_VERSION_KEY
 
 log = logging.getLogger(__name__)
 

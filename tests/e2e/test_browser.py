@@ -270,7 +270,7 @@ def store_regions(backend, project_id: int, task_id: int, timeout: float = 30.0)
     """region id → the backend's store record, once the annotation's regions are there."""
     deadline = time.monotonic() + timeout
     while True:
-        records = {r.region_id: r for r in regionscribe.backend.store().records(project_id) if r.task_id == task_id}
+        records = {r.region_id: r for r in backend.store().records(project_id) if r.task_id == task_id}
         if len(records) >= 2 or time.monotonic() > deadline:
             return records
         time.sleep(0.2)

@@ -399,7 +399,7 @@ def test_batch_retrieve_predictions(project: Project, ls_api: LS, backend: Backe
     assert len(ls_api.predictions(project.task_id)) == 1
 
     # the annotation reached the backend's /webhook (ANNOTATION_CREATED, sent synchronously by LS)
-    assert 'action="ANNOTATION_CREATED"' in regionscribe.backend.core.prometheus(), "no ANNOTATION_CREATED webhook counted"
+    assert 'action="ANNOTATION_CREATED"' in backend.metrics(), "no ANNOTATION_CREATED webhook counted"
     print(f"\n[e2e] {project.name}: retrieve_tasks_predictions answered in {took:.2f} s")
 
 

@@ -58,13 +58,13 @@ def test_doctor_reports_the_sync(make_settings, own_redis, api):
     connection = redis.Redis.from_url(own_redis.url)
     assert check_sync(settings, connection).status == WARN  # never ran
     assert check_sync(settings.replace(sync_interval=0), connection).status == WARN
-    from regionscribe.backend.feedback.sync import LAST_KEY
+    from regionscribe.backend.core.keys import SYNC_LAST_KEY
 
-    connection.set(LAST_KEY, json.dumps({"at": time.time() - 5, "projects": {"7": {"new": 1}}}))
+    connection.set(SYNC_LAST_KEY, json.dumps({"at": time.time() - 5, "projects": {"7": {"new": 1}}}))
     check = check_sync(settings, connection)
     assert check.status == OK and "over 1 project(s)" in check.detail
     assert "arrived only through the sync" in check.detail
-    connection.set(LAST_KEY, json.dumps({"at": time.time() - 5, "projects": {"7": {"error": "project 7 is gone"}}}))
+    connection.set(SYNC_LAST_KEY, json.dumps({"at": time.time() - 5, "projects": {"7": {"error": "project 7 is gone"}}}))
     assert check_sync(settings, connection).status == WARN
-    connection.set(LAST_KEY, json.dumps({"at": time.time() - 3600, "projects": {}}))
+    connection.set(SYNC_LAST_KEY, json.dumps({"at": time.time() - 3600, "projects": {}}))
     assert check_sync(settings, connection).status == WARN

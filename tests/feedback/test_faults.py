@@ -21,7 +21,8 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from regionscribe.backend.feedback.ingest import handle_event
-from regionscribe.backend.feedback.policy import JOB_KEY, Policy
+from regionscribe.backend.feedback.policy import Policy
+from regionscribe.backend.core.keys import TRAINING_JOB_KEY
 from regionscribe.backend.store import Store
 from regionscribe.backend.inference.worker import is_alive
 
@@ -59,7 +60,7 @@ def training_jobs(settings, client) -> list:
 @pytest.fixture
 def forget_announcement(redis_client):
     """The published version is announced under a global Redis key; the session's other tests must not see it."""
-    from regionscribe.backend.inference.worker import CURRENT_KEY
+    from regionscribe.backend.core.keys import CURRENT_KEY
 
     yield
     redis_client.delete(CURRENT_KEY)
@@ -111,7 +112,7 @@ def test_a_training_worker_killed_mid_run_leaves_the_current_version_and_loses_n
     assert store.open_training_run(p)["job_id"] == first and store.pending_count(p) == 2
     # the lock still names run 1, but only as long as its worker beats: it no longer does (Policy.active_job would
     # now say None; not called here, so that the new worker's start does the recovery)
-    assert redis_client.get(JOB_KEY.format(project=p)).decode() == first and not is_alive(redis_client, doomed.name)
+    assert redis_client.get(TRAINING_JOB_KEY.format(project=p)).decode() == first and not is_alive(redis_client, doomed.name)
 
     # a new training worker: its start finds run 1 on a dead worker, gives its count back, enqueues run 2, runs it
     started = time.monotonic()
@@ -129,7 +130,7 @@ def test_a_training_worker_killed_mid_run_leaves_the_current_version_and_loses_n
     assert runs[1]["snapshot_id"] == version.manifest["snapshot"]
     assert store.pending_count(p) == 0 and store.open_training_run(p) is None
     assert first in FailedJobRegistry(settings.training_queue, connection=redis_client, serializer=JSONSerializer)
-    wait(lambda: redis_client.get(JOB_KEY.format(project=p)) is None, timeout=20)  # run 2's callback freed it
+    wait(lambda: redis_client.get(TRAINING_JOB_KEY.format(project=p)) is None, timeout=20)  # run 2's callback freed it
     announced = json.loads(redis_client.get("regionscribe:model:current"))
     assert announced["version"] == version.version
     print(f"\nrun 2 (new worker start to published) in {seconds:.1f} s")
@@ -229,7 +230,7 @@ def test_redis_flushed_mid_run_starts_no_second_run(make_settings, own_redis, sp
     gone from Redis, but the run's lease lives in the store (renewed by its worker), so neither further events, nor
     a training worker's start-up sweep, nor a second job of the same project start a second run. Once the first
     run's worker is gone, its lease expires and the project trains again."""
-    from regionscribe.backend.inference.worker import WORKER_KEY
+    from regionscribe.backend.core.keys import WORKER_KEY
 
     settings = make_settings(redis_url=own_redis.url, retrain_after=3)
     seeded_registry(Path(settings.registry_path))
@@ -253,7 +254,7 @@ def test_redis_flushed_mid_run_starts_no_second_run(make_settings, own_redis, sp
     assert lease["holder"] == first
 
     client.flushall()  # Redis loses everything in the middle of the run
-    assert client.get(JOB_KEY.format(project=p)) is None and not training_jobs(settings, client)
+    assert client.get(TRAINING_JOB_KEY.format(project=p)) is None and not training_jobs(settings, client)
 
     # events past RETRAIN_AFTER: each evaluates the policy; Redis knows of no run, the store's lease does
     during = [handle_event(settings, correction(n))["training"] for n in (3, 4, 5)]

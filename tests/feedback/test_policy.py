@@ -13,7 +13,8 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from regionscribe.backend.feedback.ingest import handle_event
-from regionscribe.backend.feedback.policy import JOB_KEY, TRAINING_FUNCTION, Policy
+from regionscribe.backend.feedback.policy import TRAINING_FUNCTION, Policy
+from regionscribe.backend.core.keys import TRAINING_JOB_KEY
 from regionscribe.backend.store import Store
 
 FAKE = "tests.feedback.fake_training.run_training"
@@ -98,7 +99,7 @@ def test_the_count_restarts_at_mark_training_started(make_settings, redis_client
     job_id = handle_event(settings, one_region(ls, p))["training"]["enqueued"]
     store = Store.shared(settings)
     store.mark_training_started(p, store.snapshot(p).id)  # what the run does first
-    redis_client.delete(JOB_KEY.format(project=p))  # ... and the run ended
+    redis_client.delete(TRAINING_JOB_KEY.format(project=p))  # ... and the run ended
     Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer).delete()
     policy = Policy(settings, store, redis_client)
     assert policy.evaluate(p) == {"due": False, "pending": 0, "reason": "", "enqueued": None, "active": None}
@@ -125,7 +126,7 @@ def test_a_training_worker_runs_it_and_events_during_the_run_lead_to_the_next(ma
     # its success callback found them pending and enqueued run 2, which the same burst worker ran
     assert [r["records"] for r in runs] == [2, 5]
     assert Store.shared(settings).pending_count(p) == 0
-    assert redis_client.get(JOB_KEY.format(project=p)) is None
+    assert redis_client.get(TRAINING_JOB_KEY.format(project=p)) is None
     # a failing run frees the project too (failure callback)
     redis_client.set(FAIL.format(project=p), 1)
     redis_client.rpush(INJECT.format(project=p), json.dumps([]))
@@ -135,7 +136,7 @@ def test_a_training_worker_runs_it_and_events_during_the_run_lead_to_the_next(ma
     assert spawn_worker(settings, [settings.training_queue], burst=True).wait(60) == 0
     assert len(redis_client.lrange(RUNS.format(project=p), 0, -1)) == 3
     assert failing in FailedJobRegistry(settings.training_queue, connection=redis_client, serializer=JSONSerializer)
-    assert redis_client.get(JOB_KEY.format(project=p)) is None
+    assert redis_client.get(TRAINING_JOB_KEY.format(project=p)) is None
     # the failed run gave back the request it had taken (not retried at once: the burst worker ran it only once)
     store = Store.shared(settings)
     assert store.training_requested(p) and store.open_training_run(p) is None
@@ -175,7 +176,7 @@ def test_concurrent_triggers_enqueue_one_run(make_settings, redis_client, ls):
     decisions = []
 
     def decide():
-        from regionscribe.backend.feedback.ingest import fast_redis
+        from regionscribe.backend.core.connections import fast_redis
 
         decisions.append(Policy(settings, store, fast_redis(settings.redis_url)).evaluate(p))
 

@@ -344,7 +344,9 @@ def test_one_sync_waits_at_a_time_and_a_dead_worker_does_not_block(make_settings
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from regionscribe.backend.feedback.sync import SYNC_JOB_KEY, enqueue_sync, tick
+    from regionscribe.backend.feedback.sync import enqueue_sync, tick
+
+    from regionscribe.backend.core.keys import SYNC_JOB_KEY
 
     settings = make_settings(sync_interval=30)
     assert enqueue_sync(redis_client, settings)

@@ -75,11 +75,12 @@ def quiet_webhooks(redis_client):
     (other tests share this Redis and leave their own)."""
     import time
 
-    from regionscribe.backend.feedback.sync import LAST_KEY
-    from regionscribe.backend.labelstudio.webhooks import CONNECTED_KEY, REFUSED_LAST_KEY
+    from regionscribe.backend.core.keys import SYNC_LAST_KEY
+    from regionscribe.backend.core.keys import REFUSED_LAST_KEY
+    from regionscribe.backend.core.keys import CONNECTED_KEY
 
     redis_client.delete(CONNECTED_KEY, REFUSED_LAST_KEY, *redis_client.keys("regionscribe:webhook_refused:*"))
-    redis_client.set(LAST_KEY, json.dumps({"at": time.time(), "projects": {}}))
+    redis_client.set(SYNC_LAST_KEY, json.dumps({"at": time.time(), "projects": {}}))
 
 
 def test_everything_ok(settings, heartbeats, capsys, quiet_webhooks):
@@ -171,7 +172,7 @@ def test_missing_checkpoint(settings, tmp_path, capsys):
 
 
 def test_announced_version_not_on_this_machine(settings, redis_client, tmp_path):
-    from regionscribe.backend.inference.worker import CURRENT_KEY
+    from regionscribe.backend.core.keys import CURRENT_KEY
 
     redis_client.set(CURRENT_KEY, json.dumps({"version": "v9", "path": str(tmp_path / "elsewhere" / "v9")}))
     try:
