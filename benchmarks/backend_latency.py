@@ -78,7 +78,7 @@ def main() -> None:
     if args.model_dir:
         env["MODEL_DIR"] = args.model_dir
     py = sys.executable
-    worker = subprocess.Popen([py, "-c", "from regionscribe.backend.inference.worker import run_worker; run_worker()"], env=env, cwd=ROOT,
+    worker = subprocess.Popen([py, "-c", "from regionscribe.backend.ops.worker import run_worker; run_worker()"], env=env, cwd=ROOT,
                               start_new_session=True)
     web = subprocess.Popen([py, "-c", "from regionscribe.backend.web.server import serve; serve()"], env=env, cwd=ROOT,
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

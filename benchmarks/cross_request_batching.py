@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from regionscribe.backend.inference.jobs import inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.inference.submit import inference_queue, make_payload, submit, wait_for
 from regionscribe.backend.ops.runner import _stop, find_redis_server, start_redis
 from regionscribe.backend.core.settings import Settings
 from regionscribe.model.asks import Asks
@@ -50,7 +50,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_worker(env: dict, queue: str, name: str, connection: redis.Redis) -> subprocess.Popen:
-    code = f"from regionscribe.backend.inference.worker import run_worker; run_worker(queues=[{queue!r}], name={name!r})"
+    code = f"from regionscribe.backend.ops.worker import run_worker; run_worker(queues=[{queue!r}], name={name!r})"
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

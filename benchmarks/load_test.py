@@ -183,7 +183,7 @@ def run(annotators: int = 32, seconds: float = 60.0, workers: int = 2, model_dir
     base = f"http://127.0.0.1:{port}"
     try:
         for i in range(workers):
-            spawn(f"from regionscribe.backend.inference.worker import run_worker; run_worker(name='load-worker-{i}')", f"worker{i}")
+            spawn(f"from regionscribe.backend.ops.worker import run_worker; run_worker(name='load-worker-{i}')", f"worker{i}")
         spawn("from regionscribe.backend.web.server import serve; serve()", "web")
         if not wait_ready(base, processes, start_timeout, workers=workers):
             raise RuntimeError(f"the backend did not report {workers} ready worker(s) within {start_timeout:.0f} s")

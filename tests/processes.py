@@ -41,7 +41,7 @@ class GroupProcess:
 
 
 class WorkerProcess(GroupProcess):
-    """`regionscribe.backend.inference.worker.run_worker` in a subprocess with environment `env` (its settings), on `queues` (None: the
+    """`regionscribe.backend.ops.worker.run_worker` in a subprocess with environment `env` (its settings), on `queues` (None: the
     settings' inference and ingest queues), `burst`: exit when they are empty; with `log_path`, its stdout and
     stderr go to that file."""
 
@@ -53,7 +53,7 @@ class WorkerProcess(GroupProcess):
         output = open(log_path, "wb") if log_path is not None else None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", f"from regionscribe.backend.inference.worker import run_worker; run_worker({args})"],
+                [sys.executable, "-c", f"from regionscribe.backend.ops.worker import run_worker; run_worker({args})"],
                 env=env, cwd=ROOT, start_new_session=True, stdout=output, stderr=output)
         finally:
             if output is not None:

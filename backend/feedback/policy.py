@@ -7,8 +7,9 @@ A project is due for training when
   (`store.request_training`) and satisfied when a run starts on a later snapshot (`store.mark_training_started`).
 
 When due, and no run of that project is queued or running, the policy enqueues
-`regionscribe.backend.feedback.training_run.run_training(project_id)` on the `TRAINING_QUEUE` queue (by dotted path: the function lives in
-the training worker's code). At most one run per project: the id of the project's current job is kept in Redis
+`regionscribe.backend.feedback.training_run.run_training(project_id)` on the `TRAINING_QUEUE` queue (the function
+itself: a rename fails at import; its module imports nothing heavy, the training itself is imported when the job runs
+in the training worker). At most one run per project: the id of the project's current job is kept in Redis
 (`regionscribe:training:<project>:job`), and a short Redis mutex serialises the check-then-enqueue across web
 processes. A run counts as active while its rq job is queued/deferred/scheduled, or started on a worker whose
 liveness key is fresh (a killed training worker frees the project at once, not after rq's job timeout), or while the
@@ -38,6 +39,7 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
+from typing import Callable
 
 import redis
 from rq import Callback, Queue
@@ -46,13 +48,13 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from regionscribe.backend.core.keys import TRAINING_JOB_KEY, TRAINING_MUTEX_KEY
+from regionscribe.backend.core.liveness import is_alive, record_abandoned
 from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.feedback.training_run import run_training
 
 log = logging.getLogger(__name__)
 
-TRAINING_FUNCTION = "regionscribe.backend.feedback.training_run.run_training"
-FINISHED_CALLBACK = "regionscribe.backend.feedback.policy.training_finished"  # on success
-FAILED_CALLBACK = "regionscribe.backend.feedback.policy.training_failed"  # on failure (also rq's abandoned-job cleanup) and on stop
+TRAINING_FUNCTION: Callable = run_training  # what a run executes; its callbacks: training_finished, training_failed
 MUTEX_MS = 5000
 _ACTIVE = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -86,12 +88,10 @@ class Policy:
         if status in _ACTIVE:
             return True
         if status == JobStatus.STARTED:
-            from regionscribe.backend.inference.worker import is_alive
-
             if job.worker_name and not is_alive(self.connection, job.worker_name):
                 log.warning("training job %s of project %s: worker %s is gone; the run counts as failed", job.id,
                             project_id, job.worker_name)
-                self._record_abandoned(job)
+                record_abandoned(self.connection, job, job.worker_name, during="during the training run")
                 self.store.training_failed(project_id, job.id, f"worker {job.worker_name} stopped beating")
                 return False
             return True
@@ -131,17 +131,6 @@ class Policy:
                         run["job_id"], project_id, reason)
         return run["job_id"]
 
-    def _record_abandoned(self, job: Job) -> None:
-        from rq.job_lifecycle import record_job_failure
-
-        try:
-            with self.connection.pipeline() as pipe:
-                record_job_failure(job, f"AbandonedJobError: worker {job.worker_name} stopped beating during the "
-                                        "training run", pipe)
-                pipe.execute()
-        except Exception as exc:  # best effort: rq's own cleanup gets it later
-            log.warning("could not record training job %s as failed: %s", job.id, exc)
-
     @contextmanager
     def _mutex(self, project_id: int, wait: float = 2.0):
         key, token = TRAINING_MUTEX_KEY.format(project=int(project_id)), uuid.uuid4().hex
@@ -168,8 +157,8 @@ class Policy:
             return True, f"{pending} new or changed regions (RETRAIN_AFTER={self.settings.retrain_after})", pending
         return False, "", pending
 
-    def evaluate(self, project_id: int, function: str = TRAINING_FUNCTION) -> dict:
-        """Enqueue a training run (`function(project_id)`, a dotted path) for the project if it is due and none is
+    def evaluate(self, project_id: int, function: Callable | str = TRAINING_FUNCTION) -> dict:
+        """Enqueue a training run (`function(project_id)`: the function, or its dotted path) for the project if it is due and none is
         active. Returns what was decided: {"due", "pending", "reason", "enqueued": job id or None,
         "active": job id or None}."""
         project_id = int(project_id)
@@ -190,24 +179,26 @@ class Policy:
             answer["enqueued"] = self._enqueue(project_id, reason, function)
         return answer
 
-    def _enqueue(self, project_id: int, reason: str, function: str) -> str:
+    def _enqueue(self, project_id: int, reason: str, function: Callable | str) -> str:
         job_id = f"regionscribe-train-{project_id}-{uuid.uuid4().hex[:12]}"
         key = TRAINING_JOB_KEY.format(project=project_id)
         self.connection.set(key, job_id)  # first: a callback of a very fast run finds its own id
         try:
-            failed = Callback(FAILED_CALLBACK, timeout=60)
+            # on failure (also rq's abandoned-job cleanup) and on stop
+            failed = Callback(training_failed, timeout=60)
             self.queue().enqueue_call(
                 function, args=(project_id,), job_id=job_id, timeout=self.settings.training_timeout,
                 result_ttl=7 * 24 * 3600, failure_ttl=30 * 24 * 3600, description=f"train project {project_id}",
                 meta={"project_id": project_id, "reason": reason, "requested_at": time.time()},
-                on_success=Callback(FINISHED_CALLBACK, timeout=60), on_failure=failed, on_stopped=failed)
+                on_success=Callback(training_finished, timeout=60), on_failure=failed, on_stopped=failed)
         except Exception:
             self.connection.delete(key)
             raise
         log.info("training run %s enqueued for project %s (%s)", job_id, project_id, reason)
         return job_id
 
-    def finished(self, project_id: int, job_id: str, function: str = TRAINING_FUNCTION, failed: bool = False) -> dict:
+    def finished(self, project_id: int, job_id: str, function: Callable | str = TRAINING_FUNCTION,
+                 failed: bool = False) -> dict:
         """A training run ended: free the project. After a completed run, evaluate the project again (events that
         arrived during the run, or a request made during it, lead to the next run). After a failed or stopped run,
         give its count back (`store.training_failed`) and enqueue nothing: the next event, START_TRAINING or a
@@ -228,7 +219,7 @@ class Policy:
         return {"due": due, "pending": pending, "reason": reason, "enqueued": None, "active": None,
                 "detail": "not retried at once after a failure; the next event or START_TRAINING starts it"}
 
-    def sweep(self, function: str = TRAINING_FUNCTION) -> dict[int, dict]:
+    def sweep(self, function: Callable | str = TRAINING_FUNCTION) -> dict[int, dict]:
         """Evaluate every project in the store (a training worker does it when it starts): a run whose worker died
         gives its count back and the next run is enqueued, and a due project whose queued job was lost with Redis
         gets its run, without waiting for the next webhook event."""

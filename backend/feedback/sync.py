@@ -38,6 +38,7 @@ import redis
 
 from regionscribe.backend.core.connections import redis_connection
 from regionscribe.backend.core.keys import SYNC_JOB_KEY, SYNC_LAST_KEY, SYNC_TICK_KEY
+from regionscribe.backend.core.liveness import is_alive
 from regionscribe.backend.feedback.ingest import (
     CREATED, DELETED, UPDATED, BadEvent, evaluate_policy, parse_annotation, parsed_config, queue_missing_images,
 )
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SYNC_JOB = "regionscribe.backend.feedback.sync.sync_job"
 COUNTS = ("new", "changed", "unchanged", "deleted", "skipped")
 
 
@@ -295,8 +295,6 @@ def enqueue_sync(connection: redis.Redis, settings: Settings) -> bool:
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from regionscribe.backend.inference.worker import is_alive
-
     key = SYNC_JOB_KEY.format(queue=settings.ingest_queue)
     last = connection.get(key)
     if last:
@@ -311,7 +309,7 @@ def enqueue_sync(connection: redis.Redis, settings: Settings) -> bool:
             pass
     job_id = f"regionscribe-sync-{uuid.uuid4().hex[:12]}"
     queue = Queue(settings.ingest_queue, connection=connection, serializer=JSONSerializer)
-    queue.enqueue_call(SYNC_JOB, job_id=job_id, timeout=max(3600, 2 * settings.sync_interval), result_ttl=0,
+    queue.enqueue_call(sync_job, job_id=job_id, timeout=max(3600, 2 * settings.sync_interval), result_ttl=0,
                        failure_ttl=300, description="sync every connected project with Label Studio")
     connection.set(key, job_id, ex=max(3600, 2 * settings.sync_interval) + 600)
     return True

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY = 60  # seconds: /setup runs often (every model list, every prediction batch); check a project this often
 REFUSED_KEEP = 48 * 3600
-ENSURE_JOB = "regionscribe.backend.labelstudio.webhooks.ensure_webhook_job"
 WAIT_FOR_WEBHOOK = (1.0, 2.0, 4.0, 8.0)  # seconds between looks when Label Studio has not saved the webhook yet
 
 _warned = False
@@ -101,7 +100,7 @@ def schedule_check(connection: redis.Redis, settings: Settings, project_id: int,
         return False
     queue = Queue(settings.ingest_queue, connection=connection, serializer=JSONSerializer)
     try:
-        queue.enqueue_call(ENSURE_JOB, args=(int(project_id), normalized_url(backend_url)),
+        queue.enqueue_call(ensure_webhook_job, args=(int(project_id), normalized_url(backend_url)),
                            job_id=f"regionscribe-webhook-{settings.ingest_queue}-{int(project_id)}", unique=True,
                            timeout=120, result_ttl=0, failure_ttl=60,
                            description=f"make project {project_id}'s webhook right",

@@ -163,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from regionscribe.backend.inference.worker import run_worker
+    from regionscribe.backend.ops.worker import run_worker
 
     return run_worker(queues=args.queue, burst=args.burst) or 0
 

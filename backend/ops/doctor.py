@@ -208,7 +208,7 @@ def _announced(connection) -> dict | None:
     if connection is None:
         return None
     try:
-        from regionscribe.backend.inference.worker import announced_model
+        from regionscribe.backend.core.liveness import announced_model
     except ImportError:
         return None
     try:
@@ -321,7 +321,7 @@ def _load(settings: Settings, path: Path | None, check: Check) -> Check:
 def check_workers(settings: Settings, connection) -> list[Check]:
     if connection is None:
         return [Check("workers", SKIP, "needs Redis")]
-    from regionscribe.backend.inference.worker import live_workers
+    from regionscribe.backend.core.liveness import live_workers
 
     checks = []
     roles = (("inference", settings.inference_queue, FAIL,

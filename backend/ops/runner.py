@@ -147,11 +147,11 @@ def run_all(settings: Settings | None = None) -> int:
             say(f"regionscribe: private Redis at {url} ({binary}; nothing is persisted)")
         python = sys.executable
         children["worker"] = subprocess.Popen(
-            [python, "-c", "from regionscribe.backend.inference.worker import run_worker; from regionscribe.backend.core.settings import get_settings as g; "
+            [python, "-c", "from regionscribe.backend.ops.worker import run_worker; from regionscribe.backend.core.settings import get_settings as g; "
                            "s = g(); run_worker(queues=[s.inference_queue, s.ingest_queue])"],
             env=env, start_new_session=True)
         children["trainer"] = subprocess.Popen(  # its own process: a training run never blocks predictions
-            [python, "-c", "from regionscribe.backend.inference.worker import run_worker; from regionscribe.backend.core.settings import get_settings as g; "
+            [python, "-c", "from regionscribe.backend.ops.worker import run_worker; from regionscribe.backend.core.settings import get_settings as g; "
                            "run_worker(queues=[g().training_queue])"],
             env=env, start_new_session=True)
         children["web"] = subprocess.Popen(

@@ -31,18 +31,17 @@ import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from regionscribe.backend.core.keys import SYNC_LAST_KEY
-from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
-from regionscribe.backend.core.connections import fast_redis
+from regionscribe.backend.core.connections import fast_redis, redis_connection
+from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY, SYNC_LAST_KEY
+from regionscribe.backend.core.liveness import live_workers, read_model_version, serving
 from regionscribe.backend.core.logs import REQUEST_ID
 from regionscribe.backend.core.prometheus import Metrics
-from regionscribe.backend.web.ml_backend import QueueUnavailable, RegionScribeModel, read_model_version
 from regionscribe.backend.core.settings import Settings, get_settings
+from regionscribe.backend.inference.submit import inference_queue
 from regionscribe.backend.labelstudio.webhooks import (
     record_refusal, remember_connection, schedule_check, warn_unfixable,
 )
-from regionscribe.backend.inference.worker import live_workers, serving
-from regionscribe.backend.core.connections import redis_connection
+from regionscribe.backend.web.ml_backend import QueueUnavailable, RegionScribeBackend
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = Metrics(connection)
     app.extensions["regionscribe"] = {"settings": settings, "redis": connection, "metrics": metrics}
 
-    def model(label_config: str | None, project: str | None = None) -> RegionScribeModel:
-        return RegionScribeModel(settings, connection, label_config, project=project, metrics=metrics,
+    def model(label_config: str | None, project: str | None = None) -> RegionScribeBackend:
+        return RegionScribeBackend(settings, connection, label_config, project=project, metrics=metrics,
                                  request_id=g.get("request_id"))
 
     # ------------------------------------------------------------------------------------------- around requests
@@ -111,7 +110,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/health")
     def health():
-        body = {"status": "UP", "model_class": "RegionScribeModel", "redis": False, "workers": 0}
+        body = {"status": "UP", "model_class": RegionScribeBackend.__name__, "redis": False, "workers": 0}
         if probe is None:
             body.update(status="DOWN", detail="REDIS_URL is not set")
             return jsonify(body), 503
@@ -300,8 +299,6 @@ def _project_id(value) -> str | None:
 
 
 def _gauges(connection: redis.Redis, settings: Settings) -> dict:
-    from regionscribe.backend.inference.jobs import inference_queue
-
     from rq.registry import FailedJobRegistry
 
     queue = inference_queue(connection, settings)

@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import redis
 
-from regionscribe.backend.inference.jobs import Outcome, inference_queue, make_payload, submit, wait_for
-from regionscribe.backend.labelstudio.labeling import ConfigError, ProjectConfig
+from regionscribe.backend.core.liveness import live_workers, read_model_version
 from regionscribe.backend.core.prometheus import Metrics
-from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings
-from regionscribe.backend.inference.worker import live_workers
-from regionscribe.backend.core.keys import MODEL_VERSION_KEY
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.inference.submit import Outcome, inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.labelstudio.labeling import ConfigError, ProjectConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +42,9 @@ class QueueUnavailable(RuntimeError):
     """Redis cannot be reached: the whole backend is down for predictions (the route answers 503)."""
 
 
-_VERSION_CACHE: dict[str, str] = {}
-
-
-def read_model_version(connection: redis.Redis | None, settings: Settings) -> str:
-    """The version the workers serve, announced in Redis; before any worker has started, the checkpoint's own
-    version from its config.json. Never loads the model."""
-    if connection is not None:
-        try:
-            value = connection.get(MODEL_VERSION_KEY)
-            if value:
-                return value.decode()
-        except redis.RedisError:
-            pass
-    if settings.model_dir == TINY_UNTRAINED:
-        return "tiny-untrained-0"
-    from regionscribe.model.describer import DEFAULT_CHECKPOINT, checkpoint_version
-
-    path = Path(settings.model_dir) if settings.model_dir else DEFAULT_CHECKPOINT
-    config = path / "config.json"
-    try:
-        stamp = f"{path}:{config.stat().st_mtime_ns}"
-    except OSError:
-        return "unknown"
-    if stamp not in _VERSION_CACHE:
-        try:
-            _VERSION_CACHE[stamp] = checkpoint_version(path)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("cannot read the checkpoint version under %s: %s", path, exc)
-            return "unknown"
-    return _VERSION_CACHE[stamp]
-
-
-class RegionScribeModel:
-    """One per request (cheap: the config parse is cached). `label_config` is the project's XML."""
+class RegionScribeBackend:
+    """The Label Studio ML-backend model (not the torch model, regionscribe.model.modeling.RegionScribeModel). One per
+    request (cheap: the config parse is cached). `label_config` is the project's XML."""
 
     def __init__(self, settings: Settings, connection: redis.Redis | None, label_config: str | None,
                  project: str | None = None, metrics: Metrics | None = None, request_id: str | None = None,

@@ -1,6 +1,6 @@
 """Labeling configs ↔ Asks ↔ Label Studio results, without Redis or workers.
 
-The worker answers used here are hand-written dicts in the shape regionscribe.backend.inference.jobs.describe_job returns (a pure
+The worker answers used here are hand-written dicts in the shape regionscribe.backend.inference.answers returns (a pure
 protocol-shape check); the end-to-end tests in test_protocol.py use the real tiny model."""
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def box(rid, x, y, w, h, label="Object"):
 
 
 def hand_written_answer(n, relations=()):
-    """The shape of a worker's answer (regionscribe.backend.inference.jobs.describe_job), written by hand."""
+    """The shape of a worker's answer (regionscribe.backend.inference.answers), written by hand."""
     return {"width": 96, "height": 64, "model_version": "v-test", "regions": [
         {"id": f"r{i}", "caption": f"a red square {i}", "caption_confidence": 0.8, "detailed": None,
          "attributes": {"color": [["red", 0.7], ["blue", 0.2], ["green", 0.1]],

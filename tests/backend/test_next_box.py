@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from regionscribe.backend.inference.jobs import inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.inference.submit import inference_queue, make_payload, submit, wait_for
 from regionscribe.backend.labelstudio.labeling import ProjectConfig
 from regionscribe.model.asks import Asks
 
@@ -51,7 +51,7 @@ def edited_page():
 
 
 def answer_for(n: int) -> dict:
-    """A worker's answer (regionscribe.backend.inference.jobs.describe_job's shape) describing n boxes."""
+    """A worker's answer (regionscribe.backend.inference.answers' shape) describing n boxes."""
     return {"width": 96, "height": 64, "model_version": "v-test", "relations": [
         {"subject": 1, "object": 0, "label": "right of", "score": 0.9},
         {"subject": 0, "object": 1, "label": "left of", "score": 0.9}], "regions": [

@@ -9,8 +9,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from regionscribe.backend.web.app import create_app
-from regionscribe.backend.inference.jobs import inference_queue, make_payload, submit, wait_for
-from regionscribe.backend.inference.worker import live_workers
+from regionscribe.backend.inference.submit import inference_queue, make_payload, submit, wait_for
+from regionscribe.backend.core.liveness import live_workers
 from regionscribe.model.asks import Asks
 
 BOX = {"x": 8, "y": 12, "width": 34, "height": 50, "rotation": 0, "labels": ["Object"]}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from regionscribe.backend.inference.jobs import region_pixels
+from regionscribe.backend.inference.answers import region_pixels
 from regionscribe.backend.labelstudio.labeling import ProjectConfig
 from regionscribe.backend.labelstudio.shapes import Shape, ShapeError
 

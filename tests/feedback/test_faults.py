@@ -24,7 +24,7 @@ from regionscribe.backend.feedback.ingest import handle_event
 from regionscribe.backend.feedback.policy import Policy
 from regionscribe.backend.core.keys import TRAINING_JOB_KEY
 from regionscribe.backend.store import Store
-from regionscribe.backend.inference.worker import is_alive
+from regionscribe.backend.core.liveness import is_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 

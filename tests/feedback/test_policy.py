@@ -42,7 +42,8 @@ def test_nth_changed_region_enqueues_exactly_one_run(make_settings, redis_client
     jobs = training_jobs(settings, redis_client)
     assert len(jobs) == 1
     job = jobs[0]
-    assert job.func_name == TRAINING_FUNCTION == "regionscribe.backend.feedback.training_run.run_training"
+    assert job.func_name == f"{TRAINING_FUNCTION.__module__}.{TRAINING_FUNCTION.__qualname__}" == \
+        "regionscribe.backend.feedback.training_run.run_training"
     assert list(job.args) == [p] and job.origin == settings.training_queue
     assert job.timeout == settings.training_timeout and job.meta["project_id"] == p
     for _ in range(3):  # more corrections while it waits: still one run

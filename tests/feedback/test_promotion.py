@@ -4,7 +4,7 @@ refused, and the refusal names the metric in the manifest and in `regionscribe v
 from regionscribe.backend.feedback.promotion import promotion_gate
 from regionscribe.backend.ops.report import format_table, version_rows, write_report
 from regionscribe.backend.core.settings import Settings
-from regionscribe.backend.feedback.training_run import base_score
+from regionscribe.backend.feedback.retrain import base_score
 from regionscribe.backend.core.registry import Registry
 from tests.builders import fake_checkpoint
 

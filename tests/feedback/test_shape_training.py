@@ -1,5 +1,5 @@
 """Polygon and brush corrections reach the training run as masks: webhook → store (shape kept) → image cached →
-regionscribe.backend.feedback.training_run.records_to_images → regionscribe.training.annotations.RegionAnnotation(box = the mask's bounding box, mask)."""
+regionscribe.backend.feedback.retrain.records_to_images → regionscribe.training.annotations.RegionAnnotation(box = the mask's bounding box, mask)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import numpy as np
 from regionscribe.backend.feedback.ingest import cache_image, handle_event
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.labelstudio.shapes import Shape
-from regionscribe.backend.feedback.training_run import records_to_images
+from regionscribe.backend.feedback.retrain import records_to_images
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENTS_XML = (ROOT / "labeling_configs" / "region_segments.xml").read_text()

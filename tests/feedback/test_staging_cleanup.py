@@ -4,7 +4,7 @@ import os
 import time
 
 from regionscribe.backend.core.settings import Settings
-from regionscribe.backend.inference.worker import _discard_dead_staging
+from regionscribe.backend.ops.worker import _discard_dead_staging
 from regionscribe.backend.core.registry import Registry
 from tests.builders import fake_checkpoint
 

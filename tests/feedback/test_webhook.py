@@ -194,10 +194,10 @@ def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
 
 
 def test_predict_remembers_what_it_suggested(make_settings, ls):
-    """The hook in RegionScribeModel.predict: the prediction sent to Label Studio is read back like an annotation
+    """The hook in RegionScribeBackend.predict: the prediction sent to Label Studio is read back like an annotation
     and kept per (project, task, region id); then an annotation that keeps it counts as confirmed."""
     from regionscribe.backend.labelstudio.labeling import ProjectConfig
-    from regionscribe.backend.web.ml_backend import RegionScribeModel
+    from regionscribe.backend.web.ml_backend import RegionScribeBackend
 
     settings = make_settings()
     p, t = ls.new_id(), ls.new_id()
@@ -208,7 +208,7 @@ def test_predict_remembers_what_it_suggested(make_settings, ls):
             "color": [["red", 0.9], ["blue", 0.1]], "shape family": [["square", 0.8]]}},
         {"id": "r2", "caption": "a blue circle", "confidence": 0.8, "attributes": {"color": [["blue", 0.7]]}}]}
     prediction = config.build_prediction(regions, answer, interactive=True)
-    model = RegionScribeModel(settings, None, ls.XML, project=str(p))
+    model = RegionScribeBackend(settings, None, ls.XML, project=str(p))
     model._remember_suggestions(config, [{"id": t, "data": {"image": "/x.png"}}, {"id": t + 1}],
                                 [prediction, {"error": "no boxes", "result": []}])
     store = Store.shared(settings)

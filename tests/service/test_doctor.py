@@ -13,7 +13,7 @@ import pytest
 from regionscribe.backend.ops.doctor import FAIL, OK, SKIP, WARN, main, render, run_checks
 from regionscribe.backend.ops.runner import free_port
 from regionscribe.backend.core.settings import Settings, TINY_UNTRAINED
-from regionscribe.backend.inference.worker import _Heartbeat
+from regionscribe.backend.core.liveness import Heartbeat
 
 
 @pytest.fixture
@@ -25,14 +25,14 @@ def queues():
 
 @pytest.fixture
 def heartbeats(redis_client):
-    """Announce workers exactly the way regionscribe.backend.inference.worker.run_worker does (its _Heartbeat), without starting them."""
+    """Announce workers exactly the way regionscribe.backend.ops.worker.run_worker does (its Heartbeat), without starting them."""
     started = []
 
     def announce(queue: str, state: str = "ready", model_version: str | None = None) -> None:
         name = f"doctor-test-{uuid.uuid4().hex[:8]}"
         info = {"name": name, "pid": 1, "host": "test-host", "state": state, "model_version": model_version,
                 "queues": [queue]}
-        beat = _Heartbeat(redis_client, name, info, every=30)
+        beat = Heartbeat(redis_client, name, info, every=30)
         beat.beat()
         started.append(beat)
 

@@ -225,7 +225,7 @@ def test_request_id_on_the_web_lines_and_the_workers_lines(capture, app_settings
     assert any(e["logger"] == "regionscribe.backend.web.ml_backend" and "job(s) answered" in e["message"] for e in web), web
 
     job_lines = [e for e in worker_entries(logged_worker, rid, "Job OK") if e.get("request_id") == rid]
-    assert any(e["logger"] == "regionscribe.backend.inference.jobs" and f"request {rid} task 11: 1 region(s)" in e["message"]
+    assert any(e["logger"] == "regionscribe.backend.inference.answers" and f"request {rid} task 11: 1 region(s)" in e["message"]
                for e in job_lines), job_lines
     assert any(e["logger"] == "rq.worker" and "Job OK" in e["message"] for e in job_lines), job_lines
 

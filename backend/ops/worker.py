@@ -1,6 +1,7 @@
-"""The inference worker: a long-lived, non-forking RQ worker that loads the describer once and reuses it.
+"""The worker process: a long-lived, non-forking RQ worker that loads the describer once and reuses it, and keeps
+the periodic sync's clock and the training sweep.
 
-    regionscribe worker   ==   regionscribe.backend.inference.worker.run_worker(queues=["inference"], burst=False)
+    regionscribe worker   ==   regionscribe.backend.ops.worker.run_worker(queues=["inference"], burst=False)
 
 Why non-forking: rq's default Worker forks a work horse per job, which would either reload the model per job or
 share CUDA state across a fork (which CUDA does not allow). `SimpleWorker` runs jobs in the worker process itself,
@@ -8,14 +9,16 @@ so the model, its feature cache and the CUDA context live as long as the worker.
 
 Several workers may run against one Redis (one per GPU, or several on CPU): each loads its own model and takes
 jobs from the same queue. Each worker announces itself in Redis with a short-lived liveness key refreshed by a
-background thread (also while a job runs), so the web process can tell "busy" from "dead": a request whose job's
-worker stops beating gets a clear error within a few seconds instead of waiting for its timeout.
+background thread (also while a job runs: regionscribe.backend.core.liveness), so the web process can tell "busy" from
+"dead": a request whose job's worker stops beating gets a clear error within a few seconds instead of waiting for its
+timeout. The describer it serves is held by regionscribe.backend.inference.state; the describe job is
+regionscribe.backend.inference.job.
 
 A training worker (`--queue training`) evaluates every project's retraining policy once when it starts
 (`Policy.sweep`): a run whose worker died gives its count back and the next run is enqueued.
 
-A worker serving the ingest queue also keeps the periodic sync's clock (regionscribe.backend.feedback.sync): every SYNC_INTERVAL seconds
-one of them (a Redis key decides which) queues `sync_job` on the ingest queue, which brings every connected project
+A worker serving the ingest queue also keeps the periodic sync's clock (regionscribe.backend.feedback.sync): every
+SYNC_INTERVAL seconds one of them (a Redis key decides which) queues `sync_job` on the ingest queue, which brings every connected project
 in line with Label Studio. The first one comes a few seconds after a worker starts, so whatever Label Studio sent
 while the backend was down reaches the store soon after it is back. SYNC_INTERVAL=0 turns it off; without
 LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY it is off, with one warning.
@@ -32,160 +35,40 @@ up to INFERENCE_BATCH_JOBS (waiting up to INFERENCE_BATCH_WAIT_MS for more), and
 boxes, decoding and ranking over all of them together); rq then records each job on its own, and a job whose input
 is bad gets its own error while the others are answered.
 
-Logging is set up by regionscribe.backend.core.logs (LOG_FORMAT, LOG_LEVEL); every line written while a job runs, rq's own included,
-carries the request id of the web request that queued it (`job.meta["request_id"]`).
+Logging is set up by regionscribe.backend.core.logs (LOG_FORMAT, LOG_LEVEL); every line written while a job runs,
+rq's own included, carries the request id of the web request that queued it (`job.meta["request_id"]`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 import redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
 
 from regionscribe.backend.core.connections import redis_connection
-from regionscribe.backend.core.keys import CURRENT_KEY, MODEL_VERSION_KEY, WORKER_KEY
-from regionscribe.backend.labelstudio.fetcher import ImageFetcher
+from regionscribe.backend.core.keys import MODEL_VERSION_KEY
+from regionscribe.backend.core.liveness import Heartbeat
 from regionscribe.backend.core.logs import capture_process_output, configure_logging, request_context
-from regionscribe.backend.core.prometheus import Metrics
-from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings, get_settings, redacted_url
+from regionscribe.backend.core.settings import Settings, get_settings, redacted_url
+from regionscribe.backend.feedback.policy import Policy
+from regionscribe.backend.feedback.sync import tick
+from regionscribe.backend.inference import state as describer_state
+from regionscribe.backend.inference.job import JOB_FUNCTION, answer_batch, forget_answers
+from regionscribe.backend.store import Store
 
 log = logging.getLogger(__name__)
 
-MISSED_BEATS = 4  # a worker that has not beaten for this many WORKER_HEARTBEAT periods counts as dead
-
-LOADS = 0  # how many times this process loaded a describer (tests check it stays 1 per worker)
-
-
-def announced_model(connection: redis.Redis | None) -> dict | None:
-    """The registry's current version as the training job announced it ({"version", "path"}), if any."""
-    if connection is None:
-        return None
-    try:
-        raw = connection.get(CURRENT_KEY)
-    except redis.RedisError:
-        return None
-    return json.loads(raw) if raw else None
-
-
-def load_describer(settings: Settings, connection: redis.Redis | None = None):
-    """The describer to serve: the announced current version of the registry when there is one, else MODEL_DIR's
-    checkpoint or the embedded default; MODEL_DIR=tiny-untrained always gives an untrained tiny model."""
-    global LOADS
-    from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
-
-    started = time.perf_counter()
-    kwargs = {"cache_size": settings.cache_size, "relation_threshold": settings.relation_threshold}
-    announced = announced_model(connection)
-    if settings.model_dir == TINY_UNTRAINED:
-        describer = RegionDescriber.from_config("tiny", seed=0, **kwargs)
-    else:
-        path = announced["path"] if announced else (settings.model_dir or DEFAULT_CHECKPOINT)
-        describer = RegionDescriber.from_pretrained(path, device=settings.device, **kwargs)
-    LOADS += 1
-    log.info("model %s loaded in %.1f s", describer.model_version, time.perf_counter() - started)
-    return describer
-
-
-@dataclass
-class WorkerState:
-    """What a worker process keeps between jobs."""
-
-    settings: Settings
-    describer: object
-    fetcher: ImageFetcher
-    metrics: Metrics
-    name: str
-    loads: int
-
-
-_STATE: WorkerState | None = None
-_STATE_LOCK = threading.Lock()
-
-
-def current(connection: redis.Redis | None = None) -> WorkerState:
-    """This process's worker state, loading the model the first time (run_worker does it before taking jobs)."""
-    global _STATE
-    with _STATE_LOCK:
-        if _STATE is None:
-            settings = get_settings()
-            if connection is None and settings.redis_url:
-                connection = redis_connection(settings.redis_url)
-            describer = load_describer(settings)
-            _STATE = WorkerState(settings=settings, describer=describer, fetcher=ImageFetcher(settings),
-                                 metrics=Metrics(connection), name=f"in-process-{os.getpid()}", loads=LOADS)
-            Metrics(connection).count("model_loads")
-        return _STATE
-
-
-def refresh_model(state: "WorkerState", connection: redis.Redis | None) -> bool:
-    """Between jobs: reload when the announced current version differs from the one loaded. Jobs queued meanwhile
-    just wait for this job; none is dropped. Returns whether a reload happened."""
-    announced = announced_model(connection)
-    if not announced or state.settings.model_dir == TINY_UNTRAINED:
-        return False
-    if announced["version"] == state.describer.model_version:
-        return False
-    started = time.perf_counter()
-    state.describer.reload(announced["path"])
-    state.metrics.count("model_reloads")
-    log.info("reloaded model %s in %.1f s", state.describer.model_version, time.perf_counter() - started)
-    return True
-
-
-def live_workers(connection: redis.Redis, queue: str | None = None) -> list[dict]:
-    """Every worker whose liveness key is fresh (beaten within MISSED_BEATS heartbeats); with `queue`, only those
-    serving it (workers that do not say which queues they serve count for every queue)."""
-    keys = list(connection.scan_iter(match=WORKER_KEY.format(name="*"), count=500))
-    if not keys:
-        return []
-    values = connection.mget(keys)
-    workers = [json.loads(v) for v in values if v]
-    return workers if queue is None else serving(workers, queue)
-
-
-def serving(workers: list[dict], queue: str) -> list[dict]:
-    """Those of `workers` (from live_workers) that serve `queue`; a worker that does not say counts for every one."""
-    return [w for w in workers if "queues" not in w or queue in (w.get("queues") or [])]
-
-
-def is_alive(connection: redis.Redis, name: str) -> bool:
-    return bool(connection.exists(WORKER_KEY.format(name=name)))
-
-
-class _Heartbeat(threading.Thread):
-    def __init__(self, connection: redis.Redis, name: str, info: dict, every: float):
-        super().__init__(name="regionscribe-heartbeat", daemon=True)
-        self.connection, self.key, self.info = connection, WORKER_KEY.format(name=name), info
-        self.every = every
-        self.stopped = threading.Event()
-
-    def beat(self) -> None:
-        try:
-            self.connection.set(self.key, json.dumps(self.info), px=int(self.every * MISSED_BEATS * 1000))
-        except redis.RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.every):
-            self.beat()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        try:
-            self.connection.delete(self.key)
-        except redis.RedisError:
-            pass
-
 
 class _SyncClock(threading.Thread):
-    """Asks `regionscribe.backend.feedback.sync.tick` a few times per SYNC_INTERVAL whether a sync is due (the first time soon after the
-    worker starts); the tick key in Redis makes it one sync per interval across all ingest workers."""
+    """Asks `regionscribe.backend.feedback.sync.tick` a few times per SYNC_INTERVAL whether a sync is due (the first
+    time soon after the worker starts); the tick key in Redis makes it one sync per interval across all ingest
+    workers."""
 
     def __init__(self, connection: redis.Redis, settings: Settings, first: float = 3.0):
         super().__init__(name="regionscribe-sync-clock", daemon=True)
@@ -193,8 +76,6 @@ class _SyncClock(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from regionscribe.backend.feedback.sync import tick
-
         wait = min(self.first, self.settings.sync_interval)
         while not self.stopped.wait(wait):
             wait = max(1.0, self.settings.sync_interval / 4)
@@ -225,9 +106,6 @@ def _sweep_training(settings: Settings, connection: redis.Redis) -> None:
     """A training worker starting looks at every project once: a run left open by a training worker that died gives
     its count back and the next run is enqueued; a due project whose queued job was lost with Redis gets its run.
     Staging folders of dead runs are removed first."""
-    from regionscribe.backend.feedback.policy import Policy
-    from regionscribe.backend.store import Store
-
     _discard_dead_staging(settings)
     try:
         decisions = Policy(settings, Store.shared(settings), connection).sweep()
@@ -260,10 +138,6 @@ def job_request_id(job) -> str | None:
 
 
 def _job_worker_class(settings: Settings | None = None):
-    from rq import SimpleWorker
-
-    from regionscribe.backend.inference.jobs import JOB_FUNCTION, answer_batch, forget_answers
-
     limit = settings.inference_batch_jobs if settings is not None else 1
     wait = (settings.inference_batch_wait_ms if settings is not None else 0.0) / 1000.0
     inference = settings.inference_queue if settings is not None else None
@@ -273,7 +147,7 @@ def _job_worker_class(settings: Settings | None = None):
 
         Cross-request batching: when it takes a describe job from the inference queue, it also takes every describe
         job waiting there, up to INFERENCE_BATCH_JOBS, waiting up to INFERENCE_BATCH_WAIT_MS for more when fewer
-        are waiting, answers them all in one batched pass (`jobs.answer_batch`), and then runs each through rq as
+        are waiting, answers them all in one batched pass (`job.answer_batch`), and then runs each through rq as
         usual (started, finished, result), so each job is answered, timed out or failed on its own."""
 
         def execute_job(self, job, queue):
@@ -282,7 +156,7 @@ def _job_worker_class(settings: Settings | None = None):
                 with request_context(job_request_id(job)):
                     return super().execute_job(job, queue)
             # started on this worker from now on, as rq marks a job it runs: a waiting /predict whose job's worker
-            # dies during the batched pass gets its error as soon as the heartbeat stops (jobs.wait_for)
+            # dies during the batched pass gets its error as soon as the heartbeat stops (submit.wait_for)
             with self.connection.pipeline() as pipe:
                 for j, _ in batch:
                     j.prepare_for_execution(self.name, pipeline=pipe)
@@ -323,10 +197,6 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     """Serve jobs of `queues` (default: the inference and ingest queues, as `run` starts it) until stopped
     (SIGINT/SIGTERM finish the current job, then exit). Returns whether any job was processed. `burst=True` stops
     when the queues are empty."""
-    global _STATE
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
     settings = settings or get_settings()
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: point it at the Redis the web server uses (redis://host:6379/0)")
@@ -337,20 +207,15 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
     queue_names = list(queues or [settings.inference_queue, settings.ingest_queue])  # as `run` starts it
     info = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "state": "loading",
             "model_version": None, "started_at": time.time(), "queues": queue_names}
-    heartbeat = _Heartbeat(connection, name, info, every=settings.worker_heartbeat)
+    heartbeat = Heartbeat(connection, name, info, every=settings.worker_heartbeat)
     heartbeat.beat()  # a loading worker counts as up: jobs queued meanwhile wait for it
     heartbeat.start()
     clock = None
     try:
         if settings.inference_queue in queue_names:  # a worker for other queues only (ingest) needs no model
-            describer = load_describer(settings, connection)
-            metrics = Metrics(connection)
-            metrics.count("model_loads")
-            with _STATE_LOCK:
-                _STATE = WorkerState(settings=settings, describer=describer, fetcher=ImageFetcher(settings),
-                                     metrics=metrics, name=name, loads=LOADS)
-            info.update(state="ready", model_version=describer.model_version, loads=LOADS)
-            connection.set(MODEL_VERSION_KEY, describer.model_version)
+            state = describer_state.load(settings, connection, name)
+            info.update(state="ready", model_version=state.describer.model_version, loads=state.loads)
+            connection.set(MODEL_VERSION_KEY, state.describer.model_version)
         else:
             info.update(state="ready")
         if settings.training_queue in queue_names:
