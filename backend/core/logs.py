@@ -17,7 +17,8 @@ already one of our JSON objects (a child process's, gunicorn's) passes through u
 
 Secrets never reach a line: BASIC_AUTH_PASS, LABEL_STUDIO_API_KEY and the passwords in REDIS_URL and STORE_URL are
 replaced by *** wherever they appear in a message or traceback (values shorter than 4 characters are not looked for),
-and so is the password part of any URL (scheme://user:password@host).
+and so is the password part of any URL (scheme://user:password@host). `secrets_of` and `Redactor` are the one place
+for this: `regionscribe doctor` scrubs its output with them too.
 """
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ import re
 import sys
 import threading
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, Iterator, Mapping, TextIO
 from urllib.parse import unquote, urlsplit
 
 from regionscribe.backend.core.settings import LOG_FORMATS
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_id_tag)s: %(message)s"
 MIN_SECRET_LENGTH = 4  # shorter values would mask fragments of ordinary words
+SECRET_VARIABLES = ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN", "BASIC_AUTH_PASS")  # secrets by name in env
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("regionscribe_request_id", default=None)
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
@@ -58,8 +60,9 @@ def request_context(request_id: str | None) -> Iterator[None]:
         REQUEST_ID.reset(token)
 
 
-def secrets_of(settings) -> list[str]:
-    """The secret values in `settings` that must never appear in a log line."""
+def secrets_of(settings, env: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values in `settings` that must never appear in a log line; with `env`, also the values of
+    SECRET_VARIABLES there (the doctor's environment may hold others than the settings it checks)."""
     values = [settings.basic_auth_pass, settings.label_studio_api_key]
     for url in (settings.redis_url, settings.store_url):
         if url:
@@ -69,19 +72,29 @@ def secrets_of(settings) -> list[str]:
                 continue
             if password:
                 values += [password, unquote(password)]  # as written in the URL, and decoded
+    if env is not None:
+        values += [env.get(name) for name in SECRET_VARIABLES]
     return [v for v in values if v]
+
+
+class Redactor:
+    """`redactor(text)`: `text` with every value of `secrets` at least `min_length` long, and the password part of
+    any URL, replaced by ***."""
+
+    def __init__(self, secrets: Iterable[str] = (), min_length: int = MIN_SECRET_LENGTH):
+        # longest first: a secret containing another one is masked whole
+        self.secrets = sorted({s for s in secrets if s and len(s) >= min_length}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 class _Redacting(logging.Formatter):
     def __init__(self, fmt: str | None = None, secrets: Iterable[str] = ()):
         super().__init__(fmt)
-        # longest first: a secret containing another one is masked whole
-        self.secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return _URL_PASSWORD.sub(r"\g<head>***@", text)
+        self.redact = Redactor(secrets)
 
     @staticmethod
     def request_id(record: logging.LogRecord) -> str | None:
