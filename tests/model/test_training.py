@@ -100,7 +100,7 @@ def test_train_cli_refuses_a_bad_drill_before_building_anything(tmp_path, spec, 
 
 
 def test_train_cli_reads_drills_in_order():
-    from regionscribe.backend.ops.cli import _drill
+    from regionscribe.backend.ops.training_commands import _drill
 
     assert _drill("horizontal,vertical:400") == (("horizontal", "vertical"), 400)
     assert _drill("all:3") == (("horizontal", "vertical", "size", "color", "overlap"), 3)
