@@ -28,7 +28,7 @@ def test_half_written_versions_are_never_current(tmp_path):
     fake_checkpoint(base, "base-1")
     reg = Registry(tmp_path / "reg", base=base)
     staged = reg.staging_dir()  # a crash mid-training leaves only a staging folder
-    (staged / "regionscribe.model.safetensors").write_bytes(b"partial")
+    (staged / "model.safetensors").write_bytes(b"partial")
     assert reg.current().version == "base-1" and reg.versions() == []
     with pytest.raises(KeyError):
         reg.set_current(staged.name)
