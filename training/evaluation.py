@@ -11,7 +11,8 @@ from typing import Any, Iterable
 
 from regionscribe.model.asks import Asks
 from regionscribe.model.conversation import IMAGE_PREFIX
-from regionscribe.model.describer import RegionDescriber, mentions
+from regionscribe.model.agreement import mentions
+from regionscribe.model.describer import RegionDescriber
 
 AGREEMENT_ATTRIBUTES = ("color", "shape")  # the attributes every caption of the corpus names
 
