@@ -15,10 +15,10 @@ attribute/relation candidates are ranked by log-likelihood together (that pass: 
 `naive=True` is the baseline kept for honest speed comparisons: one region per pass, image re-encoded each time,
 no shared prefix.
 
-`describe_many(requests)` answers several calls at once (an inference worker's waiting jobs, regionscribe.backend.inference.jobs): the
-vision tower and the LM's prefix run once over every image not cached yet, each image's prefix is shared by its
-boxes' questions, and the questions of all requests are one batch for decoding and ranking. Each request gets its
-own Description, or its own error (a bad box fails that request alone).
+`describe_many(requests)` answers several calls at once (an inference worker's waiting jobs,
+regionscribe.backend.inference.jobs): the vision tower and the LM's prefix run once over every image not cached yet,
+each image's prefix is shared by its boxes' questions, and the questions of all requests are one batch for decoding
+and ranking. Each request gets its own Description, or its own error (a bad box fails that request alone).
 
 When a call asks for both a caption and attributes, what is served agrees (`agree_caption`, on by default): where
 the caption names another value of an attribute than its ranking puts first, the caption is written with the top

@@ -198,7 +198,7 @@ class RegionScribeModel(nn.Module):
                 masks: list[list[torch.Tensor | None]] | None = None,
                 num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere), their mean; with
-        `num_items_in_batch` their sum divided by it (model/trainer.py passes 1 and normalises across processes)."""
+        `num_items_in_batch` their sum divided by it (training/trainer.py passes 1 and normalises across processes)."""
         feats = self.encode_images(pixel_values)
         regions = self.region_tokens(feats, boxes, masks)
         emb = self.embed(input_ids, feats.image_tokens, regions)

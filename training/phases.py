@@ -19,7 +19,7 @@ from regionscribe.training.trainer import RunOptions, cosine_with_warmup, fit
 class StageConfig:
     steps: int
     lr: float
-    batch_size: int = 8  # per process and micro-batch (model/trainer.py)
+    batch_size: int = 8  # per process and micro-batch (training/trainer.py)
     warmup: float = 0.05  # fraction of the steps
     epochs: int | None = None  # with data sources: passes over the stage's mixture instead of `steps`
 
@@ -131,7 +131,7 @@ def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: It
               phase: str | None = None, history: dict[str, list[float]] | None = None,
               freeze_visual: bool = False) -> list[float]:
     """One phase: the parameters of `stage` (set_trainable), the LM's at sc.lr and the visual side's at
-    sc.lr * visual_lr_scale, trained by model/trainer.py's loop on `samples` (Samples or dataset Units). On CUDA a
+    sc.lr * visual_lr_scale, trained by training/trainer.py's loop on `samples` (Samples or dataset Units). On CUDA a
     model whose config asks for bfloat16 trains under bf16 autocast; on the CPU in fp32."""
     run = run or RunOptions()
     if torch.cuda.is_available() and model.config.dtype == "bfloat16" and run.mixed_precision == "no":

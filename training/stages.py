@@ -83,7 +83,7 @@ class TrainConfig:
     adapter_base: str | None = None
     freeze_visual: bool = False  # stage 2 trains the LM alone (region encoder and projector stay as they are)
     version: str | None = None
-    # data sources per stage, "SOURCE:PATH[:WEIGHT]" (model/datasets); empty: the synthetic corpus
+    # data sources per stage, "SOURCE:PATH[:WEIGHT]" (training/datasets); empty: the synthetic corpus
     stage1_data: list[str] = field(default_factory=list)
     stage2_data: list[str] = field(default_factory=list)
     data_images: str | None = None  # image folder for every source (default: each dataset's own layout)

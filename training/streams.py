@@ -75,7 +75,7 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
 
 def data_mixture(specs: list[str], stage: int, seed: int, epochs: int | None, pad_to: int = 1,
                  images: str | None = None) -> tuple[Mixture, list]:
-    """The stage's mixture of dataset sources ("SOURCE:PATH[:WEIGHT]", model/datasets) and the sources (whose
+    """The stage's mixture of dataset sources ("SOURCE:PATH[:WEIGHT]", training/datasets) and the sources (whose
     .report says what was skipped)."""
     from regionscribe.training.datasets import Source
 

@@ -214,9 +214,9 @@ def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], seed: int = 0,
                      mask_share: float = 0.0) -> Iterator[Sample]:
-    """Single-turn relation questions only (the relation drill of regionscribe.training.stages): per scene every ordered pair and
-    every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order. `mask_share` as in
-    `iter_samples` (per question: the same region may be a box in one and a mask in another)."""
+    """Single-turn relation questions only (the relation drills of regionscribe.training.streams): per scene every
+    ordered pair and every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order.
+    `mask_share` as in `iter_samples` (per question: the same region may be a box in one and a mask in another)."""
     check_axes(axes)
     _check_share(mask_share)
     for scene in scenes:

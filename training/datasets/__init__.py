@@ -117,7 +117,7 @@ class Source:
 
     def units(self, stage: int, seed: int = 0) -> Iterator["Unit"]:
         """The conversations this source gives, not yet with their image: cheap to make and to skip, so that each
-        training process loads only the images of its own share (model/mixture.py). Each call is a new pass; the
+        training process loads only the images of its own share (training/mixture.py). Each call is a new pass; the
         first pass counts into `self.report` (later passes meet the same records again)."""
         report = self.report if not self._passes else SkipReport(self.name)
         self._passes += 1
