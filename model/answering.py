@@ -23,6 +23,7 @@ from regionscribe.model import conversation as conv
 from regionscribe.model.generation import State, extend, greedy, last_logits, rank
 from regionscribe.model.images import pixel_values
 from regionscribe.model.modeling import ImageFeatures, RegionScribeModel
+from regionscribe.model.prompts import BBOX
 
 
 @dataclass
@@ -95,7 +96,7 @@ def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch
             text = q.text
             if not m.uses_region_features:
                 for r in q.regions:
-                    text = text.replace(conv.BBOX, conv.box_as_text(norms[k][r].tolist()), 1)
+                    text = text.replace(BBOX, conv.box_as_text(norms[k][r].tolist()), 1)
             rows.append(conv.question_ids(tok, text, first=True))
             region_rows.append(regions[slot][q.regions] if m.uses_region_features
                                else regions[slot].new_zeros(0, regions[slot].shape[1]))

@@ -41,7 +41,6 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from regionscribe.model import conversation as conv
 from regionscribe.model.agreement import agree
 from regionscribe.model.answering import Encoded, Question, answer_many, encode, encode_batch
 from regionscribe.model.asks import Asks, Box, Description, RegionDescription, Relation
@@ -49,6 +48,9 @@ from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT, checkpoint_versio
 from regionscribe.model.errors import BoxError, PlaceholderError, RegionScribeError
 from regionscribe.model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes
 from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.model.prompts import (
+    ATTRIBUTE_PROMPT, BBOX, CAPTION_PROMPT, DETAILED_PROMPT, RELATION_TEXT_PROMPT, YESNO_PROMPT,
+)
 
 
 @dataclass
@@ -199,8 +201,8 @@ class RegionDescriber:
             norm = normalise_boxes(boxes, w, h).to(self.model.device)
             qs = []
             for text, regions, candidates in questions:
-                if text.count(conv.BBOX) != len(regions):
-                    raise PlaceholderError(f"{text.count(conv.BBOX)} <bbox> in {text!r} but {len(regions)} regions")
+                if text.count(BBOX) != len(regions):
+                    raise PlaceholderError(f"{text.count(BBOX)} <bbox> in {text!r} but {len(regions)} regions")
                 if any(not 0 <= r < len(boxes) for r in regions):
                     raise BoxError(f"question {text!r} names a region index outside 0..{len(boxes) - 1}")
                 qs.append(Question("free", list(regions), text, list(candidates) if candidates else None))
@@ -228,21 +230,21 @@ class RegionDescriber:
         qs: list[Question] = []
         for r in targets:
             if asks.caption:
-                qs.append(Question("caption", [r], conv.CAPTION_PROMPT))
+                qs.append(Question("caption", [r], CAPTION_PROMPT))
             if asks.detailed:
-                qs.append(Question("detailed", [r], conv.DETAILED_PROMPT))
+                qs.append(Question("detailed", [r], DETAILED_PROMPT))
             for name, values in asks.attributes.items():
                 if values:
-                    qs.append(Question("attribute", [r], conv.ATTRIBUTE_PROMPT.format(name=name), list(values), name))
+                    qs.append(Question("attribute", [r], ATTRIBUTE_PROMPT.format(name=name), list(values), name))
         if len(boxes) > 1 and (asks.relation_labels or asks.relation_text):
             for r in targets:
                 partners = self._partners(r, boxes)  # among all the boxes, described or not
                 for p in partners:
                     for label in asks.relation_labels:
-                        qs.append(Question("yesno", [r, p], conv.YESNO_PROMPT.format(label=label), ["yes", "no"],
+                        qs.append(Question("yesno", [r, p], YESNO_PROMPT.format(label=label), ["yes", "no"],
                                             label))
                 if asks.relation_text:
-                    qs.append(Question("relation_text", [r, partners[0]], conv.RELATION_TEXT_PROMPT))
+                    qs.append(Question("relation_text", [r, partners[0]], RELATION_TEXT_PROMPT))
         return qs
 
     def _partners(self, r: int, boxes: list[Box]) -> list[int]:

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from regionscribe.model import adapters
-from regionscribe.model.checkpoints import CONFIG, WEIGHTS, write_config
+from regionscribe.model.checkpoints import CONFIG, SAFE_INDEX, WEIGHTS, write_config
 from regionscribe.model.config import ModelConfig
-from regionscribe.model.conversation import SYSTEM
 from regionscribe.model.errors import PlaceholderError
+from regionscribe.model.prompts import SYSTEM
 from regionscribe.model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
 from regionscribe.model.tokenizer import SpecialIds, add_region_tokens
-from regionscribe.model.weights import DEFAULT_SHARD_BYTES, SAFE_INDEX, is_checkpoint_weights, iter_state, save_state
+from regionscribe.model.weights import DEFAULT_SHARD_BYTES, is_checkpoint_weights, iter_state, save_state
 
 def _hf_config(d: dict[str, Any]):
     from transformers import AutoConfig

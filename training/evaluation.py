@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
-from regionscribe.model.asks import Asks
-from regionscribe.model.conversation import IMAGE_PREFIX
 from regionscribe.model.agreement import mentions
+from regionscribe.model.asks import Asks
 from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.prompts import IMAGE_PREFIX
 
 AGREEMENT_ATTRIBUTES = ("color", "shape")  # the attributes every caption of the corpus names
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from regionscribe.model.asks import Asks
 from regionscribe.model.agreement import agree, disagreements
+from regionscribe.model.asks import Asks
 from regionscribe.model.describer import RegionDescriber
 from regionscribe.training.evaluation import caption_agreement
 

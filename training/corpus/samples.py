@@ -8,7 +8,7 @@ import random
 from typing import Iterator
 
 from regionscribe.model.conversation import Sample, Turn
-from regionscribe.model.prompts import BBOX, IMAGE_PREFIX
+from regionscribe.model.prompts import BBOX, IMAGE_PREFIX, REGION1, REGION2
 from regionscribe.training.corpus.concepts import (
     _MIN_AREA_RATIO, _PLURALS, ATTRIBUTE_VALUES, ATTRIBUTE_WORDS, ATTRIBUTES, BASE_VALUES, LABEL_PHRASES, MAX_REGIONS,
     NUMBER_WORDS, RELATION_AXES,
@@ -228,8 +228,7 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
                     continue
                 for axis, label in relations(a, b, scene.image_size).items():
                     if axis in axes:
-                        q = IMAGE_PREFIX + rng.choice(RELATION_TEMPLATES[axis]).format(a=f"region1 {BBOX}",
-                                                                                      b=f"region2 {BBOX}")
+                        q = IMAGE_PREFIX + rng.choice(RELATION_TEMPLATES[axis]).format(a=REGION1, b=REGION2)
                         out.append(Sample(scene.image, [a.box, b.box],
                                           [Turn(q, label, "relation", RELATION_AXES[axis], axis)], scene.scene_id))
         rng.shuffle(out)
@@ -244,7 +243,7 @@ def eval_samples(scenes: list[Scene]) -> Iterator[Sample]:
     for scene in scenes:
         objs = scene.objects
         for obj in objs:
-            r = f"region1 {BBOX}"
+            r = REGION1
             yield Sample(scene.image, [obj.box],
                          [Turn(IMAGE_PREFIX + CAPTION_TEMPLATES[0].format(r=r), caption_text(obj), "caption")],
                          scene.scene_id)
@@ -258,6 +257,6 @@ def eval_samples(scenes: list[Scene]) -> Iterator[Sample]:
                 if i == j:
                     continue
                 for axis, label in relations(a, b, scene.image_size).items():
-                    q = IMAGE_PREFIX + RELATION_TEMPLATES[axis][0].format(a=f"region1 {BBOX}", b=f"region2 {BBOX}")
+                    q = IMAGE_PREFIX + RELATION_TEMPLATES[axis][0].format(a=REGION1, b=REGION2)
                     yield Sample(scene.image, [a.box, b.box],
                                  [Turn(q, label, "relation", RELATION_AXES[axis], axis)], scene.scene_id)

@@ -3,7 +3,9 @@ where the describer asks the same), the answer texts of an object or a pair, and
 """
 from __future__ import annotations
 
-from regionscribe.model.prompts import BBOX, CAPTION_Q, DETAILED_Q, IMAGE, IMAGE_PREFIX, RELATION_Q, YESNO_Q
+from regionscribe.model.prompts import (
+    ATTRIBUTE_Q, BBOX, CAPTION_Q, DETAILED_Q, IMAGE, IMAGE_PREFIX, REGION1, REGION2, RELATION_Q, YESNO_Q,
+)
 from regionscribe.training.corpus.concepts import (
     _PLURALS, ATTRIBUTE_VALUES, ATTRIBUTE_WORDS, ATTRIBUTES, LABEL_PHRASES, MAX_REGIONS, NUMBER_WORDS, POSITIONS,
     RELATION_LABELS, SIZES, TEXTURES,
@@ -37,7 +39,7 @@ DETAILED_TEMPLATES = [
     "Please describe {r} and its position in the image.",
 ]
 ATTRIBUTE_TEMPLATES = [
-    "What is the {word} of {r}?",
+    ATTRIBUTE_Q.format(name="{word}", r="{r}"),  # "What is the {word} of {r}?"
     "Tell me the {word} of {r}.",
 ]
 RELATION_TEMPLATES: dict[str, list[str]] = {
@@ -95,7 +97,7 @@ def relation_text(rels: dict[str, str], a_name: str, b_name: str) -> str | None:
 def vocabulary_text() -> list[str]:
     """Every template (filled with example regions), every concept word (base and withheld), every answer form,
     region1..region16 and the number words: the text a byte-level BPE tokenizer should be trained on."""
-    r, a, b = f"region1 {BBOX}", f"region1 {BBOX}", f"region2 {BBOX}"
+    r, a, b = REGION1, REGION1, REGION2
     out: list[str] = [IMAGE_PREFIX, IMAGE, BBOX]
     out += [t.format(r=r) for t in PHRASE_TEMPLATES + CAPTION_TEMPLATES + DETAILED_TEMPLATES]
     out += [t.format(word=w, r=r) for t in ATTRIBUTE_TEMPLATES for ws in ATTRIBUTE_WORDS.values() for w in ws]

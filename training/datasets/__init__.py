@@ -170,7 +170,8 @@ class Unit:
 def caption_eval_samples(source: Source, limit: int = 500) -> Iterator:
     """Single-turn caption questions (the canonical caption prompt) for at most `limit` captioned regions of a
     held-out source, one scene per image: what regionscribe.training.evaluation scores with CIDEr-D and METEOR."""
-    from regionscribe.model.conversation import CAPTION_PROMPT, IMAGE_PREFIX, Sample, Turn
+    from regionscribe.model.conversation import Sample, Turn
+    from regionscribe.model.prompts import CAPTION_PROMPT, IMAGE_PREFIX
 
     upright, n = SOURCES[source.name][3], 0
     for record in source.records():
