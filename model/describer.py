@@ -25,7 +25,7 @@ the caption names another value of an attribute than its ranking puts first, the
 value (model/agreement.py says why).
 
 The checkpoint's folder layout and version are model/checkpoints.py's (read without torch); an untrained model of a
-preset, for tests and plumbing, is regionscribe.training.untrained's `untrained_describer`.
+preset, for tests and plumbing, is regionscribe.training.stages' `untrained_describer`.
 """
 from __future__ import annotations
 
