@@ -259,7 +259,8 @@ def run_training(project_id, settings=None) -> dict:
 def _train_and_publish(project_id, settings, store, job, keeper: LeaseKeeper) -> dict:
     from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
     from regionscribe.backend.core.registry import Registry
-    from regionscribe.training.stages import StageConfig, TrainConfig, synthetic_stream, train
+    from regionscribe.training.stages import StageConfig, TrainConfig, train
+    from regionscribe.training.streams import synthetic_stream
 
     from regionscribe.backend.feedback.ingest import fetch_missing_images
     from regionscribe.backend.feedback.promotion import promotion_gate

@@ -59,7 +59,7 @@ def read_model_version(connection: redis.Redis | None, settings: Settings) -> st
             pass
     if settings.model_dir == TINY_UNTRAINED:
         return "tiny-untrained-0"
-    from regionscribe.model.describer import DEFAULT_CHECKPOINT, checkpoint_version
+    from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT, checkpoint_version
 
     path = Path(settings.model_dir) if settings.model_dir else DEFAULT_CHECKPOINT
     config = path / "config.json"

@@ -5,13 +5,14 @@ import json
 
 import torch
 
-from regionscribe.model.describer import RegionDescriber, checkpoint_version
+from regionscribe.model.checkpoints import checkpoint_version
 from regionscribe.model.modeling import RegionScribeModel
 from regionscribe.model.weights import SAFE_INDEX, shard_files
+from regionscribe.training.stages import untrained_describer
 
 
 def test_sharded_save_loads_back_identically_and_unsharded_replaces_it(tmp_path):
-    model = RegionDescriber.from_config("tiny", seed=3).model
+    model = untrained_describer("tiny", seed=3).model
     path = tmp_path / "ckpt"
     model.save_pretrained(path, metadata={}, max_shard_bytes=2 * 1024 ** 2)
     index = json.loads((path / SAFE_INDEX).read_text())
