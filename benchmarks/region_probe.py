@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from regionscribe.training.corpus import BASE_VALUES, make_scenes
-from regionscribe.model.describer import DEFAULT_CHECKPOINT
+from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT
 from regionscribe.model.modeling import RegionScribeModel
-from regionscribe.training.stages import scene_batch
+from regionscribe.training.phases import scene_batch
 
 
 @torch.no_grad()

@@ -9,9 +9,11 @@ An adapter version is a folder that holds only what its run changed:
                            feedback loop leaves them frozen: GPT4RoI's region module alone is 299 M parameters)
     tokenizer files
 
-Loading one (`load`) loads the base checkpoint, puts the visual weights in, and applies the adapter: merged into the
-LM for serving, or left unmerged and trainable for the next run, which then trains the same adapter further. Every
-version is therefore base + its own adapter, never a chain of adapters.
+Loading one (`RegionScribeModel.from_pretrained`, or regionscribe.model.modeling's `load_adapter_version` with
+`trainable`) loads the base checkpoint, then `apply` puts the visual weights in and applies the adapter: merged into
+the LM for serving, or left unmerged and trainable for the next run, which then trains the same adapter further.
+Every version is therefore base + its own adapter, never a chain of adapters. This module does not import the model
+(modeling imports it).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
+
+from regionscribe.model.checkpoints import write_config
 
 ADAPTER_DIR = "adapter"
 VISUAL = "visual.safetensors"
@@ -62,8 +65,6 @@ def save(model, path: str | Path, base: str | Path, metadata: dict[str, Any] | N
          visual: bool = True) -> None:
     """Write `model` (its LM a peft model) as an adapter version over `base` (see the module docstring); `visual`:
     also the region encoder and projector (when the run trained them)."""
-    from regionscribe.model.modeling import write_config
-
     path, base = Path(path), Path(base).resolve()
     path.mkdir(parents=True, exist_ok=True)
     # the embeddings are the base's (grown for the region tokens when the base was made); LoRA does not train them
@@ -80,15 +81,12 @@ def save(model, path: str | Path, base: str | Path, metadata: dict[str, Any] | N
     model.tokenizer.save_pretrained(str(path))
 
 
-def load(path: str | Path, device: str | torch.device | None = None, trainable: bool = False):
-    """An adapter version: its base with the visual weights and the adapter (merged unless `trainable`)."""
-    from regionscribe.model.modeling import RegionScribeModel
-
+def apply(model, path: str | Path, trainable: bool = False):
+    """Put an adapter version's visual weights and LoRA adapter on `model`, its base as loaded (fp32 on the CPU): the
+    adapter merged into the LM unless `trainable`. The caller casts and places the model
+    (regionscribe.model.modeling.RegionScribeModel.from_pretrained loads adapter versions this way)."""
     path = Path(path)
     base = base_of(path)
-    if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is an adapter over {base}, which is not there")
-    model = RegionScribeModel.from_pretrained(base)  # fp32 on the CPU: merged first, then cast and placed
     if (path / VISUAL).is_file():
         missing, unexpected = model.load_state_dict(load_file(str(path / VISUAL)), strict=False)
         if unexpected or any(k.startswith(VISUAL_PREFIXES) for k in missing):
@@ -105,12 +103,7 @@ def load(path: str | Path, device: str | torch.device | None = None, trainable: 
     else:
         model.lm = lm.merge_and_unload()
         model.config.lora = None
-    from regionscribe.model.modeling import compute_dtype
-
-    model.to(compute_dtype(model.config, device))
-    if device is not None:
-        model.to(device)
-    return model.eval()
+    return model
 
 
 def folder_bytes(path: str | Path) -> int:

@@ -24,8 +24,7 @@ import numpy as np
 from PIL import Image
 
 from regionscribe.model.errors import PlaceholderError
-from regionscribe.model.prompts import (ATTRIBUTE_PROMPT, BBOX, CAPTION_PROMPT, DETAILED_PROMPT, IM_END, IM_PATCH,
-                                        IM_START, IMAGE_PREFIX, RELATION_TEXT_PROMPT, SYSTEM, YESNO_PROMPT)
+from regionscribe.model.prompts import BBOX, IM_END, IM_PATCH, IM_START, IMAGE, IMAGE_PREFIX, SYSTEM
 
 IGNORE = -100
 
@@ -85,7 +84,7 @@ def box_as_text(box: Sequence[float]) -> str:
 
 
 def _expand(question: str, n_image_tokens: int, boxes_text: list[str] | None, box_cursor: int) -> tuple[str, int]:
-    q = question.replace("<image>", image_placeholder(n_image_tokens))
+    q = question.replace(IMAGE, image_placeholder(n_image_tokens))
     n = q.count(BBOX)
     if boxes_text is not None:
         if box_cursor + n > len(boxes_text):
@@ -106,7 +105,7 @@ def prefix_ids(tokenizer, n_image_tokens: int, system: str = SYSTEM) -> list[int
     """
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids += _tok(tokenizer, system + "\n\n")
-    ids += _tok(tokenizer, "### Human: " + IMAGE_PREFIX.replace("<image>", image_placeholder(n_image_tokens)))
+    ids += _tok(tokenizer, "### Human: " + IMAGE_PREFIX.replace(IMAGE, image_placeholder(n_image_tokens)))
     return ids
 
 
@@ -135,8 +134,8 @@ def encode(tokenizer, turns: Sequence[tuple[str, str | None]], n_image_tokens: i
     for t, (question, answer) in enumerate(turns):
         if t == 0:
             question = question[len(IMAGE_PREFIX):]
-        if "<image>" in question:
-            raise ValueError("<image> may only appear once, at the start of the first question")
+        if IMAGE in question:
+            raise ValueError(f"{IMAGE} may only appear once, at the start of the first question")
         q, n = _expand(question, 0, boxes_text, seen)
         seen += n
         human = question_ids(tokenizer, q, first=t == 0)

@@ -265,7 +265,7 @@ def convert(source: str | Path, vision: str | Path, out: str | Path, delta_base:
     is called per shard. Returns `out`."""
     from transformers import CLIPVisionConfig
 
-    from regionscribe.model.modeling import write_config
+    from regionscribe.model.checkpoints import write_config
 
     source, vision, out = Path(source), Path(vision), Path(out)
     if out.exists():

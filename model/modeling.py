@@ -16,16 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regionscribe.model import adapters
+from regionscribe.model.checkpoints import CONFIG, SAFE_INDEX, WEIGHTS, write_config
 from regionscribe.model.config import ModelConfig
-from regionscribe.model.conversation import SYSTEM
 from regionscribe.model.errors import PlaceholderError
+from regionscribe.model.prompts import SYSTEM
 from regionscribe.model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
 from regionscribe.model.tokenizer import SpecialIds, add_region_tokens
-from regionscribe.model.weights import DEFAULT_SHARD_BYTES, SAFE_INDEX, is_checkpoint_weights, iter_state, save_state
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-
+from regionscribe.model.weights import DEFAULT_SHARD_BYTES, is_checkpoint_weights, iter_state, save_state
 
 def _hf_config(d: dict[str, Any]):
     from transformers import AutoConfig
@@ -68,15 +66,6 @@ def compute_dtype(config: ModelConfig, device: str | torch.device | None) -> tor
     if device is not None and torch.device(device).type == "cuda":
         return getattr(torch, config.dtype)
     return torch.float32
-
-
-def write_config(path: Path, config: ModelConfig, vision: dict[str, Any] | None, lm: dict[str, Any],
-                 metadata: dict[str, Any] | None = None) -> None:
-    """A checkpoint's config.json: the regionscribe config and the exact HF sub-configs (vision None: the tower is
-    loaded from `config.vision_path`)."""
-    doc = {"model_type": "regionscribe", "model": config.to_dict(), "vision": vision, "lm": lm,
-           "metadata": metadata or {}}
-    (Path(path) / CONFIG).write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 @dataclass
@@ -209,7 +198,7 @@ class RegionScribeModel(nn.Module):
                 masks: list[list[torch.Tensor | None]] | None = None,
                 num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere), their mean; with
-        `num_items_in_batch` their sum divided by it (model/trainer.py passes 1 and normalises across processes)."""
+        `num_items_in_batch` their sum divided by it (training/trainer.py passes 1 and normalises across processes)."""
         feats = self.encode_images(pixel_values)
         regions = self.region_tokens(feats, boxes, masks)
         emb = self.embed(input_ids, feats.image_tokens, regions)
@@ -248,10 +237,8 @@ class RegionScribeModel(nn.Module):
         from transformers import AutoTokenizer, PretrainedConfig
 
         path = Path(path)
-        from regionscribe.model import adapters
-
         if adapters.is_adapter_version(path):  # a LoRA adapter version over a base checkpoint (model/adapters.py)
-            return adapters.load(path, device=device)
+            return load_adapter_version(path, device=device)
         if not (path / CONFIG).is_file() or not is_checkpoint_weights(path):
             raise FileNotFoundError(f"{path} is not a regionscribe checkpoint (needs {CONFIG} and {WEIGHTS} "
                                     f"or {SAFE_INDEX} with its shards)")
@@ -289,3 +276,19 @@ class RegionScribeModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.projector.weight.device
+
+
+def load_adapter_version(path: str | Path, device: str | torch.device | None = None,
+                         trainable: bool = False) -> RegionScribeModel:
+    """An adapter version (model/adapters.py): its base with the visual weights and the adapter (merged unless
+    `trainable`)."""
+    path = Path(path)
+    base = adapters.base_of(path)
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is an adapter over {base}, which is not there")
+    model = RegionScribeModel.from_pretrained(base)  # fp32 on the CPU: merged first, then cast and placed
+    adapters.apply(model, path, trainable)
+    model.to(compute_dtype(model.config, device))
+    if device is not None:
+        model.to(device)
+    return model.eval()

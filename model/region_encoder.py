@@ -29,7 +29,7 @@ all), so boxes give bitwise the tokens they gave before masks existed.
 Position term: the presets (and the embedded default) use an MLP of the four raw coordinates. A linear probe reads
 the box centre from the token (R^2 0.99); the position term carries about 5% of the tokens' variance, the appearance
 part the rest. Trained on the stage-2 mix alone, the LM never learned to read it (left/right and above/below at
-exactly 50%); relation drills (model/training.py) taught it. `position_encoding="sinusoidal"` (DETR-style box
+exactly 50%); relation drills (training/stages.py) taught it. `position_encoding="sinusoidal"` (DETR-style box
 features) with `match_embedding_scale` was tried first: a full-budget default with it plus 128 px input, a LayerNorm
 on the appearance part and per-question region slot embeddings did worse (colour 54%, shape 31%, texture 45%,
 left/right still 50%: README, "The embedded default").

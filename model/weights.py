@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-SAFE_SINGLE = "model.safetensors"
-SAFE_INDEX = "model.safetensors.index.json"
+from regionscribe.model.checkpoints import SAFE_INDEX, WEIGHTS as SAFE_SINGLE
+
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 DEFAULT_SHARD_BYTES = 2 * 1024 ** 3  # HF's default cap is 5 GB; 2 GB keeps a loader's peak low

@@ -14,12 +14,12 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn
-from regionscribe.model.prompts import BBOX, CAPTION_Q, YESNO_Q
+from regionscribe.model.conversation import Sample, Turn
+from regionscribe.model.prompts import BBOX, IMAGE_PREFIX, REGION1, YESNO_Q
+from regionscribe.training.corpus.text import ATTRIBUTE_TEMPLATES, CAPTION_TEMPLATES as CORPUS_CAPTIONS
 
-CAPTION_TEMPLATES = [CAPTION_Q, "Describe {r} briefly.",
-                     "What can you tell me about the region marked by {r}?", "Write a short caption for {r}."]
-ATTRIBUTE_TEMPLATES = ["What is the {word} of {r}?", "Tell me the {word} of {r}."]
+# four of the corpus' caption paraphrases (the canonical one first), in the order these samples have always drawn them
+CAPTION_TEMPLATES = [CORPUS_CAPTIONS[k] for k in (0, 2, 1, 6)]
 YESNO_TEMPLATE = YESNO_Q
 
 
@@ -91,7 +91,7 @@ def eval_samples(items: Iterable[AnnotatedImage], vocabularies: dict[str, list[s
     `vocabularies[word]` (the allowed values, e.g. a control's choices plus every value seen)."""
     for item in items:
         for reg in item.regions:
-            r = f"region1 {BBOX}"
+            r = REGION1
             if reg.caption:
                 yield Sample(item.image, [reg.box],
                              [Turn(IMAGE_PREFIX + CAPTION_TEMPLATES[0].format(r=r), reg.caption, "caption")], item.key,

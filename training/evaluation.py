@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
+from regionscribe.model.agreement import mentions
 from regionscribe.model.asks import Asks
-from regionscribe.model.conversation import IMAGE_PREFIX
-from regionscribe.model.describer import RegionDescriber, mentions
+from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.prompts import IMAGE_PREFIX
 
 AGREEMENT_ATTRIBUTES = ("color", "shape")  # the attributes every caption of the corpus names
 
@@ -131,7 +132,7 @@ def evaluate(describer: RegionDescriber, split: str = "test", n_scenes: int = 20
 def evaluate_sources(describer: RegionDescriber, specs: list[str], limit: int = 500, images: str | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """Region-caption CIDEr-D and METEOR (as GPT4RoI reports them on VG) on held-out dataset sources
-    ("SOURCE:PATH", model/datasets): each region with a caption, asked with the canonical caption prompt; at most
+    ("SOURCE:PATH", training/datasets): each region with a caption, asked with the canonical caption prompt; at most
     `limit` regions per source."""
     from regionscribe.training.datasets import Source, caption_eval_samples
 

@@ -1,7 +1,7 @@
 """Training data as one deterministic sequence: weighted sources interleaved by a seeded draw, a seeded shuffle
 buffer, and epochs or an endless stream.
 
-Every training process builds the same sequence from the same seed; run_stage (model/training.py) then gives
+Every training process builds the same sequence from the same seed; run_stage (training/phases.py) then gives
 process `rank` of `world` the items at positions rank, rank + world, ... (its own share, disjoint from the others'),
 so one global batch of the sequence is spread over the processes, and resuming at step k skips k global batches.
 Items are `regionscribe.training.datasets.Unit`s (a conversation whose image is read only by the process that trains on it) or

@@ -13,6 +13,11 @@ steps on all five relation axes together left them there, although a linear prob
 tokens at 100% (and from the LM's hidden state at the answer at 48-59%). 400 steps on the two position axes alone
 took them to 96% and 95% (val). Same colour and overlap needed drills of their own with balanced answers
 (`drill_balance`): on the corpus' shares the LM always gave the common answer.
+
+This module holds the run: its settings (TrainConfig), the model it starts from (`new_model`; `untrained_describer`
+serves one untrained, for tests and plumbing), `train` and the loss plot. A phase itself (stage 0, run_stage) is
+regionscribe.training.phases'; the samples each phase draws (synthetic and drill streams, dataset mixtures, recipes)
+are regionscribe.training.streams'.
 """
 from __future__ import annotations
 
@@ -20,32 +25,19 @@ import dataclasses
 import json
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 
 from regionscribe.model.config import ModelConfig, preset as make_preset
-from regionscribe.training.corpus import (
-    BASE_VALUES, RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples, relations,
-    render_overlapping_pair, vocabulary_text,
-)
-from regionscribe.training.mixture import Mixture
-from regionscribe.model.modeling import RegionScribeModel
-from regionscribe.training.trainer import (
-    RunOptions, cosine_with_warmup, fit, is_main_process, process_state, resume_point,
-)
-
-
-@dataclass
-class StageConfig:
-    steps: int
-    lr: float
-    batch_size: int = 8  # per process and micro-batch (model/trainer.py)
-    warmup: float = 0.05  # fraction of the steps
-    epochs: int | None = None  # with data sources: passes over the stage's mixture instead of `steps`
+from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.modeling import RegionScribeModel, load_adapter_version
+from regionscribe.training.corpus import vocabulary_text
+from regionscribe.training.phases import StageConfig, pretrain_vision, run_stage
+from regionscribe.training.streams import data_mixture, relation_stream, synthetic_stream
+from regionscribe.training.trainer import RunOptions, is_main_process, process_state, resume_point
 
 
 # model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
@@ -91,7 +83,7 @@ class TrainConfig:
     adapter_base: str | None = None
     freeze_visual: bool = False  # stage 2 trains the LM alone (region encoder and projector stay as they are)
     version: str | None = None
-    # data sources per stage, "SOURCE:PATH[:WEIGHT]" (model/datasets); empty: the synthetic corpus
+    # data sources per stage, "SOURCE:PATH[:WEIGHT]" (training/datasets); empty: the synthetic corpus
     stage1_data: list[str] = field(default_factory=list)
     stage2_data: list[str] = field(default_factory=list)
     data_images: str | None = None  # image folder for every source (default: each dataset's own layout)
@@ -122,64 +114,6 @@ class TrainResult:
     seconds: float
 
 
-def with_overlapping_pairs(scenes: list, share: float, key: str) -> list:
-    """`scenes` with a `share` of them replaced by heavily overlapping pairs (corpus.render_overlapping_pair, drawn
-    from `key`), in a shuffled order: occluders for masks to leave out."""
-    if not share:
-        return scenes
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"overlap_share must be between 0 and 1, not {share!r}")
-    n = round(share * len(scenes))
-    pairs = [render_overlapping_pair(random.Random(f"{key}:pair:{i}"), scene_id=f"train-pair-{key}-{i}")
-             for i in range(n)]
-    out = scenes[:len(scenes) - n] + pairs
-    random.Random(f"{key}:order").shuffle(out)
-    return out
-
-
-def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0,
-                     overlap_share: float = 0.0) -> Iterator:
-    """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes);
-    `mask_share` of the regions come with their object's visible mask (corpus.with_masks), `overlap_share` of the
-    scenes are heavily overlapping pairs (`with_overlapping_pairs`)."""
-    k = 0
-    while True:
-        scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
-        scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:{stage}:{k}")
-        yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
-        k += 1
-
-
-def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,
-                    mask_share: float = 0.0, overlap_share: float = 0.0) -> Iterator:
-    """Endless single-turn relation questions on `axes` from the train split, shuffled across `chunk` scenes.
-
-    balance: per axis, keep only as many questions with the more common answer as there are with the other one.
-    Left/right, above/below and bigger/smaller are balanced already (every ordered pair is asked both ways round);
-    "same colour as" is about 29% of colour questions and "overlapping" about 19% of overlap questions, and on
-    unbalanced data the LM learned to always give the common answer (80.5% on overlap, its share of the test split).
-    """
-    check_axes(axes)  # unknown axes fail here, before any training
-    k = 0
-    while True:
-        scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
-        scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:drill:{k}")
-        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share))
-        random.Random(f"{seed}:{k}").shuffle(samples)
-        if balance:
-            counts = Counter((s.turns[0].key, s.turns[0].answer) for s in samples)
-            quota = {axis: min(counts[(axis, answer)] for answer in RELATION_AXES[axis]) for axis in axes}
-            kept: Counter = Counter()
-            for s in samples:
-                key = (s.turns[0].key, s.turns[0].answer)
-                if kept[key] < quota[key[0]]:
-                    kept[key] += 1
-                    yield s
-        else:
-            yield from samples
-        k += 1
-
-
 def saw_synthetic(metadata: dict[str, Any]) -> bool:
     """Whether a checkpoint was trained on the synthetic corpus (its metadata says so; checkpoints from before the
     flag say it by their data or their preset). A converted GPT4RoI or an untrained tower + LM did not."""
@@ -207,161 +141,19 @@ def new_model(cfg: TrainConfig) -> RegionScribeModel:
     return RegionScribeModel(mcfg, train_tokenizer(vocabulary_text()))
 
 
+def untrained_describer(preset: str = "tiny", seed: int = 0, **kwargs) -> RegionDescriber:
+    """An untrained model of a preset (for tests and benchmarks of plumbing; its words are gibberish)."""
+    from regionscribe.model.tokenizer import train_tokenizer
+
+    torch.manual_seed(seed)
+    model = RegionScribeModel(make_preset(preset), train_tokenizer(vocabulary_text()))
+    return RegionDescriber(model, f"{preset}-untrained-{seed}", **kwargs)
+
+
 def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
     """Apply model_overrides to a checkpoint loaded with --init (TrainConfig has checked they are RUNTIME_SWITCHES)."""
     for key, value in overrides.items():
         setattr(model.config, key, value)
-
-
-def scene_batch(model: RegionScribeModel, scenes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Pixel values [B, 3, S, S] and per-scene normalised object boxes of corpus scenes, on the model's device: what
-    stage 0 trains on, and what benchmarks/region_probe.py probes."""
-    from regionscribe.model.images import normalise_boxes, pixel_values
-
-    cfg = model.config
-    pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])
-    boxes = [normalise_boxes([o.box for o in s.objects], *s.image.size).to(model.device) for s in scenes]
-    return pv.to(model.device), boxes
-
-
-def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progress: bool = True) -> list[float]:
-    """Stage 0 for a from-scratch tower: region-attribute classification on synthetic scenes (colour, shape, size,
-    texture from each box's region token) and pairwise relations (left/right, above/below, bigger/smaller, same
-    colour, overlapping from the two tokens of an ordered pair), through linear heads thrown away afterwards; then
-    the tower is frozen.
-
-    GPT4RoI starts from a CLIP tower pretrained on 400 M image-text pairs; no weights can be downloaded here, so the
-    tiny preset pretrains its own tower on the corpus' train split (never val/test/novel scenes).
-    """
-    from tqdm import tqdm
-
-    width = model.lm.config.hidden_size
-    names = list(BASE_VALUES)
-    axes = list(RELATION_AXES)
-    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(BASE_VALUES[n])) for n in names)
-    pair_heads = torch.nn.ModuleList(torch.nn.Linear(2 * width, 2) for _ in axes)
-    heads.to(model.device)
-    pair_heads.to(model.device)
-    model.requires_grad_(False)
-    params = [*model.vision.parameters(), *model.region_encoder.parameters(), *heads.parameters(),
-              *pair_heads.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=sc.lr, betas=(0.9, 0.98))
-    sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps)
-    model.train()
-    losses = []
-    hits: dict[str, list[float]] = {n: [] for n in names}  # running accuracy per attribute head, shown on the bar
-    ce = torch.nn.functional.cross_entropy
-    bar = tqdm(range(sc.steps), desc="stage 0 (vision)", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        scenes = make_scenes("train", sc.batch_size, seed=seed * 1_000_003 + 500_000 + step)
-        pv, boxes = scene_batch(model, scenes)
-        feats = model.encode_images(pv)
-        if not feats.levels:  # coordinates-as-text baseline: the tower is pretrained the same way, for fairness
-            hs = model.vision(pixel_values=pv, output_hidden_states=True).hidden_states
-            feats.levels = model.region_encoder.pyramid([hs[i] for i in model.level_indices])
-        tokens = torch.cat(model.region_encoder(feats.levels, boxes))
-        loss = 0
-        for head, name in zip(heads, names):
-            target = torch.tensor([BASE_VALUES[name].index(getattr(o, name)) for s in scenes for o in s.objects])
-            logits = head(tokens)
-            loss = loss + ce(logits, target.to(tokens.device))
-            hits[name].append(float((logits.argmax(1).cpu() == target).float().mean()))
-        pairs: dict[str, tuple[list[int], list[int], list[int]]] = {a: ([], [], []) for a in axes}
-        offset = 0
-        for s in scenes:
-            for i, a in enumerate(s.objects):
-                for j, b in enumerate(s.objects):
-                    if i != j:
-                        for axis, label in relations(a, b, s.image.size).items():
-                            pairs[axis][0].append(offset + i)
-                            pairs[axis][1].append(offset + j)
-                            pairs[axis][2].append(RELATION_AXES[axis].index(label))
-            offset += len(s.objects)
-        for head, axis in zip(pair_heads, axes):
-            left, right, target = pairs[axis]
-            if target:
-                both = torch.cat([tokens[left], tokens[right]], 1)
-                loss = loss + ce(head(both), torch.tensor(target, device=tokens.device))
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if step % 50 == 49:  # a head stuck near chance on one attribute shows here long before it shows in the loss
-            bar.set_postfix({n[:3]: f"{sum(h[-50:]) / len(h[-50:]):.2f}" for n, h in hits.items()}, refresh=False)
-    model.config.freeze_vision = True
-    model.vision.requires_grad_(False)
-    model.eval()
-    return losses
-
-
-def set_trainable(model: RegionScribeModel, stage: int, freeze_visual: bool = False) -> list[torch.nn.Parameter]:
-    model.requires_grad_(False)
-    parts = [] if freeze_visual else [model.region_encoder, model.projector]
-    if not model.config.frozen_vision():
-        parts.append(model.vision)
-    if stage == 2:
-        parts.append(model.lm)
-    for p in parts:
-        p.requires_grad_(True)
-    if model.config.match_embedding_scale:
-        model.region_scale.requires_grad_(True)
-    if stage == 2 and model.config.lora:
-        for n, p in model.lm.named_parameters():  # peft: only adapters in the LM
-            p.requires_grad_("lora_" in n)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: Iterable, weight_decay: float = 0.0,
-              grad_clip: float = 0.0, progress: bool = True, log: Callable[[str], None] | None = None,
-              visual_lr_scale: float = 1.0, name: str | None = None, run: RunOptions | None = None,
-              phase: str | None = None, history: dict[str, list[float]] | None = None,
-              freeze_visual: bool = False) -> list[float]:
-    """One phase: the parameters of `stage` (set_trainable), the LM's at sc.lr and the visual side's at
-    sc.lr * visual_lr_scale, trained by model/trainer.py's loop on `samples` (Samples or dataset Units). On CUDA a
-    model whose config asks for bfloat16 trains under bf16 autocast; on the CPU in fp32."""
-    run = run or RunOptions()
-    if torch.cuda.is_available() and model.config.dtype == "bfloat16" and run.mixed_precision == "no":
-        run = dataclasses.replace(run, mixed_precision="bf16")
-    params = set_trainable(model, stage, freeze_visual)
-    lm_params = {id(p) for p in model.lm.parameters()}
-    groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
-              {"params": [p for p in params if id(p) not in lm_params], "lr": sc.lr * visual_lr_scale}]
-    return fit(model, params, [g for g in groups if g["params"]], sc.steps, sc.batch_size, int(sc.warmup * sc.steps),
-               samples, run or RunOptions(), phase or f"stage{stage}", history or {}, weight_decay, grad_clip,
-               progress, log, desc=name or f"stage {stage}")
-
-
-def data_mixture(specs: list[str], stage: int, seed: int, epochs: int | None, pad_to: int = 1,
-                 images: str | None = None) -> tuple[Mixture, list]:
-    """The stage's mixture of dataset sources ("SOURCE:PATH[:WEIGHT]", model/datasets) and the sources (whose
-    .report says what was skipped)."""
-    from regionscribe.training.datasets import Source
-
-    sources = [Source.parse(spec, images=images) for spec in specs]
-    streams = [(src.name, (lambda n, src=src: src.units(stage, seed=seed * 1000 + n)), src.weight)
-               for src in sources]
-    return Mixture(streams, seed=seed * 7919 + stage, epochs=epochs, pad_to=pad_to), sources
-
-
-GPT4ROI_RECIPE = {  # GPT4RoI's configs/stage{1,2}.py, on its data layout (../shared/research/datasets.md, §5)
-    1: ["coco:{root}/coco/annotations/instances_train2017.json",
-        "mdetr-refcoco:{root}/mdetr_annotations/finetune_refcoco_train.json",
-        "mdetr-refcoco+:{root}/mdetr_annotations/finetune_refcoco+_train.json"],
-    2: ["mdetr-refcocog:{root}/mdetr_annotations/finetune_refcocog_train.json",
-        "mdetr-flickr30k:{root}/mdetr_annotations/final_flickr_mergedGT_train.json",
-        "grit-vg:{root}/visual_genome/train.json"],
-}
-
-
-def recipe(name: str, root: str | Path) -> dict[int, list[str]]:
-    """A named recipe's data sources per stage under `root` (GPT4RoI's ./data folder)."""
-    if name != "gpt4roi":
-        raise ValueError(f"unknown recipe {name!r}; known: gpt4roi")
-    return {stage: [spec.format(root=str(root).rstrip("/")) for spec in specs]
-            for stage, specs in GPT4ROI_RECIPE.items()}
 
 
 def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
@@ -385,7 +177,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if cfg.adapter_base and not cfg.lora:
         raise ValueError("adapter_base needs lora (the adapter's LoraConfig)")
     if cfg.init and cfg.adapter_base and adapters.is_adapter_version(cfg.init):
-        model = adapters.load(cfg.init, trainable=True)  # the same adapter trained further: base + one adapter
+        model = load_adapter_version(cfg.init, trainable=True)  # the same adapter trained further: base + one adapter
         apply_switches(model, cfg.model_overrides)
     elif cfg.init:
         model = RegionScribeModel.from_pretrained(cfg.init)

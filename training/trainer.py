@@ -2,7 +2,7 @@
 
     accelerate launch --num_processes 2 -m regionscribe.backend.ops.cli train ...   # or: regionscribe train ... (one process)
 
-- **Data.** Every process walks the same item sequence (model/mixture.py, or any deterministic stream) and takes
+- **Data.** Every process walks the same item sequence (training/mixture.py, or any deterministic stream) and takes
   positions rank, rank + world, ...: disjoint shares that together cover it. A step takes `batch_size` items per
   process per micro-batch, `grad_accum` micro-batches: the global batch is batch_size x processes x grad_accum.
 - **Loss.** The summed token cross-entropy of the whole global batch divided by its number of target tokens (counted

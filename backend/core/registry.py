@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from regionscribe.model.describer import DEFAULT_CHECKPOINT, checkpoint_version
+from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT, checkpoint_version
 from regionscribe.model.files import fsync_dir, write_atomic
 
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Mapping
 from urllib.parse import urlsplit
 
-# MODEL_DIR value that makes workers build an untrained tiny model (`RegionDescriber.from_config("tiny", seed=0)`)
+# MODEL_DIR value that makes workers build an untrained tiny model (`regionscribe.training.stages.untrained_describer("tiny", seed=0)`)
 # instead of loading a checkpoint: fast, well-formed gibberish. Meant for tests and smoke runs.
 TINY_UNTRAINED = "tiny-untrained"
 LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values (regionscribe.backend.core.logs)

@@ -176,7 +176,8 @@ def train_and_publish(project_id, settings, store, job, keeper) -> dict:
     the run must not publish. Returns the run's summary."""
     from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
     from regionscribe.backend.core.registry import Registry
-    from regionscribe.training.stages import StageConfig, TrainConfig, synthetic_stream, train
+    from regionscribe.training.stages import StageConfig, TrainConfig, train
+    from regionscribe.training.streams import synthetic_stream
 
     from regionscribe.backend.feedback.ingest import fetch_missing_images
     from regionscribe.backend.feedback.promotion import promotion_gate

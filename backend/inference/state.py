@@ -35,7 +35,9 @@ def load_describer(settings: Settings, connection: redis.Redis | None = None):
     kwargs = {"cache_size": settings.cache_size, "relation_threshold": settings.relation_threshold}
     announced = announced_model(connection)
     if settings.model_dir == TINY_UNTRAINED:
-        describer = RegionDescriber.from_config("tiny", seed=0, **kwargs)
+        from regionscribe.training.stages import untrained_describer
+
+        describer = untrained_describer("tiny", seed=0, **kwargs)
     else:
         path = announced["path"] if announced else (settings.model_dir or DEFAULT_CHECKPOINT)
         describer = RegionDescriber.from_pretrained(path, device=settings.device, **kwargs)

@@ -16,7 +16,7 @@ from regionscribe.backend.core.settings import Settings, get_settings
 
 def version_rows(settings: Settings | None = None) -> list[dict]:
     """Every published version, oldest first, plus the base when nothing was promoted yet."""
-    from regionscribe.model.describer import DEFAULT_CHECKPOINT
+    from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT
     from regionscribe.backend.core.registry import Registry
 
     settings = settings or get_settings()

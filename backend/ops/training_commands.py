@@ -38,7 +38,7 @@ def train_command(args: argparse.Namespace) -> int:
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     from regionscribe.training.datasets import FormatError
     from regionscribe.training.trainer import RunOptions, is_main_process
-    from regionscribe.training.stages import recipe
+    from regionscribe.training.streams import recipe
 
     try:
         data = {1: list(args.stage1_data or []), 2: list(args.stage2_data or [])}

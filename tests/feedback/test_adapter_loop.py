@@ -22,7 +22,7 @@ def test_corrections_publish_an_adapter_version_that_is_served(tmp_path):
     assert out["loop_seconds_last_correction_to_serving"] is not None  # the worker reloaded it between jobs
     version = Path(out["workdir"]) / "data" / "registry" / "versions" / published["version"]
     assert (version / "adapter" / "adapter_model.safetensors").is_file()
-    assert not (version / "regionscribe.model.safetensors").exists()
+    assert not (version / "model.safetensors").exists()
     assert published["version_mb"] < published["base_mb"] / 3, published
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["scores"]["candidate"]["base"] == {}  # no synthetic base test

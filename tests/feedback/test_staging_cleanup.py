@@ -15,7 +15,7 @@ def test_staging_folders_are_discarded_only_once_older_than_a_run_can_live(tmp_p
     settings = Settings(data_dir=str(tmp_path / "data"), training_timeout=3600)
     reg = Registry(settings.registry_path, base=base)
     live, dead = reg.staging_dir(), reg.staging_dir()
-    (dead / "regionscribe.model.safetensors").write_bytes(b"partial")
+    (dead / "model.safetensors").write_bytes(b"partial")
     two_hours_ago = time.time() - 7200
     os.utime(dead, (two_hours_ago, two_hours_ago))
     _discard_dead_staging(settings)  # what a training worker does when it starts

@@ -374,10 +374,10 @@ def test_raw_events_replay_into_a_new_store(store, tmp_path, ls):
 def test_the_source_migration_keeps_what_a_v2_store_holds(store_url, tmp_path, ls, monkeypatch):
     """A store written before migration 3 (no event sources) opens with everything it held marked as arrived
     through the webhook, which is how it arrived."""
-    import regionscribe.backend.store as store_module
+    import regionscribe.backend.store.schema as schema_module  # migrate() reads MIGRATIONS there
 
     p, t, a = ls.new_id(), ls.new_id(), ls.new_id()
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
+    monkeypatch.setattr(schema_module, "MIGRATIONS", schema_module.MIGRATIONS[:2])
     old = Store.open(store_url, images_dir=tmp_path / "images")
     assert old.schema_version() == 2
 
@@ -395,7 +395,7 @@ def test_the_source_migration_keeps_what_a_v2_store_holds(store_url, tmp_path, l
     old.close()
     monkeypatch.undo()
     new = Store.open(store_url, images_dir=tmp_path / "images")
-    assert new.schema_version() == store_module.MIGRATIONS[-1][0]  # every later step applied too
+    assert new.schema_version() == schema_module.MIGRATIONS[-1][0]  # every later step applied too
     assert [(r.caption, r.source) for r in new.records(p)] == [("from before", "webhook")]
     assert [e["source"] for e in new.events()] == ["webhook"]
     assert new.annotation_versions(p)[a]["source"] == "webhook"

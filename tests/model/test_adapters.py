@@ -32,7 +32,7 @@ def test_adapter_versions_train_load_continue_and_move(tmp_path):
     first = _run(base, base, tmp_path / "tree" / "v1", seed=1)
     v1 = first.path
     assert (v1 / "adapter" / "adapter_model.safetensors").is_file()
-    assert not (v1 / "regionscribe.model.safetensors").exists() and not (v1 / adapters.VISUAL).exists()  # visual frozen
+    assert not (v1 / "model.safetensors").exists() and not (v1 / adapters.VISUAL).exists()  # visual frozen
     assert adapters.folder_bytes(v1) < adapters.folder_bytes(base) / 3
     meta = json.loads((v1 / "config.json").read_text())["metadata"]
     assert meta["synthetic_corpus"] is False is saw_synthetic(meta)  # caller data on a model that never saw it

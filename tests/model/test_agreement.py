@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from regionscribe.model.agreement import agree, disagreements
 from regionscribe.model.asks import Asks
-from regionscribe.model.describer import RegionDescriber, agree, disagreements
+from regionscribe.model.describer import RegionDescriber
 from regionscribe.training.evaluation import caption_agreement
 
 SHAPE = [("circle", 0.64), ("cross", 0.30), ("square", 0.06)]

@@ -143,7 +143,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path, parts):
     proc.wait()
     saved = json.loads(progress.read_text())
     assert 8 <= saved["step"] < 40 and saved["phase"] == "stage2"
-    assert not (killed / "regionscribe.model.safetensors").exists()
+    assert not (killed / "model.safetensors").exists()
     run(train_command(killed, data, parts, *common, "--resume"))
     a, b = weights(straight), weights(killed)
     assert a.keys() == b.keys()

@@ -220,7 +220,8 @@ def test_overlapping_pairs_share_most_of_their_boxes():
 
 
 def test_training_with_a_mask_share_runs_stage2_and_drills_on_masks(tmp_path):
-    from regionscribe.training.stages import StageConfig, TrainConfig, relation_stream, synthetic_stream, train
+    from regionscribe.training.stages import StageConfig, TrainConfig, train
+    from regionscribe.training.streams import relation_stream, synthetic_stream
 
     stream = synthetic_stream(2, 0, chunk=4, mask_share=0.5)
     assert any(m is not None for s in [next(stream) for _ in range(4)] for m in s.masks)

@@ -28,7 +28,7 @@ def test_half_written_versions_are_never_current(tmp_path):
     fake_checkpoint(base, "base-1")
     reg = Registry(tmp_path / "reg", base=base)
     staged = reg.staging_dir()  # a crash mid-training leaves only a staging folder
-    (staged / "regionscribe.model.safetensors").write_bytes(b"partial")
+    (staged / "model.safetensors").write_bytes(b"partial")
     assert reg.current().version == "base-1" and reg.versions() == []
     with pytest.raises(KeyError):
         reg.set_current(staged.name)
@@ -48,3 +48,21 @@ def test_publishing_twice_refused(tmp_path):
                 reg.publish(staged, "v1", accepted=True, manifest={})
         else:
             reg.publish(staged, "v1", accepted=True, manifest={})
+
+
+def test_registry_and_checkpoint_versions_import_no_torch(tmp_path):
+    """The registry and a checkpoint's version are read by the web process, `regionscribe versions` and doctor:
+    importing them (and reading a version) must not load torch."""
+    import subprocess
+    import sys
+
+    fake_checkpoint(tmp_path / "base", "base-1")
+    code = ("import sys; from pathlib import Path\n"
+            "import regionscribe.backend.core.registry as registry, regionscribe.model.checkpoints as checkpoints\n"
+            f"assert checkpoints.checkpoint_version(Path({str(tmp_path / 'base')!r})) == 'base-1'\n"
+            f"assert registry.Registry(Path({str(tmp_path / 'reg')!r}), base=Path({str(tmp_path / 'base')!r}))"
+            ".current().version == 'base-1'\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -28,7 +28,7 @@ def test_two_stage_run_lowers_loss_and_raises_accuracy(tmp_path):
     assert sum(s2[-10:]) / 10 < 0.6 * sum(s2[:10]) / 10
     after = _color_accuracy(result.model, scenes)
     assert after >= before + 12, (before, after)  # measured here: 7.9 -> 23.7 (deterministic per seed)
-    for name in ("config.json", "regionscribe.model.safetensors", "tokenizer.json", "loss_curve.png", "history.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "history.json"):
         assert (tmp_path / "run" / name).is_file()
     assert RegionDescriber.from_pretrained(tmp_path / "run").model_version == "test-run"
 
@@ -36,7 +36,8 @@ def test_two_stage_run_lowers_loss_and_raises_accuracy(tmp_path):
 def test_stage1_keeps_the_lm_frozen_and_stage2_trains_it():
     import torch
 
-    from regionscribe.training.stages import run_stage, synthetic_stream
+    from regionscribe.training.phases import run_stage
+    from regionscribe.training.streams import synthetic_stream
 
     model = new_model(TrainConfig(seed=1))
     lm_before = {n: p.detach().clone() for n, p in model.lm.named_parameters()}
@@ -51,7 +52,7 @@ def test_stage1_keeps_the_lm_frozen_and_stage2_trains_it():
 def test_relation_drills_run_between_stage1_and_stage2_on_relation_questions_only(tmp_path):
     import torch
 
-    from regionscribe.training.stages import relation_stream
+    from regionscribe.training.streams import relation_stream
 
     stream = relation_stream(("horizontal", "vertical"), 0)
     first = [next(stream) for _ in range(40)]
@@ -73,7 +74,7 @@ def test_relation_drills_run_between_stage1_and_stage2_on_relation_questions_onl
 def test_balanced_drill_asks_as_often_for_each_answer_of_an_axis():
     from collections import Counter
 
-    from regionscribe.training.stages import relation_stream
+    from regionscribe.training.streams import relation_stream
 
     def shares(balance):
         stream = relation_stream(("color", "overlap"), 0, chunk=16, balance=balance)

@@ -88,10 +88,10 @@ def fake_ls():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny model saved as a real checkpoint folder (config.json, model.safetensors, tokenizer)."""
-    from regionscribe.model.describer import RegionDescriber
+    from regionscribe.training.stages import untrained_describer
 
     path = tmp_path_factory.mktemp("checkpoint") / "tiny-untrained-ckpt"
-    RegionDescriber.from_config("tiny", seed=0).model.save_pretrained(path, metadata={"version": "tiny-test-v1"})
+    untrained_describer("tiny", seed=0).model.save_pretrained(path, metadata={"version": "tiny-test-v1"})
     return path
 
 

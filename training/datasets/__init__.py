@@ -117,7 +117,7 @@ class Source:
 
     def units(self, stage: int, seed: int = 0) -> Iterator["Unit"]:
         """The conversations this source gives, not yet with their image: cheap to make and to skip, so that each
-        training process loads only the images of its own share (model/mixture.py). Each call is a new pass; the
+        training process loads only the images of its own share (training/mixture.py). Each call is a new pass; the
         first pass counts into `self.report` (later passes meet the same records again)."""
         report = self.report if not self._passes else SkipReport(self.name)
         self._passes += 1
@@ -170,7 +170,8 @@ class Unit:
 def caption_eval_samples(source: Source, limit: int = 500) -> Iterator:
     """Single-turn caption questions (the canonical caption prompt) for at most `limit` captioned regions of a
     held-out source, one scene per image: what regionscribe.training.evaluation scores with CIDEr-D and METEOR."""
-    from regionscribe.model.conversation import CAPTION_PROMPT, IMAGE_PREFIX, Sample, Turn
+    from regionscribe.model.conversation import Sample, Turn
+    from regionscribe.model.prompts import CAPTION_PROMPT, IMAGE_PREFIX
 
     upright, n = SOURCES[source.name][3], 0
     for record in source.records():

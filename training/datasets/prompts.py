@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn
+from regionscribe.model.conversation import Sample, Turn
+from regionscribe.model.prompts import BBOX, IMAGE_PREFIX, RELATION_Q
 from regionscribe.training.datasets.records import ImageRecord
-from regionscribe.model.prompts import BBOX
 
 MAX_REGIONS = 15  # regions per conversation, as GPT4RoI's RefCOCOG/VG datasets
 MAX_TURNS = 15
@@ -44,7 +44,7 @@ DESCRIBE = [
 ]
 ATTRIBUTES = ["What are the attributes of {r}?", "List the attributes of the object in {r}.",
               "How would you characterise {r}? Answer with its attributes."]
-RELATION = ["What is the relationship between {a} and {b}?", "How is {a} related to {b}?",
+RELATION = ["What is the relationship between {a} and {b}?", RELATION_Q,
             "Describe how {a} relates to {b}."]
 CATEGORY = ["What is the category of {r}?", "Which category does {r} belong to?"]
 FLICKR_ALL = ["Could you please give me a detailed description of these areas {rs}?",

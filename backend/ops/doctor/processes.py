@@ -96,7 +96,9 @@ def _load(settings: Settings, path: Path | None, check: Check) -> Check:
 
         started = time.perf_counter()
         if path is None:
-            describer = RegionDescriber.from_config("tiny", seed=0)
+            from regionscribe.training.stages import untrained_describer
+
+            describer = untrained_describer("tiny", seed=0)
         else:
             describer = RegionDescriber.from_pretrained(path, device=settings.device)
         loaded = time.perf_counter() - started
