@@ -41,9 +41,9 @@ class GroupProcess:
 
 
 class WorkerProcess(GroupProcess):
-    """`regionscribe.backend.ops.worker.run_worker` in a subprocess with environment `env` (its settings), on `queues` (None: the
-    settings' inference and ingest queues), `burst`: exit when they are empty; with `log_path`, its stdout and
-    stderr go to that file."""
+    """`regionscribe.backend.ops.worker.run_worker` in a subprocess with environment `env` (its settings), on
+    `queues` (None: the settings' inference and ingest queues), `burst`: exit when they are empty; with `log_path`, its
+    stdout and stderr go to that file."""
 
     def __init__(self, env: dict, name: str, log_path: str | os.PathLike | None = None,
                  queues: list[str] | None = None, burst: bool = False):

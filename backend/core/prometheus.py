@@ -25,7 +25,8 @@ COUNTERS = {  # hash field → (metric name, help); fields may carry labels as "
     "predictions_invalid": ("regionscribe_predictions_invalid_total",
                             "Predictions refused by LabelInterface validation (never sent)."),
     "webhooks": ("regionscribe_webhooks_total", "Webhook events received, by action."),
-    "sync_runs": ("regionscribe_sync_runs_total", "Projects synced with Label Studio (regionscribe.backend.feedback.sync), by project."),
+    "sync_runs": ("regionscribe_sync_runs_total",
+                  "Projects synced with Label Studio (regionscribe.backend.feedback.sync), by project."),
     "sync_annotations": ("regionscribe_sync_annotations_total",
                          "Annotations a sync with Label Studio found, by outcome (new, changed, unchanged, deleted, "
                          "skipped); new, changed and deleted ones are events the webhook did not deliver."),

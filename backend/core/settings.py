@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import Mapping
 from urllib.parse import urlsplit
 
-# MODEL_DIR value that makes workers build an untrained tiny model (`regionscribe.training.stages.untrained_describer("tiny", seed=0)`)
-# instead of loading a checkpoint: fast, well-formed gibberish. Meant for tests and smoke runs.
+# MODEL_DIR value that makes workers build an untrained tiny model
+# (`regionscribe.training.stages.untrained_describer("tiny", seed=0)`) instead of loading a checkpoint: fast,
+# well-formed gibberish. Meant for tests and smoke runs.
 TINY_UNTRAINED = "tiny-untrained"
 LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values (regionscribe.backend.core.logs)
 

@@ -17,8 +17,8 @@ project's training lease in the store is live (`store.training_lease`: taken by 
 worker every third of TRAINING_LEASE_SECONDS). The lease is what keeps one run per project when Redis loses its data
 in the middle of a run (FLUSHALL, a restart without persistence): the job, its pointer and the worker's liveness key
 are gone, but the lease is not, so nothing is enqueued and a job that starts anyway refuses to run
-(`training_job.run_training`). A lease whose worker died expires by itself; a run closed as failed releases it. A trigger that
-arrives while a run is active enqueues nothing: its regions stay pending (the count only restarts at
+(`training_run.run_training`). A lease whose worker died expires by itself; a run closed as failed releases it. A
+trigger that arrives while a run is active enqueues nothing: its regions stay pending (the count only restarts at
 `mark_training_started`) and the request flag stays set, and the run's success callback (`training_finished`)
 evaluates the project again, so it leads to the next run.
 
@@ -158,8 +158,8 @@ class Policy:
         return False, "", pending
 
     def evaluate(self, project_id: int, function: Callable | str = TRAINING_FUNCTION) -> dict:
-        """Enqueue a training run (`function(project_id)`: the function, or its dotted path) for the project if it is due and none is
-        active. Returns what was decided: {"due", "pending", "reason", "enqueued": job id or None,
+        """Enqueue a training run (`function(project_id)`: the function, or its dotted path) for the project if it is
+        due and none is active. Returns what was decided: {"due", "pending", "reason", "enqueued": job id or None,
         "active": job id or None}."""
         project_id = int(project_id)
         self.reclaim(project_id)

@@ -11,9 +11,9 @@
          adapter version over its base (model/adapters.py); the tiny default trains in full (feedback_plan)
       4. evaluate candidate and current on the base test split (synthetic-trained models only) and on the held-out
          corrections
-      5. promotion gate (regionscribe.backend.feedback.promotion), metric by metric: no attribute or relation axis more than
-         PROMOTION_TOLERANCE points worse on the base split (where there is one), caption CIDEr-D not more than
-         PROMOTION_CIDER_TOLERANCE worse, and at least as good on the held-out corrections; otherwise the candidate
+      5. promotion gate (regionscribe.backend.feedback.promotion), metric by metric: no attribute or relation axis
+         more than PROMOTION_TOLERANCE points worse on the base split (where there is one), caption CIDEr-D not more
+         than PROMOTION_CIDER_TOLERANCE worse, and at least as good on the held-out corrections; otherwise the candidate
          is kept as "rejected" with its metrics and the metrics that failed (manifest `gate`)
       6. publish atomically into the registry; if accepted, announce the new current version in Redis so inference
          workers reload it between jobs (regionscribe.backend.core.liveness.announce)
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 class LeaseKeeper(threading.Thread):
     """Renews a training run's lease in the store every third of its length while the run goes (the store, not
-    Redis, says a run is going: regionscribe.backend.feedback.policy). `lost` is set when the lease is no longer this run's (another
-    holder took it after it expired, or the run was closed as failed); the run then must not publish."""
+    Redis, says a run is going: regionscribe.backend.feedback.policy). `lost` is set when the lease is no longer this
+    run's (another holder took it after it expired, or the run was closed as failed); the run then must not publish."""
 
     def __init__(self, store, project_id: int, holder: str, seconds: float):
         super().__init__(name="regionscribe-training-lease", daemon=True)

@@ -14,7 +14,8 @@ sends then gets 401, silently: Label Studio saves the annotation, shows the back
                      URL) one is kept, the one Label Studio made when there is one; with Basic auth on it gets
                      `Authorization: Basic ...` (its other headers stay); the others are deleted, so each event
                      arrives once. A missing webhook is not created: the user may have removed it on purpose, the
-                     sync (regionscribe.backend.feedback.sync) covers the project either way, and `regionscribe doctor` says how to add it.
+                     sync (regionscribe.backend.feedback.sync) covers the project either way, and `regionscribe
+                     doctor` says how to add it.
     doctor           inspect(): present, authenticated, not duplicated, active; refusals(): 401s on /webhook in the
                      last hour and day (record_refusal, called by the web process for every 401 on /webhook).
 

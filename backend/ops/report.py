@@ -42,8 +42,9 @@ def version_rows(settings: Settings | None = None) -> list[dict]:
 
 
 def gate_failures(manifest: dict) -> str | None:
-    """The metrics that made the promotion gate refuse a version (regionscribe.backend.feedback.promotion), e.g. "attribute:texture -9.40
-    (tolerance 2)"; None for an accepted version or one published before the gate recorded them."""
+    """The metrics that made the promotion gate refuse a version (regionscribe.backend.feedback.promotion), e.g.
+    "attribute:texture -9.40 (tolerance 2)"; None for an accepted version or one published before the gate recorded
+    them."""
     gate = manifest.get("gate") or {}
     failed = [c for c in gate.get("checks") or [] if not c.get("passed")]
     if not failed:

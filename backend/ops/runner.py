@@ -1,8 +1,8 @@
 """`make run`: everything on one machine, in the foreground: a private Redis (when REDIS_URL is unset), an
 inference worker (which also caches annotated images: the ingest queue), a training worker (feedback runs never
 block predictions) and the web server. Prints the URL to paste into Label Studio; Ctrl-C or SIGTERM stops them all,
-web first, Redis last. Its own messages are log lines (regionscribe.backend.core.logs, LOG_FORMAT), and the children log in the same
-format.
+web first, Redis last. Its own messages are log lines (regionscribe.backend.core.logs, LOG_FORMAT), and the children
+log in the same format.
 """
 from __future__ import annotations
 
@@ -147,15 +147,18 @@ def run_all(settings: Settings | None = None) -> int:
             say(f"regionscribe: private Redis at {url} ({binary}; nothing is persisted)")
         python = sys.executable
         children["worker"] = subprocess.Popen(
-            [python, "-c", "from regionscribe.backend.ops.worker import run_worker; from regionscribe.backend.core.settings import get_settings as g; "
+            [python, "-c", "from regionscribe.backend.ops.worker import run_worker; "
+                           "from regionscribe.backend.core.settings import get_settings as g; "
                            "s = g(); run_worker(queues=[s.inference_queue, s.ingest_queue])"],
             env=env, start_new_session=True)
         children["trainer"] = subprocess.Popen(  # its own process: a training run never blocks predictions
-            [python, "-c", "from regionscribe.backend.ops.worker import run_worker; from regionscribe.backend.core.settings import get_settings as g; "
+            [python, "-c", "from regionscribe.backend.ops.worker import run_worker; "
+                           "from regionscribe.backend.core.settings import get_settings as g; "
                            "run_worker(queues=[g().training_queue])"],
             env=env, start_new_session=True)
         children["web"] = subprocess.Popen(
-            [python, "-c", "from regionscribe.backend.web.server import serve; serve()"], env=env, start_new_session=True)
+            [python, "-c", "from regionscribe.backend.web.server import serve; serve()"], env=env,
+            start_new_session=True)
         local = f"http://127.0.0.1:{settings.port}"
         if wait_ready(local, children, timeout=180, should_stop=lambda: stopping):
             host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host

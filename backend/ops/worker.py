@@ -18,9 +18,9 @@ A training worker (`--queue training`) evaluates every project's retraining poli
 (`Policy.sweep`): a run whose worker died gives its count back and the next run is enqueued.
 
 A worker serving the ingest queue also keeps the periodic sync's clock (regionscribe.backend.feedback.sync): every
-SYNC_INTERVAL seconds one of them (a Redis key decides which) queues `sync_job` on the ingest queue, which brings every connected project
-in line with Label Studio. The first one comes a few seconds after a worker starts, so whatever Label Studio sent
-while the backend was down reaches the store soon after it is back. SYNC_INTERVAL=0 turns it off; without
+SYNC_INTERVAL seconds one of them (a Redis key decides which) queues `sync_job` on the ingest queue, which brings
+every connected project in line with Label Studio. The first one comes a few seconds after a worker starts, so
+whatever Label Studio sent while the backend was down reaches the store soon after it is back. SYNC_INTERVAL=0 turns it off; without
 LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY it is off, with one warning.
 
 A worker killed mid-job (SIGKILL, OOM) leaves its job in rq's StartedJobRegistry. The waiting /predict notices the

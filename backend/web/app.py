@@ -6,7 +6,8 @@
                    (regionscribe.backend.labelstudio.webhooks), which runs on the ingest worker after the answer
     POST /predict  batch (context null) or interactive (params.context.result holds the drawn boxes)
     POST /webhook  annotation events; answers 201 at once (the feedback loop builds on it)
-    POST /export   a curated dataset from the store, written under <DATA_DIR>/exports/<name> (regionscribe.backend.export)
+    POST /export   a curated dataset from the store, written under <DATA_DIR>/exports/<name>
+                   (regionscribe.backend.export)
     GET  /metrics  Prometheus text exposition
 
 With BASIC_AUTH_USER and BASIC_AUTH_PASS set, every route but /health needs HTTP Basic auth (Label Studio's only
@@ -15,7 +16,8 @@ auth method towards ML backends). Request bodies above MAX_REQUEST_BYTES get 413
 
 Every request has an id: its X-Request-Id header when that is a plain token (letters, digits, ._:-, at most 128),
 else a fresh one. It is echoed in the answer's X-Request-Id, is on every log line written while the request is
-handled (regionscribe.backend.core.logs) and travels with the jobs the request queues, so the worker's lines for them carry it too.
+handled (regionscribe.backend.core.logs) and travels with the jobs the request queues, so the worker's lines for them
+carry it too.
 """
 from __future__ import annotations
 
@@ -215,8 +217,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/export")
     def export_route():
-        """A dataset export (regionscribe.backend.export) written server-side under <DATA_DIR>/exports/<name>, never returned
-        in the answer: 201 with its name, counts and selection id; 400 for bad options or an empty selection
+        """A dataset export (regionscribe.backend.export) written server-side under <DATA_DIR>/exports/<name>, never
+        returned in the answer: 201 with its name, counts and selection id; 400 for bad options or an empty selection
         (nothing written), 409 for an existing name, 503 when the store is unavailable."""
         from regionscribe.backend.export import ExportError, ExportExists, export_to_data_dir
         from regionscribe.backend.store import StoreError

@@ -10,8 +10,9 @@ other tasks, and the answer always has one item per task:
 - interactive mode: `{"result": [], "model_version", "score": 0, "error": "..."}`: interactive answers are shown
   as suggestions and never stored, and the editor expects a `result` list.
 Per-region errors (a polygon with fewer than 3 points or self-intersecting, an empty mask, a brush RLE of another
-size: regionscribe.backend.labelstudio.shapes) never fail the task's other regions: the prediction lists them in `region_errors`
-(`[{"id", "error"}]`) and describes the rest; a task none of whose regions can be described gets the task error.
+size: regionscribe.backend.labelstudio.shapes) never fail the task's other regions: the prediction lists them in
+`region_errors` (`[{"id", "error"}]`) and describes the rest; a task none of whose regions can be described gets the
+task error.
 
 Interactive mode describes only the boxes of `context.result` that carry none of the per-region results regionscribe
 fills (the box just drawn; Label Studio sends every box with the drawn one's label, described or not). A box that has

@@ -3,9 +3,9 @@
 No `--preload` and no model in the web processes: they only talk to Redis, so forking them is safe (CUDA never
 starts in a forked process; the model lives in the workers).
 
-Logging (regionscribe.backend.core.logs): the app's lines go through the root logger in LOG_FORMAT. With LOG_FORMAT=json, gunicorn's
-own error and access lines are JSON objects too, and each access line carries the request id the app answered with
-(X-Request-Id); with "text", gunicorn keeps its usual formats.
+Logging (regionscribe.backend.core.logs): the app's lines go through the root logger in LOG_FORMAT. With
+LOG_FORMAT=json, gunicorn's own error and access lines are JSON objects too, and each access line carries the request
+id the app answered with (X-Request-Id); with "text", gunicorn keeps its usual formats.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def _json_logger_class(settings: Settings) -> type[Logger]:
     formatter = make_formatter(settings)
 
     class JsonGunicornLogger(Logger):
-        """gunicorn's logger, its lines formatted by regionscribe.backend.core.logs; access lines with the answer's request id."""
+        """gunicorn's logger, its lines formatted by regionscribe.backend.core.logs; access lines with the answer's
+        request id."""
 
         def setup(self, cfg):
             super().setup(cfg)

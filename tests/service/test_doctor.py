@@ -25,7 +25,8 @@ def queues():
 
 @pytest.fixture
 def heartbeats(redis_client):
-    """Announce workers exactly the way regionscribe.backend.ops.worker.run_worker does (its Heartbeat), without starting them."""
+    """Announce workers exactly the way regionscribe.backend.ops.worker.run_worker does (its Heartbeat), without
+    starting them."""
     started = []
 
     def announce(queue: str, state: str = "ready", model_version: str | None = None) -> None:

@@ -101,7 +101,9 @@ def check_registry(settings: Settings) -> Check:
                      "nothing to do if no training run has finished yet (the trainer creates it); otherwise check "
                      "REGISTRY_DIR: every worker and the trainer must see the same folder at the same path")
     versions_dir = root / "versions"
-    try:  # read without regionscribe.backend.core.registry.Registry: it creates folders, and falls back to the base checkpoint
+    # read without regionscribe.backend.core.registry.Registry: it creates folders, and falls back to the base
+    # checkpoint
+    try:
         versions = sorted(p.name for p in versions_dir.iterdir() if (p / "manifest.json").is_file()) \
             if versions_dir.is_dir() else []
         pointer = root / "current"
@@ -116,7 +118,8 @@ def check_registry(settings: Settings) -> Check:
                 (folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
                                                        "adapter/adapter_model.safetensors"))):
             return Check("registry", FAIL, detail + f"; `current` names {named!r}, which is not a complete version",
-                         "point `current` at a complete version (regionscribe.backend.core.registry.Registry(REGISTRY_DIR)"
+                         "point `current` at a complete version "
+                         "(regionscribe.backend.core.registry.Registry(REGISTRY_DIR)"
                          ".set_current(VERSION), the rollback) or remove the `current` file to serve the base "
                          "checkpoint")
         detail += f", current {named}"
