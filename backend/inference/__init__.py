@@ -1,2 +1,2 @@
-"""Predictions: the web side submits describe jobs and waits for them; the worker side answers them with the
-describer it loaded once."""
+"""Predictions: the web side submits describe jobs and waits for them (submit); the worker side runs them (job),
+answering them (answers) with the describer it loaded once (state)."""

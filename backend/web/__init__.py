@@ -1,2 +1,2 @@
-"""The web process: the Flask app Label Studio calls, the ML-backend model behind it, and the gunicorn server.
-It never imports torch."""
+"""The web process: the Flask app Label Studio calls, the ML backend behind it (RegionScribeBackend), and the gunicorn
+server. It never imports torch."""
