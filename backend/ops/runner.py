@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from regionscribe.backend.core.connections import redis_connection
 from regionscribe.backend.core.logs import capture_process_output, configure_logging
 from regionscribe.backend.core.settings import Settings, get_settings
 
@@ -67,7 +68,7 @@ def start_redis(binary: str, port: int | None = None, workdir: str | None = None
          "--dir", workdir, "--protected-mode", "yes", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5)
+    client = redis_connection(url, socket_connect_timeout=0.2, socket_timeout=0.5)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
