@@ -38,8 +38,8 @@ from regionscribe.backend.core.connections import fast_redis
 from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
 from regionscribe.model.files import write_atomic
 
-from regionscribe.backend.labelstudio.labeling import CAPTION_WORDS, ConfigError, ProjectConfig
-from regionscribe.backend.labelstudio.shapes import LABEL_KEYS, REGION_TAGS, Shape, ShapeError
+from regionscribe.backend.labelstudio.config import ProjectConfig, parsed_config
+from regionscribe.backend.labelstudio.results import read_regions
 from regionscribe.backend.core.logs import current_request_id
 from regionscribe.backend.core.settings import Settings, get_settings
 from regionscribe.backend.store import AnnotationInput, RegionInput, Store, Suggestion, _canonical
@@ -51,7 +51,6 @@ CREATED, UPDATED, DELETED, START_TRAINING = (
 KNOWN_ACTIONS = (CREATED, UPDATED, DELETED, START_TRAINING)
 IMAGE_JOB = "regionscribe.backend.feedback.ingest.fetch_image_job"
 MAX_ID = 2 ** 63 - 1  # ids are stored as 64-bit signed integers (BIGINT)
-MAX_SIZE = 2 ** 31 - 1  # image sizes, as 32-bit INTEGER
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
                "MPO": "jpg", "ICO": "ico", "PPM": "ppm"}
 
@@ -100,136 +99,17 @@ def project_id_of(payload: dict) -> int:
     raise BadEvent("'project' is missing (expected {\"project\": {\"id\": ...}})")
 
 
-def _texts(value) -> str | None:
-    text = value.get("text") if isinstance(value, dict) else None
-    if isinstance(text, str):
-        text = [text]
-    if not isinstance(text, list):
-        return None
-    # NUL is the one character PostgreSQL text cannot hold; nothing a person types
-    parts = [str(t).replace("\x00", "").strip() for t in text
-             if isinstance(t, (str, int, float)) and str(t).replace("\x00", "").strip()]
-    return "\n".join(parts) if parts else None
-
-
-def _geometry(value: dict) -> tuple[float, float, float, float, float] | None:
-    if not isinstance(value, dict):
-        return None
-    x, y, w, h = (_float(value.get(k)) for k in ("x", "y", "width", "height"))
-    rotation = _float(value.get("rotation") or 0.0)
-    if None in (x, y, w, h, rotation) or w <= 0 or h <= 0:
-        return None
-    return x, y, w, h, rotation
-
-
-def _roles(config: ProjectConfig | None, names: list[str]) -> dict[str, str]:
-    """TextArea name → "caption" | "detailed" | "relation_text" (names without a role are ignored)."""
-    if config is not None:
-        roles = {config.caption: "caption", config.detailed: "detailed", config.relation_text: "relation_text"}
-        return {k: v for k, v in roles.items() if k}
-    roles: dict[str, str] = {}
-    for name in names:
-        low = name.lower()
-        if "relation" in low and "relation_text" not in roles.values():
-            roles[name] = "relation_text"
-        elif "detail" in low and "detailed" not in roles.values():
-            roles[name] = "detailed"
-    captions = [n for n in names if n not in roles and any(w in n.lower() for w in CAPTION_WORDS)]
-    if captions:
-        roles[captions[0]] = "caption"
-    return roles
-
-
 def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInput]:
     """Label Studio results (an annotation's or a prediction's) → one RegionInput per region id with a shape: a box,
-    or a polygon, ellipse, brush mask or keypoint (kept in RegionInput.shape, its bounding box in x..height). A
-    shape that cannot be described (a polygon with 2 points...) is skipped with a log line; the event itself is
-    stored whole, so nothing is lost."""
-    groups: dict[str, list[dict]] = {}
-    relations: list[dict] = []
-    for item in results or []:
-        if not isinstance(item, dict):
-            continue
-        kind = str(item.get("type", "")).lower()
-        if kind == "relation":
-            relations.append(item)
-            continue
-        if item.get("id") in (None, ""):
-            continue  # a result without id is not linked to any region
-        if config is not None and item.get("to_name") not in (None, config.image_name):
-            continue
-        groups.setdefault(str(item["id"]), []).append(item)
-    textarea_names = list(dict.fromkeys(str(i.get("from_name")) for items in groups.values() for i in items
-                                        if str(i.get("type", "")).lower() == "textarea"))
-    roles = _roles(config, textarea_names)
-
-    regions: dict[str, RegionInput] = {}
-    for rid, items in groups.items():
-        box = next((i for i in items if str(i.get("type", "")).lower() in REGION_TAGS
-                    and (config is None or i.get("from_name") in config.region_controls)), None)
-        shape = None
-        if box is not None and str(box.get("type", "")).lower() not in ("rectanglelabels", "rectangle"):
-            try:
-                parsed = Shape.from_result(box)
-                sizes = [(_float(i.get("original_width")), _float(i.get("original_height"))) for i in items]
-                ow, oh = next(((int(w), int(h)) for w, h in sizes if w and h), (None, None))
-                x, y, w, h = parsed.percent_box(ow, oh)
-            except ShapeError as exc:
-                log.info("region %r: %s; skipped", rid, exc)
-                continue
-            shape = parsed.to_json()
-            geometry = (x, y, w, h, 0.0)
-        else:
-            geometry = _geometry((box or {}).get("value"))
-        if geometry is None:  # the OCR pattern: per-region results repeat the box
-            geometry = next((g for g in (_geometry(i.get("value")) for i in items) if g is not None), None)
-        if geometry is None:
-            log.info("region %r has no usable box; skipped", rid)
-            continue
-        labels: list[str] = []
-        texts: dict[str, str | None] = {"caption": None, "detailed": None, "relation_text": None}
-        attributes: dict[str, list] = {}
-        original = (None, None)
-        for item in items:
-            kind = str(item.get("type", "")).lower()
-            value = item.get("value") if isinstance(item.get("value"), dict) else {}
-            name = str(item.get("from_name"))
-            if original == (None, None) and item.get("original_width") and item.get("original_height"):
-                ow, oh = _float(item.get("original_width")), _float(item.get("original_height"))
-                if ow and oh and 1 <= ow <= MAX_SIZE and 1 <= oh <= MAX_SIZE:
-                    original = (int(ow), int(oh))
-            if kind in LABEL_KEYS or kind == "labels":
-                values = value.get(kind)
-                if isinstance(values, list):
-                    labels += [str(v) for v in values if isinstance(v, (str, int, float))]
-            elif kind == "textarea":
-                role = roles.get(name)
-                if role is None and config is None and texts["caption"] is None:
-                    role = "caption"  # no config: the region's first other TextArea is its caption
-                if role and texts[role] is None:
-                    texts[role] = _texts(value)
-            elif kind == "choices":
-                values = value.get("choices")
-                if isinstance(values, list):
-                    attributes[name] = [str(v) for v in values if isinstance(v, (str, int, float))]
-            elif kind == "taxonomy":
-                paths = value.get("taxonomy")
-                if isinstance(paths, list):
-                    attributes[name] = [[str(p) for p in path] if isinstance(path, list) else [str(path)]
-                                        for path in paths]
-        x, y, w, h, rotation = geometry
-        regions[rid] = RegionInput(region_id=rid, x=x, y=y, width=w, height=h, rotation=rotation,
-                                   labels=tuple(dict.fromkeys(labels)), caption=texts["caption"],
-                                   detailed_caption=texts["detailed"], relation_text=texts["relation_text"],
-                                   attributes=attributes, original_width=original[0], original_height=original[1],
-                                   shape=shape)
-    for rel in relations:
-        src, dst = str(rel.get("from_id") or ""), str(rel.get("to_id") or "")
-        if src in regions and dst:
-            labels = rel.get("labels") if isinstance(rel.get("labels"), list) else []
-            regions[src].relations.append({"to": dst, "labels": [str(v) for v in labels],
-                                           "direction": str(rel.get("direction") or "right")})
-    return list(regions.values())
+    or a polygon, ellipse, brush mask or keypoint (kept in RegionInput.shape, its bounding box in x..height), as
+    regionscribe.backend.labelstudio.results.read_regions reads them. A shape that cannot be described (a polygon with
+    2 points...) is skipped with a log line; the event itself is stored whole, so nothing is lost."""
+    return [RegionInput(region_id=r.region_id, x=r.x, y=r.y, width=r.width, height=r.height, rotation=r.rotation,
+                        labels=r.content.labels, caption=r.content.caption,
+                        detailed_caption=r.content.detailed_caption, relation_text=r.content.relation_text,
+                        attributes=r.content.attributes, original_width=r.content.original_width,
+                        original_height=r.content.original_height, shape=r.shape, relations=r.relations)
+            for r in read_regions(results, config)]
 
 
 def _image_ref(task: dict, config: ProjectConfig | None) -> str | None:
@@ -316,17 +196,6 @@ def suggestions_from_prediction(prediction: dict, config: ProjectConfig | None, 
 
 
 # ------------------------------------------------------------------------------------------------ label config
-
-
-def parsed_config(xml: str | None) -> ProjectConfig | None:
-    """The labeling config as ingest reads it, or None when there is none or regionscribe cannot use it."""
-    if not xml:
-        return None
-    try:
-        return ProjectConfig.parse(xml)
-    except ConfigError as exc:
-        log.info("labeling config not usable for ingest (%s); reading results by their types", exc)
-        return None
 
 
 def resolve_config(payload: dict, project_id: int, store: Store, connection: redis.Redis | None

@@ -31,7 +31,7 @@ from pathlib import Path
 import redis
 
 from regionscribe.backend.inference.jobs import Outcome, inference_queue, make_payload, submit, wait_for
-from regionscribe.backend.labelstudio.labeling import ConfigError, ProjectConfig
+from regionscribe.backend.labelstudio.config import ConfigError, ProjectConfig
 from regionscribe.backend.core.prometheus import Metrics
 from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings
 from regionscribe.backend.inference.worker import live_workers

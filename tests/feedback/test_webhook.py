@@ -196,7 +196,7 @@ def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
 def test_predict_remembers_what_it_suggested(make_settings, ls):
     """The hook in RegionScribeModel.predict: the prediction sent to Label Studio is read back like an annotation
     and kept per (project, task, region id); then an annotation that keeps it counts as confirmed."""
-    from regionscribe.backend.labelstudio.labeling import ProjectConfig
+    from regionscribe.backend.labelstudio.config import ProjectConfig
     from regionscribe.backend.web.ml_backend import RegionScribeModel
 
     settings = make_settings()
