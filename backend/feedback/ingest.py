@@ -42,7 +42,7 @@ from regionscribe.backend.labelstudio.config import ProjectConfig, parsed_config
 from regionscribe.backend.labelstudio.results import read_regions
 from regionscribe.backend.core.logs import current_request_id
 from regionscribe.backend.core.settings import Settings, get_settings
-from regionscribe.backend.store import AnnotationInput, RegionInput, Store, Suggestion, _canonical
+from regionscribe.backend.store import AnnotationInput, RegionInput, Store, _canonical
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +179,6 @@ def parse_annotation(payload: dict, config: ProjectConfig | None) -> AnnotationI
 def _str_or_none(value) -> str | None:
     text = str(value).replace("\x00", "") if value is not None else ""
     return text or None
-
-
-def suggestions_from_prediction(prediction: dict, config: ProjectConfig | None, task_id: int) -> list[Suggestion]:
-    """What a prediction (as sent to Label Studio) suggests per region: the same reading as an annotation's, so the
-    two compare like for like. Regions with nothing suggested (box only) are left out."""
-    version = str(prediction.get("model_version") or "unknown")
-    out = []
-    for region in parse_results(prediction.get("result") or [], config):
-        if not region.has_content:
-            continue
-        out.append(Suggestion(task_id=int(task_id), region_id=region.region_id, model_version=version,
-                              caption=region.caption, detailed_caption=region.detailed_caption,
-                              relation_text=region.relation_text, attributes=region.attributes))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ label config

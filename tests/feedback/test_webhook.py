@@ -194,8 +194,9 @@ def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
 
 
 def test_predict_remembers_what_it_suggested(make_settings, ls):
-    """The hook in RegionScribeModel.predict: the prediction sent to Label Studio is read back like an annotation
-    and kept per (project, task, region id); then an annotation that keeps it counts as confirmed."""
+    """The hook in RegionScribeModel.predict: what the prediction sent to Label Studio suggests (read from the
+    regions and the worker's answer it was built from, like an annotation) is kept per (project, task, region id);
+    then an annotation that keeps it counts as confirmed."""
     from regionscribe.backend.labelstudio.config import ProjectConfig
     from regionscribe.backend.web.ml_backend import RegionScribeModel
 
@@ -210,7 +211,7 @@ def test_predict_remembers_what_it_suggested(make_settings, ls):
     prediction = config.build_prediction(regions, answer, interactive=True)
     model = RegionScribeModel(settings, None, ls.XML, project=str(p))
     model._remember_suggestions(config, [{"id": t, "data": {"image": "/x.png"}}, {"id": t + 1}],
-                                [prediction, {"error": "no boxes", "result": []}])
+                                [prediction, {"error": "no boxes", "result": []}], {0: (regions, answer, None)})
     store = Store.shared(settings)
     got = store.suggestions(p, t)
     assert got["r1"].caption == "a red square" and got["r1"].model_version == "tiny-v9"
