@@ -261,9 +261,9 @@ class RegionScribeModel:
         """Webhook events (label-studio-ml v2's `fit(event, data)`): annotation events become records in the
         feedback store (durable before this returns), START_TRAINING asks the retraining policy for a run. Nothing
         slow happens here: images are cached by the ingest queue, training runs on the training queue.
-        Raises regionscribe.backend.feedback.ingest.BadEvent for a malformed payload; returns {"status": "Unknown event"} for actions
+        Raises regionscribe.backend.feedback.events.BadEvent for a malformed payload; returns {"status": "Unknown event"} for actions
         the feedback loop does not use."""
-        from regionscribe.backend.feedback.ingest import handle_event
+        from regionscribe.backend.feedback.events import handle_event
 
         annotation = data.get("annotation") if isinstance(data, dict) else None
         task = data.get("task") if isinstance(data, dict) else None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regionscribe.backend.feedback.ingest import parse_results
+from regionscribe.backend.feedback.events import parse_results
 from regionscribe.backend.feedback.suggestions import suggestions_from_answer
 from regionscribe.backend.labelstudio.config import ProjectConfig
 from regionscribe.backend.labelstudio.shapes import Shape

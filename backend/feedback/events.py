@@ -1,47 +1,36 @@
-"""Ingest: Label Studio webhook events → region-text records in the store, and the images they need, cached by
-content hash.
+"""Webhook events into the store: Label Studio's ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_DELETED /
+START_TRAINING payloads checked, turned into store inputs (`parse_annotation`: AnnotationInput, RegionInput) and
+written, then the retraining policy asked.
 
     /webhook  →  handle_event(settings, payload)           (web process; answers well under Label Studio's 1 s)
                    1. validate the payload (BadEvent → 400, nothing written)
                    2. one store transaction (durable before the answer)
-                   3. enqueue `fetch_image_job(image_ref, task_id)` on INGEST_QUEUE for images not cached yet
+                   3. queue the image job for images not cached yet (regionscribe.backend.feedback.image_cache)
                    4. ask the retraining policy whether the project is due
-    ingest worker (`regionscribe worker --queue ingest`, or any worker that also listens to it)
-                   fetch_image_job → ImageFetcher → <DATA_DIR>/images/<sha256>.<ext>; fills every record using it
-    trainer       fetch_missing_images(store) sweeps what the jobs did not get (Redis was down, LS was down)
+    replay(origin, target)  applies the raw events a store kept to another store (or the same: a no-op)
 
 Steps 3 and 4 need Redis; when it is down the records are still written and the answer is still 201. The image is
 fetched later by the sweep, and the policy evaluates again on the next event (the pending count and a START_TRAINING
 request live in the store).
 
-How a region is read from an annotation's `result` (labelstudio.md §2): results sharing an `id` are one region. The
-shape is its rectangle, polygon, ellipse, brush or keypoint result (a rectangle's geometry may also come from a
-per-region result repeating it; other shapes are kept whole, regionscribe.backend.labelstudio.shapes); the caption, detailed
-caption and relation text are the TextAreas the project's labeling config names for them (`ProjectConfig`: from the
-payload's `project.label_config`, else the config last saved in the store, else the one /setup saved in Redis);
-without a config, a TextArea whose name says "relation"/"detail" takes that role and the first other TextArea of
-the region is the caption. Every Choices/Taxonomy result of the region is an attribute (control name → values;
-Taxonomy values are paths). Relations `{"type": "relation", "from_id", "to_id", "labels"}` are kept on the
-`from_id` region as `{"to", "labels", "direction"}`.
+An annotation's `result` is read by regionscribe.backend.labelstudio.results (read_regions) with the project's labeling
+config (`resolve_config`: the payload's `project.label_config`, else the config last saved in the store, else the one
+/setup saved in Redis); without a config, results are read by their types.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
-import os
 
 import redis
 
 from regionscribe.backend.core.connections import fast_redis
 from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
-from regionscribe.model.files import write_atomic
-
+from regionscribe.backend.core.settings import Settings
+from regionscribe.backend.feedback.image_cache import queue_missing_images
 from regionscribe.backend.labelstudio.config import ProjectConfig, parsed_config
 from regionscribe.backend.labelstudio.results import read_regions
-from regionscribe.backend.core.logs import current_request_id
-from regionscribe.backend.core.settings import Settings, get_settings
 from regionscribe.backend.store import AnnotationInput, RegionInput, Store, _canonical
 
 log = logging.getLogger(__name__)
@@ -49,10 +38,7 @@ log = logging.getLogger(__name__)
 CREATED, UPDATED, DELETED, START_TRAINING = (
     "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
 KNOWN_ACTIONS = (CREATED, UPDATED, DELETED, START_TRAINING)
-IMAGE_JOB = "regionscribe.backend.feedback.ingest.fetch_image_job"
 MAX_ID = 2 ** 63 - 1  # ids are stored as 64-bit signed integers (BIGINT)
-_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
-               "MPO": "jpg", "ICO": "ico", "PPM": "ppm"}
 
 
 class BadEvent(ValueError):
@@ -207,25 +193,6 @@ def resolve_config(payload: dict, project_id: int, store: Store, connection: red
     return None, None, False
 
 
-def enqueue_image_fetch(connection: redis.Redis, settings: Settings, image_ref: str, task_id: int) -> str | None:
-    """Put `fetch_image_job(image_ref, task_id)` on INGEST_QUEUE, once per image while it waits (unique job id).
-    Returns the job id, or None when it was already queued."""
-    from rq import Queue
-    from rq.exceptions import DuplicateJobError
-    from rq.serializers import JSONSerializer
-
-    job_id = "regionscribe-image-" + hashlib.sha256(image_ref.encode()).hexdigest()[:24]
-    queue = Queue(settings.ingest_queue, connection=connection, serializer=JSONSerializer)
-    try:
-        queue.enqueue_call(IMAGE_JOB, args=(image_ref, task_id), job_id=job_id, unique=True,
-                           timeout=max(60, int(settings.fetch_timeout * 6)), result_ttl=0, failure_ttl=300,
-                           description=f"cache the image of task {task_id}",
-                           meta={"request_id": current_request_id()})
-    except DuplicateJobError:
-        return None
-    return job_id
-
-
 # ------------------------------------------------------------------------------------------------- events
 
 
@@ -280,25 +247,6 @@ def handle_event(settings: Settings, payload: dict, store: Store | None = None,
     return answer
 
 
-def queue_missing_images(settings: Settings, connection: redis.Redis | None, missing: list
-                         ) -> tuple[str | None, redis.Redis | None]:
-    """Queue the ingest job of each (image_ref, task_id) a write found uncached. Returns ("queued" | "deferred" |
-    None, the connection, or None once Redis failed: callers skip further Redis work)."""
-    status = None
-    for image_ref, task_id in missing:
-        if connection is None:
-            status = "deferred"
-            continue
-        try:
-            enqueue_image_fetch(connection, settings, image_ref, task_id)
-            status = "queued"
-        except redis.RedisError as exc:
-            log.warning("image of task %s not queued (%s); the training sweep will fetch it", task_id, exc)
-            status = "deferred"
-            connection = None
-    return status, connection
-
-
 def evaluate_policy(settings: Settings, store: Store, connection: redis.Redis | None, project_id: int) -> dict:
     """Ask the retraining policy whether the project is due (needs Redis; without it the count waits in the store
     for the next evaluation)."""
@@ -342,94 +290,3 @@ def replay(origin: Store, target: Store, after_id: int = 0) -> int:
                 count += 1
             except BadEvent as exc:
                 log.warning("event %s not replayed: %s", event["id"], exc)
-
-
-# -------------------------------------------------------------------------------------------------- images
-
-
-_FETCHERS: dict[tuple[int, Settings], object] = {}
-
-
-def _fetcher(settings: Settings):
-    """One ImageFetcher per process and settings (it keeps HTTP sessions and Label Studio's access token)."""
-    from regionscribe.backend.labelstudio.fetcher import ImageFetcher
-
-    key = (os.getpid(), settings)
-    if key not in _FETCHERS:
-        _FETCHERS[key] = ImageFetcher(settings)
-    return _FETCHERS[key]
-
-
-def decoded_size(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
-    """(format, (width, height)) of an image as the model sees it (EXIF rotation applied, as regionscribe.model.images.load_image
-    does), after decoding it fully: junk, truncated files and decompression bombs raise ValueError/OSError. PIL
-    only, so an ingest worker never imports torch."""
-    from PIL import Image, ImageOps
-
-    if not data:
-        raise ValueError("empty image data")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt = image.format or ""
-            width, height = image.size
-            if width < 1 or height < 1 or width * height > max_pixels:
-                raise ValueError(f"image refused: {width}x{height} pixels (limit MAX_IMAGE_PIXELS={max_pixels})")
-            image.load()
-            return fmt, ImageOps.exif_transpose(image).size
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"image refused as a decompression bomb: {exc}") from None
-    except (Image.UnidentifiedImageError, SyntaxError) as exc:
-        raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
-
-
-def cache_image(store: Store, fetcher, image_ref: str, task_id, max_pixels: int) -> dict:
-    """Fetch one image, write it as <images_dir>/<sha256>.<ext> (atomically) and fill the records that use it.
-    Errors are recorded in the store and returned, not raised."""
-    from regionscribe.backend.labelstudio.fetcher import FetchError
-
-    known = store.cached_image(image_ref)
-    if known and known.get("sha256") and store.image_path(known["sha256"]) is not None:
-        filled = store.set_image(image_ref, known["sha256"], known["ext"], known["width"], known["height"],
-                                 known["bytes"] or 0)
-        return {"sha256": known["sha256"], "records": filled, "cached": True}
-    try:
-        data = fetcher.fetch(image_ref, task_id)
-        fmt, (width, height) = decoded_size(data, max_pixels)
-    except (FetchError, ValueError, OSError) as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        log.warning("image of task %s not cached: %s", task_id, message)
-        store.image_failed(image_ref, message)
-        return {"error": message}
-    sha = hashlib.sha256(data).hexdigest()
-    ext = _EXTENSIONS.get(fmt.upper(), fmt.lower() or "bin")
-    store.images_dir.mkdir(parents=True, exist_ok=True)
-    path = store.images_dir / f"{sha}.{ext}"
-    if not path.is_file():
-        write_atomic(path, data)
-    filled = store.set_image(image_ref, sha, ext, width, height, len(data))
-    return {"sha256": sha, "path": str(path), "width": width, "height": height, "records": filled, "cached": False}
-
-
-def fetch_image_job(image_ref: str, task_id=None) -> dict:
-    """RQ job (queue INGEST_QUEUE): cache one annotated image by content hash. Runs in any regionscribe worker
-    started with the same STORE_URL/DATA_DIR and image settings as the web server."""
-    settings = get_settings()
-    return cache_image(Store.shared(settings), _fetcher(settings), image_ref, task_id, settings.max_image_pixels)
-
-
-def fetch_missing_images(store: Store, settings: Settings | None = None, fetcher=None,
-                         limit: int | None = None) -> dict:
-    """The sweep: cache every image that live records need and the cache lacks (the jobs could not run: Redis or
-    Label Studio was down). Call it before `store.snapshot()` in a training run. Returns
-    {"fetched": n, "failed": {image_ref: error}}."""
-    settings = settings or get_settings()
-    fetcher = fetcher or _fetcher(settings)
-    fetched, failed = 0, {}
-    for image_ref, task_id in store.missing_images(limit=limit):
-        outcome = cache_image(store, fetcher, image_ref, task_id, settings.max_image_pixels)
-        if "error" in outcome:
-            failed[image_ref] = outcome["error"]
-        else:
-            fetched += 1
-    return {"fetched": fetched, "failed": failed}
-
