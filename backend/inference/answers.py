@@ -26,8 +26,7 @@ from regionscribe.model.errors import RegionScribeError
 from regionscribe.backend.core.logs import request_context
 from regionscribe.backend.inference.state import current, refresh_model
 from regionscribe.backend.labelstudio.fetcher import FetchError
-from regionscribe.backend.labelstudio.labeling import percent_box_to_pixels
-from regionscribe.backend.labelstudio.shapes import Shape, ShapeError
+from regionscribe.backend.labelstudio.shapes import Shape, ShapeError, percent_box_to_pixels
 
 log = logging.getLogger(__name__)
 
