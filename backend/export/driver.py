@@ -127,7 +127,7 @@ def _write(store: Store, root: Path, options: ExportOptions, progress: bool,
         if missing_count:
             raise ExportError(
                 f"{missing_count} image(s) of the selection are not in the image cache ({store.images_dir}), e.g. "
-                f"{', '.join(missing)}: fetch them first (the training sweep, regionscribe.backend.feedback.ingest.fetch_missing_images, "
+                f"{', '.join(missing)}: fetch them first (the training sweep, regionscribe.backend.feedback.image_cache.fetch_missing_images, "
                 "or wait for the ingest queue), or export with --images reference")
         if not counts["regions"]:
             raise ExportError(

@@ -38,9 +38,11 @@ import redis
 
 from regionscribe.backend.core.connections import redis_connection
 from regionscribe.backend.core.keys import SYNC_JOB_KEY, SYNC_LAST_KEY, SYNC_TICK_KEY
-from regionscribe.backend.feedback.ingest import (
-    CREATED, DELETED, UPDATED, BadEvent, evaluate_policy, parse_annotation, parsed_config, queue_missing_images,
+from regionscribe.backend.feedback.events import (
+    CREATED, DELETED, UPDATED, BadEvent, evaluate_policy, parse_annotation,
 )
+from regionscribe.backend.feedback.image_cache import queue_missing_images
+from regionscribe.backend.labelstudio.config import parsed_config
 from regionscribe.backend.labelstudio.api import (
     LabelStudioError, annotation_exists, client, project as ls_project, tasks,
 )

@@ -262,7 +262,7 @@ def _train_and_publish(project_id, settings, store, job, keeper: LeaseKeeper) ->
     from regionscribe.training.stages import StageConfig, TrainConfig, train
     from regionscribe.training.streams import synthetic_stream
 
-    from regionscribe.backend.feedback.ingest import fetch_missing_images
+    from regionscribe.backend.feedback.image_cache import fetch_missing_images
     from regionscribe.backend.feedback.promotion import promotion_gate
 
     started = time.time()

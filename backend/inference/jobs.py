@@ -35,7 +35,7 @@ from regionscribe.model.asks import Asks
 from regionscribe.model.errors import RegionScribeError
 
 from regionscribe.backend.labelstudio.fetcher import FetchError
-from regionscribe.backend.labelstudio.labeling import percent_box_to_pixels
+from regionscribe.backend.labelstudio.shapes import percent_box_to_pixels
 from regionscribe.backend.core.logs import request_context
 from regionscribe.backend.labelstudio.shapes import Shape, ShapeError
 from regionscribe.backend.core.settings import Settings

@@ -294,6 +294,13 @@ def rectangle_pixels(x: float, y: float, w: float, h: float, rotation: float, wi
     return clamp(min(xs), width), clamp(min(ys), height), clamp(max(xs), width), clamp(max(ys), height)
 
 
+
+def percent_box_to_pixels(box: dict, width: int, height: int) -> tuple[float, float, float, float]:
+    """Label Studio percent geometry → pixel xyxy of its axis-aligned bounding box (rotation is about the top-left
+    corner, clockwise, in degrees), clamped to the image."""
+    return rectangle_pixels(box["x"], box["y"], box["width"], box["height"], float(box.get("rotation") or 0.0),
+                            width, height)
+
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     """Pixel xyxy of a non-empty mask's bounding box (pixel edges: a one-pixel mask is one pixel wide)."""
     ys, xs = np.nonzero(mask)

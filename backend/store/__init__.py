@@ -37,5 +37,5 @@ from regionscribe.backend.store.store import Store
 __all__ = [
     "Store", "StoreError", "default_url", "MIGRATIONS", "REGION_COLUMNS", "SOURCES", "RegionInput", "AnnotationInput",
     "Suggestion", "RegionRecord", "Snapshot", "parse_time_us", "image_key", "differs_from_suggestion", "pixel_box",
-    "_canonical",  # private, but regionscribe.backend.feedback.ingest imports it from here
+    "_canonical",  # private, but regionscribe.backend.feedback.events imports it from here
 ]

@@ -223,7 +223,7 @@ def pixel_box(x: float, y: float, width: float, height: float, rotation: float, 
         except ShapeError as exc:
             log.info("no pixel box for a %s: %s", shape.get("kind"), exc)
             return None
-    from regionscribe.backend.labelstudio.labeling import percent_box_to_pixels
+    from regionscribe.backend.labelstudio.shapes import percent_box_to_pixels
 
     return percent_box_to_pixels({"x": x, "y": y, "width": width, "height": height, "rotation": rotation},
                                  int(image_w), int(image_h))

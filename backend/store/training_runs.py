@@ -29,7 +29,7 @@ class TrainingRunsMixin:
         """Every live trainable region of the project (not deleted, not cancelled, with a caption, detailed caption,
         relation text or attribute), and an id that is a hash of their (annotation id, region id, updated_at): the
         same data gives the same id. Records whose image is not cached yet have image_path None (call
-        `ingest.fetch_missing_images(store)` first)."""
+        `image_cache.fetch_missing_images(store)` first)."""
         pid = int(project_id)
 
         def read(tx: _Cursorish) -> Snapshot:

@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         """Annotation events → the feedback store, written before the answer (201); START_TRAINING → the
         retraining policy; other actions → 200 "Unknown event". A malformed payload gets 400 and writes nothing;
         a store that cannot be reached gets 503 (Label Studio logs the failure)."""
-        from regionscribe.backend.feedback.ingest import BadEvent
+        from regionscribe.backend.feedback.events import BadEvent
         from regionscribe.backend.store import StoreError
 
         data = _json_body()

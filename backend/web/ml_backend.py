@@ -31,7 +31,7 @@ from pathlib import Path
 import redis
 
 from regionscribe.backend.inference.jobs import Outcome, inference_queue, make_payload, submit, wait_for
-from regionscribe.backend.labelstudio.labeling import ConfigError, ProjectConfig
+from regionscribe.backend.labelstudio.config import ConfigError, ProjectConfig
 from regionscribe.backend.core.prometheus import Metrics
 from regionscribe.backend.core.settings import TINY_UNTRAINED, Settings
 from regionscribe.backend.inference.worker import live_workers
@@ -185,25 +185,32 @@ class RegionScribeModel:
                 answers[i] = self._prediction(config, regions, outcome, interactive, version, error, describe)
                 if region_errors.get(i) and "result" in answers[i] and not answers[i].get("error"):
                     answers[i]["region_errors"] = region_errors[i] + answers[i].get("region_errors", [])
-            self._remember_suggestions(config, tasks, answers)
+            described = {i: (regions, outcome.value, describe)
+                         for (i, regions, describe, _payload), outcome in zip(work, outcomes) if outcome.ok}
+            self._remember_suggestions(config, tasks, answers, described)
         return [a if a is not None else error("not processed") for a in answers]
 
-    def _remember_suggestions(self, config: ProjectConfig, tasks: list, answers: list) -> None:
+    def _remember_suggestions(self, config: ProjectConfig, tasks: list, answers: list, described: dict) -> None:
         """Keep what was suggested per (project, task, region id), so ingest can tell a confirmed suggestion from a
-        corrected one (the edit rate per model version). One store transaction; never fails the prediction."""
+        corrected one (the edit rate per model version). `described`: task index → (regions, the worker's answer,
+        which regions the prediction is about), what each prediction was built from. One store transaction; never
+        fails the prediction."""
         if not self.project:
             return
         try:
-            from regionscribe.backend.feedback.ingest import suggestions_from_prediction
+            from regionscribe.backend.feedback.suggestions import suggestions_from_answer
 
             items = []
-            for task, answer in zip(tasks, answers):
-                if not isinstance(answer, dict) or answer.get("error") or not answer.get("result"):
+            for i, (task, answer) in enumerate(zip(tasks, answers)):
+                if (not isinstance(answer, dict) or answer.get("error") or not answer.get("result")
+                        or i not in described):
                     continue
                 task_id = task.get("id") if isinstance(task, dict) else None
                 if isinstance(task_id, bool) or not isinstance(task_id, (int, str)) or not str(task_id).isdigit():
                     continue
-                items += suggestions_from_prediction(answer, config, int(task_id))
+                regions, value, describe = described[i]
+                items += suggestions_from_answer(config, regions, value, int(task_id), describe=describe,
+                                                 multiple_threshold=self.settings.multiple_choice_threshold)
             if items:
                 self.store.record_suggestions(int(self.project), items)
         except Exception as exc:  # the store is for learning; predictions go out regardless
@@ -254,9 +261,9 @@ class RegionScribeModel:
         """Webhook events (label-studio-ml v2's `fit(event, data)`): annotation events become records in the
         feedback store (durable before this returns), START_TRAINING asks the retraining policy for a run. Nothing
         slow happens here: images are cached by the ingest queue, training runs on the training queue.
-        Raises regionscribe.backend.feedback.ingest.BadEvent for a malformed payload; returns {"status": "Unknown event"} for actions
+        Raises regionscribe.backend.feedback.events.BadEvent for a malformed payload; returns {"status": "Unknown event"} for actions
         the feedback loop does not use."""
-        from regionscribe.backend.feedback.ingest import handle_event
+        from regionscribe.backend.feedback.events import handle_event
 
         annotation = data.get("annotation") if isinstance(data, dict) else None
         task = data.get("task") if isinstance(data, dict) else None

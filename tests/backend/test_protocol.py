@@ -78,7 +78,7 @@ def test_interactive_predict_echoes_the_drawn_boxes_and_links_results_by_id(clie
             color = next(r for r in result if r.get("id") == rid and r["from_name"] == "color")
             assert len(color["value"]["choices"]) == 1
     if config == "region_relations":
-        # no <Relations> in an interactive answer: Label Studio's editor cannot resolve them (labeling.py)
+        # no <Relations> in an interactive answer: Label Studio's editor cannot resolve them (labelstudio/predictions.py)
         assert [r for r in result if r["type"] == "relation"] == []
         texts = [r for r in result if r.get("from_name") == "relation_text"]
         assert {r["id"] for r in texts} == {"userBox01", "userBox02"}

@@ -321,7 +321,7 @@ def test_connect_calls_health_and_setup(project: Project, ls_api: LS, backend: B
 def test_interactive_prefill(project: Project, ls_api: LS, backend: Backend, label_studio, e2e_logs):
     """What the smart tool sends after a box is drawn: the answer echoes the box (same id, same geometry) and adds
     the caption, one value per attribute control, and for <Relations> configs relation text (no relations: the
-    labeling page cannot take them in an interactive answer, see backend/labeling.py)."""
+    labeling page cannot take them in an interactive answer, see backend/labelstudio/predictions.py)."""
     spec = project.spec
     drawn = [box(spec, "userBox01", *RED)]
     if spec.has_relations or spec.relation_text:  # relations need a second box

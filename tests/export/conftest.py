@@ -1,6 +1,6 @@
 """Fixtures for the export tests: a store on a real SQLite file and on the real PostgreSQL (own schema per test),
-filled the way the webhook fills it (Label Studio 1.23 payloads through regionscribe.backend.feedback.ingest.handle_event), with images
-cached through regionscribe.backend.feedback.ingest.cache_image exactly as the ingest job caches them."""
+filled the way the webhook fills it (Label Studio 1.23 payloads through regionscribe.backend.feedback.events.handle_event), with images
+cached through regionscribe.backend.feedback.image_cache.cache_image exactly as the ingest job caches them."""
 from __future__ import annotations
 
 import io
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from regionscribe.backend.feedback.ingest import cache_image, handle_event
+from regionscribe.backend.feedback.events import handle_event
+from regionscribe.backend.feedback.image_cache import cache_image
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.store import Store, Suggestion
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from regionscribe.backend.export import ExportOptions, coco_rle_mask, export, load_conversations
-from regionscribe.backend.feedback.ingest import cache_image
+from regionscribe.backend.feedback.image_cache import cache_image
 from regionscribe.backend.labelstudio.shapes import Shape
 
 ROOT = Path(__file__).resolve().parents[2]

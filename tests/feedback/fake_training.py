@@ -7,7 +7,7 @@ import json
 import redis
 from rq import get_current_job
 
-from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.events import handle_event
 from regionscribe.backend.core.settings import get_settings
 from regionscribe.backend.store import Store
 

@@ -20,7 +20,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.events import handle_event
 from regionscribe.backend.feedback.policy import Policy
 from regionscribe.backend.core.keys import TRAINING_JOB_KEY
 from regionscribe.backend.store import Store

@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.events import handle_event
 from regionscribe.backend.feedback.policy import TRAINING_FUNCTION, Policy
 from regionscribe.backend.core.keys import TRAINING_JOB_KEY
 from regionscribe.backend.store import Store

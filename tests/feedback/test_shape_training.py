@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from regionscribe.backend.feedback.ingest import cache_image, handle_event
+from regionscribe.backend.feedback.events import handle_event
+from regionscribe.backend.feedback.image_cache import cache_image
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.labelstudio.shapes import Shape
 from regionscribe.backend.feedback.training_run import records_to_images

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.events import handle_event
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.store import Store, StoreError
 
@@ -348,7 +348,7 @@ def test_settings_name_the_store():
 
 
 def test_raw_events_replay_into_a_new_store(store, tmp_path, ls):
-    from regionscribe.backend.feedback.ingest import replay
+    from regionscribe.backend.feedback.events import replay
 
     p, t, a, b = ls.new_id(), ls.new_id(), ls.new_id(), ls.new_id()
     for event in (ls.annotation_event(p, t, a, ls.region("r1", caption="v2 ✓"), updated=2,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from regionscribe.backend.feedback.ingest import handle_event
+from regionscribe.backend.feedback.events import handle_event
 from regionscribe.backend.store import Store
 from regionscribe.backend.feedback.sync import SyncError, parse_since, sync_project
 

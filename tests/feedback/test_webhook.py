@@ -118,7 +118,7 @@ def test_ingest_worker_caches_the_image_by_content_hash(make_settings, serve, sp
 
 
 def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serve, own_redis, fake_ls, ls):
-    from regionscribe.backend.feedback.ingest import fetch_missing_images
+    from regionscribe.backend.feedback.image_cache import fetch_missing_images
 
     settings = make_settings(redis_url=own_redis.url, retrain_after=1)
     server = serve(settings)
@@ -160,7 +160,8 @@ def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serv
 
 
 def test_sweep_records_failures_and_retries(make_settings, fake_ls, ls):
-    from regionscribe.backend.feedback.ingest import fetch_missing_images, handle_event
+    from regionscribe.backend.feedback.events import handle_event
+    from regionscribe.backend.feedback.image_cache import fetch_missing_images
 
     settings = make_settings(redis_url=None)
     store = Store.shared(settings)
@@ -194,9 +195,10 @@ def test_metrics_show_the_edit_rate_per_model_version(make_settings, serve, ls):
 
 
 def test_predict_remembers_what_it_suggested(make_settings, ls):
-    """The hook in RegionScribeModel.predict: the prediction sent to Label Studio is read back like an annotation
-    and kept per (project, task, region id); then an annotation that keeps it counts as confirmed."""
-    from regionscribe.backend.labelstudio.labeling import ProjectConfig
+    """The hook in RegionScribeModel.predict: what the prediction sent to Label Studio suggests (read from the
+    regions and the worker's answer it was built from, like an annotation) is kept per (project, task, region id);
+    then an annotation that keeps it counts as confirmed."""
+    from regionscribe.backend.labelstudio.config import ProjectConfig
     from regionscribe.backend.web.ml_backend import RegionScribeModel
 
     settings = make_settings()
@@ -210,13 +212,13 @@ def test_predict_remembers_what_it_suggested(make_settings, ls):
     prediction = config.build_prediction(regions, answer, interactive=True)
     model = RegionScribeModel(settings, None, ls.XML, project=str(p))
     model._remember_suggestions(config, [{"id": t, "data": {"image": "/x.png"}}, {"id": t + 1}],
-                                [prediction, {"error": "no boxes", "result": []}])
+                                [prediction, {"error": "no boxes", "result": []}], {0: (regions, answer, None)})
     store = Store.shared(settings)
     got = store.suggestions(p, t)
     assert got["r1"].caption == "a red square" and got["r1"].model_version == "tiny-v9"
     assert got["r1"].attributes == {"color": ["red"], "shape_family": [["polygon", "square"]]}
     assert store.suggestions(p, t + 1) == {}
-    from regionscribe.backend.feedback.ingest import handle_event
+    from regionscribe.backend.feedback.events import handle_event
 
     accepted = [dict(item, origin="prediction") for item in prediction["result"]]
     accepted[-1] = {**accepted[-1], "value": {**accepted[-1]["value"], "choices": ["green"]}}  # r2's colour fixed
