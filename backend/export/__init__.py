@@ -63,14 +63,11 @@ Modules (this package re-exports their public names, and the writer classes, as 
 """
 from __future__ import annotations
 
-# the writer classes stay importable from here, as they were from the single module (tests patch _VisualGenome)
-from regionscribe.backend.export.coco import _Coco
-from regionscribe.backend.export.conversations import BBOX, IMAGE_PREFIX, _Conversations, conversation
+from regionscribe.backend.export.conversations import conversation
 from regionscribe.backend.export.data_dir import EXPORT_NAME, export_to_data_dir
 from regionscribe.backend.export.driver import export
 from regionscribe.backend.export.errors import ExportError, ExportExists
 from regionscribe.backend.export.formats import FORMATS, WRITERS
-from regionscribe.backend.export.hf import _HuggingFace
 from regionscribe.backend.export.manifest import MANIFEST_VERSION, verify_manifest
 from regionscribe.backend.export.options import (
     IMAGE_MODES, PREFILLED, SPLITS, ExportFilters, ExportOptions, options_from_mapping, parse_formats, parse_split,
@@ -78,10 +75,9 @@ from regionscribe.backend.export.options import (
 )
 from regionscribe.backend.export.reader import coco_rle_mask, load_conversations, segment_mask
 from regionscribe.backend.export.selection import split_of
-from regionscribe.backend.export.visual_genome import _VisualGenome
 
 __all__ = [
-    "BBOX", "EXPORT_NAME", "FORMATS", "IMAGE_MODES", "IMAGE_PREFIX", "MANIFEST_VERSION", "PREFILLED", "SPLITS",
+    "EXPORT_NAME", "FORMATS", "IMAGE_MODES", "MANIFEST_VERSION", "PREFILLED", "SPLITS",
     "WRITERS", "ExportError", "ExportExists", "ExportFilters", "ExportOptions", "coco_rle_mask", "conversation",
     "export", "export_to_data_dir", "load_conversations", "options_from_mapping", "parse_formats", "parse_split",
     "segment_mask", "split_of", "validate", "verify_manifest",

@@ -16,11 +16,20 @@ def leftovers(parent) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
 
 
-def test_constants_match_the_model():
-    from regionscribe.model.conversation import IMAGE_PREFIX
-    from regionscribe.model.prompts import BBOX
+def test_the_export_speaks_the_models_prompts_without_importing_the_model():
+    """The conversations export writes the model's own prompt strings (regionscribe.model.prompts, the one place they
+    are defined), and exporting (POST /export runs in the web process) imports neither torch nor transformers."""
+    import subprocess
+    import sys
 
-    assert (ex.IMAGE_PREFIX, ex.BBOX) == (IMAGE_PREFIX, BBOX)
+    from regionscribe.backend.export import conversations
+    from regionscribe.model import prompts
+
+    assert (conversations.IMAGE_PREFIX, conversations.BBOX) == (prompts.IMAGE_PREFIX, prompts.BBOX)
+    code = ("import sys, regionscribe.backend.export; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("options, message", [
@@ -84,7 +93,7 @@ def test_existing_folder_and_a_failure_half_way(sqlite_store, tmp_path, lab, mon
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ex._VisualGenome, "add", broken)
+    monkeypatch.setattr(ex.WRITERS["vg"], "add", broken)
     with pytest.raises(OSError, match="No space left"):
         export(sqlite_store, out, ExportOptions(formats=("conversations", "vg", "hf"), overwrite=True))
     assert (out / "manifest.json").read_text() == before and verify_manifest(out) == []  # the old one survives

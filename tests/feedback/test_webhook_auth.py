@@ -8,7 +8,6 @@ import logging
 import socket
 import time
 
-import pytest
 import redis
 import requests
 
