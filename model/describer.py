@@ -16,7 +16,7 @@ attribute/relation candidates are ranked by log-likelihood together (that pass: 
 no shared prefix.
 
 `describe_many(requests)` answers several calls at once (an inference worker's waiting jobs,
-regionscribe.backend.inference.jobs): the vision tower and the LM's prefix run once over every image not cached yet,
+regionscribe.backend.inference.answers): the vision tower and the LM's prefix run once over every image not cached yet,
 each image's prefix is shared by its boxes' questions, and the questions of all requests are one batch for decoding
 and ranking. Each request gets its own Description, or its own error (a bad box fails that request alone).
 

@@ -296,7 +296,7 @@ def convert(source: str | Path, vision: str | Path, out: str | Path, delta_base:
         roi_output=plan["roi_output"], region_hidden=plan["region_hidden"],
         position_hidden=plan["position_hidden"], lm_config=lm_dims,
         # where the parts came from (the weights are all in the output): a pretrained LM, so the feedback loop
-        # trains LoRA adapters on it (backend/training_job.py)
+        # trains LoRA adapters on it (backend/feedback/retrain.py)
         vision_path=str(vision), lm_path=str(source),
     )
     expected = _expected_shapes(model_config, tokenizer, vision_config, lm_cfg)

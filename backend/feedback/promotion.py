@@ -80,7 +80,7 @@ def gated_metrics(current_base: dict) -> list[str]:
 
 def promotion_gate(candidate: dict, current: dict, tolerance: float, cider_tolerance: float) -> Gate:
     """`candidate`, `current`: {"base": metrics on the base test split, "heldout_score": float or None} (what
-    `training_job.evaluate_pair` gives for each). Accepted when every check passes."""
+    `retrain.evaluate_pair` gives for each). Accepted when every check passes."""
     checks = []
     cand_base, cur_base = candidate.get("base") or {}, current.get("base") or {}
     for metric in gated_metrics(cur_base):
