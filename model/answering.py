@@ -21,7 +21,7 @@ from PIL import Image
 
 from regionscribe.model import conversation as conv
 from regionscribe.model.generation import State, extend, greedy, last_logits, rank
-from regionscribe.model.images import pixel_values
+from regionscribe.model.tensors import pixel_values
 from regionscribe.model.modeling import ImageFeatures, RegionScribeModel
 from regionscribe.model.prompts import BBOX
 

@@ -46,7 +46,8 @@ from regionscribe.model.answering import Encoded, Question, answer_many, encode,
 from regionscribe.model.asks import Asks, Box, Description, RegionDescription, Relation
 from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT, checkpoint_version
 from regionscribe.model.errors import BoxError, PlaceholderError, RegionScribeError
-from regionscribe.model.images import check_boxes, check_masks, load_image, mask_grid, normalise_boxes
+from regionscribe.model.images import check_boxes, check_masks, load_image
+from regionscribe.model.tensors import mask_grid, normalise_boxes
 from regionscribe.model.modeling import RegionScribeModel
 from regionscribe.model.prompts import (
     ATTRIBUTE_PROMPT, BBOX, CAPTION_PROMPT, DETAILED_PROMPT, RELATION_TEXT_PROMPT, YESNO_PROMPT,

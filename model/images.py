@@ -1,4 +1,5 @@
-"""Images and boxes in, tensors out: decoding, EXIF rotation, mode conversion, resizing, box checks.
+"""Images, boxes and masks in, checked: decoding, EXIF rotation, mode conversion, box and mask checks. No torch here
+(the web process and the exports read images too); regionscribe.model.tensors turns them into the model's tensors.
 
 Every bad input stops here with an `ImageError` or a `BoxError` that says what is wrong, before any tensor work.
 Documented behaviour:
@@ -11,7 +12,7 @@ Documented behaviour:
   box, or one that is not four finite numbers is an error naming the box's index.
 - A region may come with a mask: a boolean (H, W) array of the (EXIF-corrected) image, its box being the mask's
   bounding box. A mask of another shape or type, an empty one, or one with pixels outside its box is a `MaskError`
-  naming the region's index. The region encoder sees the mask as `mask_grid`: the fraction of each cell of a
+  naming the region's index. The region encoder sees the mask as `tensors.mask_grid`: the fraction of each cell of a
   square grid over the image that the mask covers (the same square frame as the resized model input).
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from regionscribe.model.errors import BoxError, ImageError, MaskError
@@ -81,13 +81,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def pixel_values(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """[3, size, size] float tensor: bilinear resize to a square (aspect not kept), then CLIP normalisation."""
-    resized = image.resize((size, size), Image.Resampling.BICUBIC)
-    arr = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    return (arr - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-
-
 def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> list[tuple[float, float, float, float]]:
     """Validate pixel xyxy boxes and clip them to the image. Raises BoxError naming the first bad box."""
     if boxes is None or len(boxes) == 0:
@@ -108,12 +101,6 @@ def check_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> li
             raise BoxError(f"box {i} lies outside the {width}x{height} image: {box!r}")
         out.append((cx1, cy1, cx2, cy2))
     return out
-
-
-def normalise_boxes(boxes: Sequence[Sequence[float]], width: int, height: int) -> torch.Tensor:
-    """[N, 4] xyxy in [0, 1] of the image (the same frame the resized model input uses)."""
-    t = torch.tensor([list(b) for b in boxes], dtype=torch.float32).reshape(-1, 4)
-    return t / torch.tensor([width, height, width, height], dtype=torch.float32)
 
 
 def check_masks(masks: Sequence[np.ndarray | None] | None, boxes: Sequence[Sequence[float]], width: int,
@@ -148,10 +135,3 @@ def check_masks(masks: Sequence[np.ndarray | None] | None, boxes: Sequence[Seque
                             f"given with a mask is the mask's bounding box")
         out.append(mask)
     return out
-
-
-def mask_grid(mask: np.ndarray, size: int) -> torch.Tensor:
-    """[size, size] float32 in [0, 1]: the fraction of each cell that the (H, W) boolean mask covers, with the image
-    resized to a square as the model input is (a box filter, so thin parts of a mask are not lost)."""
-    small = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((size, size), Image.Resampling.BOX)
-    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)

@@ -13,7 +13,8 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from regionscribe.model.conversation import IGNORE, box_as_text, encode
-from regionscribe.model.images import check_boxes, check_masks, mask_grid, normalise_boxes, pixel_values
+from regionscribe.model.images import check_boxes, check_masks
+from regionscribe.model.tensors import mask_grid, normalise_boxes, pixel_values
 from regionscribe.model.modeling import RegionScribeModel
 
 

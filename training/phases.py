@@ -27,7 +27,7 @@ class StageConfig:
 def scene_batch(model: RegionScribeModel, scenes: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Pixel values [B, 3, S, S] and per-scene normalised object boxes of corpus scenes, on the model's device: what
     stage 0 trains on, and what benchmarks/region_probe.py probes."""
-    from regionscribe.model.images import normalise_boxes, pixel_values
+    from regionscribe.model.tensors import normalise_boxes, pixel_values
 
     cfg = model.config
     pv = torch.stack([pixel_values(s.image, cfg.image_size, cfg.image_mean, cfg.image_std) for s in scenes])

@@ -9,7 +9,7 @@ Formats (one sub-folder each; every format gets one file set per split: train, v
                                  "segmentation" (when some region is not a box), one per box: null (a box),
                                  {"polygon": [[x, y], ...] normalised} (a polygon; an ellipse's outline) or
                                  {"rle": COCO RLE} (a brush mask); read back into regionscribe.model.conversation.Sample
-                                 (boxes, turns, masks) by `load_conversations`
+                                 (boxes, turns, masks) by `reader.load_conversations`
     vg/<split>/                  Visual Genome: region_descriptions.json, image_data.json, and attributes.json /
                                  relationships.json when the exported regions have attributes / relations
     coco/<split>.json            COCO region captions (images, annotations with bbox [x, y, w, h] + caption,
@@ -73,12 +73,11 @@ from regionscribe.backend.export.options import (
     IMAGE_MODES, PREFILLED, SPLITS, ExportFilters, ExportOptions, options_from_mapping, parse_formats, parse_split,
     validate,
 )
-from regionscribe.backend.export.reader import coco_rle_mask, load_conversations, segment_mask
 from regionscribe.backend.export.selection import split_of
 
 __all__ = [
     "EXPORT_NAME", "FORMATS", "IMAGE_MODES", "MANIFEST_VERSION", "PREFILLED", "SPLITS",
-    "WRITERS", "ExportError", "ExportExists", "ExportFilters", "ExportOptions", "coco_rle_mask", "conversation",
-    "export", "export_to_data_dir", "load_conversations", "options_from_mapping", "parse_formats", "parse_split",
-    "segment_mask", "split_of", "validate", "verify_manifest",
+    "WRITERS", "ExportError", "ExportExists", "ExportFilters", "ExportOptions", "conversation",
+    "export", "export_to_data_dir", "options_from_mapping", "parse_formats", "parse_split",
+    "split_of", "validate", "verify_manifest",
 ]

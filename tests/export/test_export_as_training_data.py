@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from regionscribe.backend.export import ExportOptions, export, load_conversations
+from regionscribe.backend.export import ExportOptions, export
+from regionscribe.backend.export.reader import load_conversations
 from regionscribe.model.conversation import IMAGE_PREFIX
 from regionscribe.training.datasets import Source
 from regionscribe.model.prompts import BBOX

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from regionscribe.backend.export import ExportOptions, export, load_conversations, verify_manifest
+from regionscribe.backend.export import ExportOptions, export, verify_manifest
+from regionscribe.backend.export.reader import load_conversations
 
 UNI = "a red square — ünïcode 🚀 \"quoted\" {braces}"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regionscribe.backend.export import ExportOptions, coco_rle_mask, export, load_conversations
+from regionscribe.backend.export import ExportOptions, export
+from regionscribe.backend.export.reader import coco_rle_mask, load_conversations
 from regionscribe.backend.feedback.image_cache import cache_image
 from regionscribe.backend.labelstudio.shapes import Shape
 

@@ -10,7 +10,8 @@ from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn
 from regionscribe.training.batches import batches, collate, encode_sample
 from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.errors import MaskError, PlaceholderError
-from regionscribe.model.images import check_masks, mask_grid, normalise_boxes, pixel_values
+from regionscribe.model.images import check_masks
+from regionscribe.model.tensors import mask_grid, normalise_boxes, pixel_values
 from regionscribe.model.region_encoder import RegionEncoder
 
 BOXES = [(10.0, 12.0, 70.0, 60.0), (40.0, 30.0, 110.0, 100.0), (5.0, 80.0, 40.0, 120.0)]

@@ -7,7 +7,7 @@ from regionscribe.model.config import tiny
 from regionscribe.model.conversation import IMAGE_PREFIX, encode
 from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.errors import BoxError, PlaceholderError
-from regionscribe.model.images import pixel_values
+from regionscribe.model.tensors import pixel_values
 from regionscribe.model.modeling import RegionScribeModel
 from regionscribe.model.prompts import BBOX
 
