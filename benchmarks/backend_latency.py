@@ -133,7 +133,7 @@ def main() -> None:
         _stop(redis_process, "redis")
 
     # in-process: the same work (decode + describe, same asks) without HTTP and Redis
-    from regionscribe.backend.labelstudio.config import ProjectConfig
+    from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
     from regionscribe.model.describer import DEFAULT_CHECKPOINT, RegionDescriber
     from regionscribe.model.images import load_image
 

@@ -52,7 +52,7 @@ Modules (this package re-exports their public names, and the writer classes, as 
     options.py        ExportFilters, ExportOptions, parse_formats, parse_split, validate, options_from_mapping
     errors.py         ExportError, ExportExists
     selection.py      the filters as SQL, one consistent read of the store, rows → regions (_Collector), split_of
-    regions.py        _Image, _Region, shapes as polygons / masks (COCO RLE, PNG), the duplicate key
+    exported_regions.py  _Image, _Region, shapes as polygons / masks (COCO RLE, PNG), the duplicate key
     writer.py         _Writer (the interface every format implements) and _JsonArray
     formats.py        WRITERS: the table from format name to writer class; FORMATS
     conversations.py, visual_genome.py, coco.py, hf.py     one writer per format

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from regionscribe.backend.export.regions import _coco_rle, _Image
+from regionscribe.backend.export.exported_regions import _coco_rle, _Image
 from regionscribe.backend.export.writer import _JsonArray, _Writer
 
 

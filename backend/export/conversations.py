@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from regionscribe.backend.export.regions import _coco_rle, _Image, _leaf, _Region
+from regionscribe.backend.export.exported_regions import _coco_rle, _Image, _leaf, _Region
 from regionscribe.backend.export.writer import _JsonArray, _Writer
 from regionscribe.model.prompts import ATTRIBUTE_Q, BBOX, CAPTION_Q, DETAILED_Q, IMAGE_PREFIX, RELATION_TEXT_Q, YESNO_Q
 

@@ -16,7 +16,7 @@ from regionscribe.backend.export.errors import ExportError, ExportExists
 from regionscribe.backend.export.formats import WRITERS
 from regionscribe.backend.export.manifest import MANIFEST_VERSION, _write_manifest
 from regionscribe.backend.export.options import SPLITS, ExportOptions, _check_time, parse_formats, parse_split, validate
-from regionscribe.backend.export.regions import _Image
+from regionscribe.backend.export.exported_regions import _Image
 from regionscribe.backend.export.selection import _Collector, _groups, _selection, split_of
 from regionscribe.backend.export.writer import _Writer
 from regionscribe.backend.store import Store

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from regionscribe.backend.export.errors import ExportError
-from regionscribe.backend.export.regions import _canonical, _Image, _mask_png, _Region
+from regionscribe.backend.export.exported_regions import _Image, _mask_png, _Region
+from regionscribe.backend.store.records import canonical_json
 from regionscribe.backend.export.writer import _Writer
 
 
@@ -81,7 +82,7 @@ class _HuggingFace(_Writer):
                 "id": reg.id, "annotation_id": rec.annotation_id, "task_id": rec.task_id,
                 "project_id": rec.project_id, "ls_region_id": rec.region_id, "bbox": reg.xywh,
                 "labels": list(rec.labels), "caption": rec.caption, "detailed_caption": rec.detailed_caption,
-                "relation_text": rec.relation_text, "attributes": _canonical(rec.attributes),
+                "relation_text": rec.relation_text, "attributes": canonical_json(rec.attributes),
                 "relations": [{"to": t, "label": label, "direction": d} for t, label, d in reg.relations],
                 "completed_by": rec.completed_by, "completed_by_email": rec.completed_by_email,
                 "updated_at": rec.updated_at, "prefilled_by": rec.prefilled_by, "changed": rec.changed,

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 from regionscribe.backend.export.options import SPLITS, ExportFilters
-from regionscribe.backend.export.regions import _dedup_key, _Region
+from regionscribe.backend.export.exported_regions import _dedup_key, _Region
 from regionscribe.backend.store import Store, parse_time_us
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from regionscribe.backend.export.regions import _flat_attributes, _Image, _Region
+from regionscribe.backend.export.exported_regions import _flat_attributes, _Image, _Region
 from regionscribe.backend.export.writer import _JsonArray, _Writer
 
 

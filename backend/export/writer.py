@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from regionscribe.backend.export.regions import _Image
+from regionscribe.backend.export.exported_regions import _Image
 
 
 class _JsonArray:

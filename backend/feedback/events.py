@@ -29,9 +29,10 @@ from regionscribe.backend.core.connections import fast_redis
 from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.feedback.image_cache import queue_missing_images
-from regionscribe.backend.labelstudio.config import ProjectConfig, parsed_config
+from regionscribe.backend.labelstudio.labeling_config import ProjectConfig, parsed_config
 from regionscribe.backend.labelstudio.results import read_regions
-from regionscribe.backend.store import AnnotationInput, RegionInput, Store, _canonical
+from regionscribe.backend.store import AnnotationInput, RegionInput, Store
+from regionscribe.backend.store.records import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def parse_annotation(payload: dict, config: ProjectConfig | None) -> AnnotationI
     lead_time = _float(annotation.get("lead_time"))
     was_cancelled = bool(annotation.get("was_cancelled"))
     ground_truth = bool(annotation.get("ground_truth"))
-    digest = hashlib.sha256(_canonical({
+    digest = hashlib.sha256(canonical_json({
         "result": result, "was_cancelled": was_cancelled, "ground_truth": ground_truth, "lead_time": lead_time,
         "completed_by": user_id, "task": task_id, "image": image_ref}).encode()).hexdigest()[:32]
     return AnnotationInput(

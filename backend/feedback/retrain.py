@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def records_to_images(records: Iterable) -> list:
     """Store records -> model AnnotatedImage items, one per cached image; regions without a cached image are
     skipped (the sweep fetches them for the next run)."""
-    from regionscribe.training.annotations import AnnotatedImage, RegionAnnotation
+    from regionscribe.training.annotation_samples import AnnotatedImage, RegionAnnotation
     from regionscribe.model.images import load_image
 
     by_image: dict[str, list] = {}
@@ -86,7 +86,7 @@ def split_by_image(items: list, heldout_fraction: float = 0.2) -> tuple[list, li
 def mixed(corrections: list, replay: Iterator, ratio: float, seed: int, stage: int) -> Iterator:
     """Endless samples through the trainer's mixer (model/mixture.py), as any dataset mixture: the corrections are
     one source (re-made and reshuffled each pass), the replayed base data another, weighted `ratio` to 1."""
-    from regionscribe.training.annotations import training_samples
+    from regionscribe.training.annotation_samples import training_samples
     from regionscribe.training.mixture import Mixture
 
     def fixes(n: int) -> Iterator:
@@ -132,7 +132,7 @@ def vocabularies(items: list) -> dict[str, list[str]]:
 
 def evaluate_pair(candidate, current, heldout: list, vocab: dict, base_scenes: int) -> dict:
     """Both on the synthetic base test split (skipped with base_scenes=0) and on the held-out corrections."""
-    from regionscribe.training.annotations import eval_samples
+    from regionscribe.training.annotation_samples import eval_samples
     from regionscribe.training.evaluation import evaluate, evaluate_samples
 
     out = {}

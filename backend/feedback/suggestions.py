@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from regionscribe.backend.labelstudio.config import ProjectConfig
+from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
 from regionscribe.backend.labelstudio.predictions import suggested
 from regionscribe.backend.labelstudio.results import Region
 from regionscribe.backend.store import Suggestion

@@ -43,7 +43,7 @@ from regionscribe.backend.feedback.events import (
     CREATED, DELETED, UPDATED, BadEvent, evaluate_policy, parse_annotation,
 )
 from regionscribe.backend.feedback.image_cache import queue_missing_images
-from regionscribe.backend.labelstudio.config import parsed_config
+from regionscribe.backend.labelstudio.labeling_config import parsed_config
 from regionscribe.backend.labelstudio.api import (
     LabelStudioError, annotation_exists, client, project as ls_project, tasks,
 )

@@ -16,7 +16,7 @@ from regionscribe.backend.labelstudio.results import Region, RegionContent, read
 from regionscribe.backend.labelstudio.shapes import LABEL_KEYS
 
 if TYPE_CHECKING:
-    from regionscribe.backend.labelstudio.config import ProjectConfig
+    from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
 
 
 def build_prediction(config: ProjectConfig, regions: list[Region], answer: dict, *, interactive: bool,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from regionscribe.backend.labelstudio.shapes import LABEL_KEYS, REGION_TAGS, Shape, ShapeError
 
 if TYPE_CHECKING:
-    from regionscribe.backend.labelstudio.config import ProjectConfig
+    from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
 
 log = logging.getLogger(__name__)
 

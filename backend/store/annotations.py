@@ -14,7 +14,7 @@ import json
 import time
 
 from regionscribe.backend.store.database import _Cursorish
-from regionscribe.backend.store.records import (AnnotationInput, _canonical, _source, differs_from_suggestion,
+from regionscribe.backend.store.records import (AnnotationInput, canonical_json, _source, differs_from_suggestion,
                                                 image_key, pixel_box)
 from regionscribe.backend.store.schema import REGION_COLUMNS
 
@@ -28,7 +28,7 @@ class AnnotationsMixin:
                annotation_id: int | None, source: str = "webhook") -> tuple[int, int]:
         """Keep the raw event with its source ("webhook" or "sync"); a repeated delivery only bumps its count.
         Returns (event id, deliveries)."""
-        text = _canonical(payload)
+        text = canonical_json(payload)
         digest = hashlib.sha256(text.encode()).hexdigest()
         now = time.time()
         row = tx.one("INSERT INTO events (digest, action, project_id, annotation_id, received_at, last_received_at, "
@@ -145,12 +145,12 @@ class AnnotationsMixin:
                     image["sha256"] if image else None,
                     image["width"] if image else None, image["height"] if image else None, region.original_width,
                     region.original_height, region.x, region.y, region.width, region.height, region.rotation,
-                    *(box or (None, None, None, None)), _canonical(list(region.labels)), region.caption,
-                    region.detailed_caption, region.relation_text, _canonical(region.attributes),
-                    _canonical(region.relations), a.completed_by, a.completed_by_email, a.created_at, a.updated_at,
+                    *(box or (None, None, None, None)), canonical_json(list(region.labels)), region.caption,
+                    region.detailed_caption, region.relation_text, canonical_json(region.attributes),
+                    canonical_json(region.relations), a.completed_by, a.completed_by_email, a.created_at, a.updated_at,
                     a.lead_time, prefilled_by, changed, int(region.has_content), digest, change_seq, 0, None,
                     int(a.ground_truth), int(a.was_cancelled), now, region_source,
-                    _canonical(region.shape) if region.shape is not None else None))
+                    canonical_json(region.shape) if region.shape is not None else None))
             columns = ", ".join(REGION_COLUMNS)
             updates = ", ".join(f"{c} = excluded.{c}" for c in REGION_COLUMNS[2:])
             tx.executemany(f"INSERT INTO regions ({columns}) VALUES ({', '.join('?' * len(REGION_COLUMNS))}) "

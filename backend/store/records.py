@@ -55,7 +55,7 @@ class RegionInput:
                 self.attributes, self.relations, bool(was_cancelled)]
         if self.shape is not None:  # (rectangles keep the digest they had before shapes)
             body.append(self.shape)
-        return hashlib.sha256(_canonical(body).encode()).hexdigest()[:32]
+        return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,8 @@ def _source(value: str) -> str:
     return value
 
 
-def _canonical(value: Any) -> str:
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal values give equal text (stored payloads, duplicate keys)."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -187,7 +188,7 @@ def _norm_values(values) -> list:
     """An attribute's values, order-insensitive (taxonomy paths stay paths)."""
     out = []
     for v in values or []:
-        out.append(_canonical([str(p) for p in v]) if isinstance(v, (list, tuple)) else _canonical(str(v)))
+        out.append(canonical_json([str(p) for p in v]) if isinstance(v, (list, tuple)) else canonical_json(str(v)))
     return sorted(out)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from regionscribe.backend.core.settings import redacted_url
 from regionscribe.backend.store.annotations import AnnotationsMixin
 from regionscribe.backend.store.database import Database, default_url
-from regionscribe.backend.store.images import ImagesMixin
+from regionscribe.backend.store.cached_images import ImagesMixin
 from regionscribe.backend.store.projects import ProjectsMixin
 from regionscribe.backend.store.regions import RegionsMixin
 from regionscribe.backend.store.schema import MigrationsMixin

@@ -7,7 +7,7 @@ import json
 import time
 
 from regionscribe.backend.store.database import _Cursorish
-from regionscribe.backend.store.records import Suggestion, _canonical
+from regionscribe.backend.store.records import Suggestion, canonical_json
 
 
 class SuggestionsMixin:
@@ -19,7 +19,7 @@ class SuggestionsMixin:
             return 0
         now = time.time()
         rows = [(int(project_id), int(s.task_id), str(s.region_id), s.model_version, s.caption, s.detailed_caption,
-                 s.relation_text, _canonical(s.attributes), now) for s in suggestions]
+                 s.relation_text, canonical_json(s.attributes), now) for s in suggestions]
 
         def write(tx):
             tx.executemany(

@@ -34,7 +34,7 @@ from regionscribe.backend.core.liveness import live_workers, read_model_version
 from regionscribe.backend.core.prometheus import Metrics
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.inference.submit import Outcome, inference_queue, make_payload, submit, wait_for
-from regionscribe.backend.labelstudio.config import ConfigError, ProjectConfig
+from regionscribe.backend.labelstudio.labeling_config import ConfigError, ProjectConfig
 
 log = logging.getLogger(__name__)
 

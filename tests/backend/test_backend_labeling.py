@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from regionscribe.backend.labelstudio.config import ConfigError, ProjectConfig
+from regionscribe.backend.labelstudio.labeling_config import ConfigError, ProjectConfig
 from regionscribe.backend.labelstudio.shapes import percent_box_to_pixels
 
 from pathlib import Path

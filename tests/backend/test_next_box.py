@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from regionscribe.backend.inference.submit import inference_queue, make_payload, submit, wait_for
-from regionscribe.backend.labelstudio.config import ProjectConfig
+from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
 from regionscribe.model.asks import Asks
 
 CONFIGS = Path(__file__).resolve().parents[2] / "labeling_configs"

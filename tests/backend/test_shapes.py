@@ -9,7 +9,7 @@ import pytest
 from label_studio_sdk.converter import brush
 
 from regionscribe.backend.inference.answers import region_pixels
-from regionscribe.backend.labelstudio.config import ProjectConfig
+from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
 from regionscribe.backend.labelstudio.shapes import Shape, ShapeError
 
 

@@ -1,5 +1,5 @@
 """Polygon and brush corrections reach the training run as masks: webhook → store (shape kept) → image cached →
-regionscribe.backend.feedback.retrain.records_to_images → regionscribe.training.annotations.RegionAnnotation(box = the mask's bounding box, mask)."""
+regionscribe.backend.feedback.retrain.records_to_images → regionscribe.training.annotation_samples.RegionAnnotation(box = the mask's bounding box, mask)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,7 +11,7 @@ import pytest
 
 from regionscribe.backend.feedback.events import parse_results
 from regionscribe.backend.feedback.suggestions import suggestions_from_answer
-from regionscribe.backend.labelstudio.config import ProjectConfig
+from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
 from regionscribe.backend.labelstudio.shapes import Shape
 from regionscribe.backend.store import Suggestion
 

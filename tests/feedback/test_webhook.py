@@ -198,7 +198,7 @@ def test_predict_remembers_what_it_suggested(make_settings, ls):
     """The hook in RegionScribeBackend.predict: what the prediction sent to Label Studio suggests (read from the
     regions and the worker's answer it was built from, like an annotation) is kept per (project, task, region id);
     then an annotation that keeps it counts as confirmed."""
-    from regionscribe.backend.labelstudio.config import ProjectConfig
+    from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
     from regionscribe.backend.web.ml_backend import RegionScribeBackend
 
     settings = make_settings()

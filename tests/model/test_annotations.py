@@ -1,6 +1,6 @@
 from PIL import Image
 
-from regionscribe.training.annotations import AnnotatedImage, RegionAnnotation, eval_samples, training_samples
+from regionscribe.training.annotation_samples import AnnotatedImage, RegionAnnotation, eval_samples, training_samples
 from regionscribe.model.conversation import IMAGE_PREFIX, encode
 from regionscribe.model.prompts import BBOX
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from regionscribe.training.annotations import AnnotatedImage, RegionAnnotation, training_samples
+from regionscribe.training.annotation_samples import AnnotatedImage, RegionAnnotation, training_samples
 from regionscribe.model.asks import Asks
 from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn
 from regionscribe.training.batches import batches, collate, encode_sample

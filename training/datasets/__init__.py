@@ -21,7 +21,7 @@ Sources and what PATH is (the default image folder in brackets; `images=` overri
                     a `regionscribe export` folder (its <split> files) [its images/ folder]
 
 Stage 1 turns each region into `regionK <bbox>` -> phrase; stage 2 into captions, attributes, relations and
-multi-region questions (prompts.py). Every reader streams (jsonstream.py, a temporary SQLite for COCO-format joins):
+multi-region questions (instructions.py). Every reader streams (jsonstream.py, a temporary SQLite for COCO-format joins):
 memory does not grow with the dataset. refer's pickles are the exception; they are loaded whole (tens of MB).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from regionscribe.training.datasets import coco, exports, flickr30k, mdetr, prompts, refer, visual_genome
+from regionscribe.training.datasets import coco, exports, flickr30k, mdetr, instructions, refer, visual_genome
 from regionscribe.training.datasets.records import FormatError, ImageRecord, SkipReport
 
 __all__ = ["Source", "SOURCES", "Unit", "FormatError", "SkipReport", "ImageRecord", "caption_eval_samples"]
@@ -128,7 +128,7 @@ class Source:
                 yield Unit(image, True, boxes, turns, key, report)
             return
         rng = random.Random(f"{seed}:{self.name}:{stage}")
-        build = prompts.stage1 if stage == 1 else prompts.stage2
+        build = instructions.stage1 if stage == 1 else instructions.stage2
         for record in self.records(report):
             for n, (boxes, turns) in enumerate(build(record, self.kind, rng)):
                 yield Unit(record.image, upright, list(boxes), turns, f"{record.key}#{n}" if n else record.key,

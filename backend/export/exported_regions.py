@@ -3,16 +3,12 @@ a polygon or mask (`_segment_of`), a mask as COCO RLE or a 1-bit PNG, flattened 
 identical regions (`_dedup_key`)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regionscribe.backend.store.records import canonical_json
 from regionscribe.backend.export.errors import ExportError
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass
@@ -100,5 +96,5 @@ def _flat_attributes(attributes: dict) -> list[str]:
 
 
 def _dedup_key(rec, box) -> str:
-    return _canonical([[round(v) for v in box], (rec.caption or "").strip(), (rec.detailed_caption or "").strip(),
+    return canonical_json([[round(v) for v in box], (rec.caption or "").strip(), (rec.detailed_caption or "").strip(),
                        (rec.relation_text or "").strip(), rec.attributes, list(rec.labels)])
