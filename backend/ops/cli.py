@@ -7,7 +7,7 @@
     regionscribe eval    metrics of a checkpoint on a split of the synthetic corpus (--json)
     regionscribe run     Redis (private, if REDIS_URL is unset) + one worker + the web server, for `make run`
     regionscribe serve   the web server (gunicorn) only
-    regionscribe worker  a long-lived, non-forking RQ worker (inference, or --queue training)
+    regionscribe worker  a long-lived, non-forking RQ worker (the inference and ingest queues, or --queue training)
     regionscribe versions  the model registry's versions with their metrics
     regionscribe report  an HTML page with the metrics across versions and the edit rate per model version
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
