@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 
 import redis
 
@@ -30,7 +29,7 @@ from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.feedback.image_cache import queue_missing_images
 from regionscribe.backend.labelstudio.labeling_config import ProjectConfig, parsed_config
-from regionscribe.backend.labelstudio.results import read_regions
+from regionscribe.backend.labelstudio.results import finite_float, read_regions
 from regionscribe.backend.store import AnnotationInput, RegionInput, Store
 from regionscribe.backend.store.records import canonical_json
 
@@ -63,14 +62,6 @@ def _int(value, what: str) -> int:
     if not -MAX_ID - 1 <= number <= MAX_ID:
         raise BadEvent(f"{what} is out of range (64-bit integer ids), got {value!r}")
     return number
-
-
-def _float(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def project_id_of(payload: dict) -> int:
@@ -150,7 +141,7 @@ def parse_annotation(payload: dict, config: ProjectConfig | None) -> AnnotationI
     if image_ref is not None and "\x00" in image_ref:
         raise BadEvent("the task's image reference contains a NUL character")
     user_id, email = _annotator(annotation)
-    lead_time = _float(annotation.get("lead_time"))
+    lead_time = finite_float(annotation.get("lead_time"))
     was_cancelled = bool(annotation.get("was_cancelled"))
     ground_truth = bool(annotation.get("ground_truth"))
     digest = hashlib.sha256(canonical_json({

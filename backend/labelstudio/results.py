@@ -215,7 +215,7 @@ def read_regions(results: list, config: ProjectConfig | None) -> list[RegionResu
         if box is not None and str(box.get("type", "")).lower() not in ("rectanglelabels", "rectangle"):
             try:
                 parsed = Shape.from_result(box)
-                sizes = [(_float(i.get("original_width")), _float(i.get("original_height"))) for i in items]
+                sizes = [(finite_float(i.get("original_width")), finite_float(i.get("original_height"))) for i in items]
                 ow, oh = next(((int(w), int(h)) for w, h in sizes if w and h), (None, None))
                 x, y, w, h = parsed.percent_box(ow, oh)
             except ShapeError as exc:
@@ -255,7 +255,7 @@ def read_content(items: list[dict], roles: dict[str, str], config: ProjectConfig
         value = item.get("value") if isinstance(item.get("value"), dict) else {}
         name = str(item.get("from_name"))
         if original == (None, None) and item.get("original_width") and item.get("original_height"):
-            ow, oh = _float(item.get("original_width")), _float(item.get("original_height"))
+            ow, oh = finite_float(item.get("original_width")), finite_float(item.get("original_height"))
             if ow and oh and 1 <= ow <= MAX_SIZE and 1 <= oh <= MAX_SIZE:
                 original = (int(ow), int(oh))
         if kind in LABEL_KEYS or kind == "labels":
@@ -324,14 +324,15 @@ def text_of(value) -> str | None:
 def _geometry(value: dict) -> tuple[float, float, float, float, float] | None:
     if not isinstance(value, dict):
         return None
-    x, y, w, h = (_float(value.get(k)) for k in ("x", "y", "width", "height"))
-    rotation = _float(value.get("rotation") or 0.0)
+    x, y, w, h = (finite_float(value.get(k)) for k in ("x", "y", "width", "height"))
+    rotation = finite_float(value.get("rotation") or 0.0)
     if None in (x, y, w, h, rotation) or w <= 0 or h <= 0:
         return None
     return x, y, w, h, rotation
 
 
-def _float(value) -> float | None:
+def finite_float(value) -> float | None:
+    """`value` as a finite float, or None (missing, not a number, NaN, infinite)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
