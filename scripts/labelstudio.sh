@@ -47,6 +47,9 @@ fi
 
 say "installing label-studio==$LS_VERSION into $LSVENV from $LOCK (a few minutes the first time, ~1 GB)"
 start=$(date +%s)
+# Python 3.11's bundled pip (23.2) rejects the lock in hash-checking mode when a dependency asks for an extra (jsf wants
+# smart-open[http]); the same pinned pip as the Makefile's PIP
+"$LSVENV/bin/python" -m pip install --quiet --progress-bar off pip==25.3 || fail "could not install pip==25.3 into $LSVENV"
 if ! "$LSVENV/bin/python" -m pip install --quiet --progress-bar off --require-hashes -r "$LOCK"; then
     fail "pip install -r $LOCK failed (no network / no access to PyPI?). See pip's output above."
 fi
