@@ -55,7 +55,7 @@ def check_store(settings: Settings) -> Check:
     try:
         from regionscribe.backend.store import Store, default_url
     except ImportError:
-        return Check("store", SKIP, "not configured: this version has no feedback store (backend/store.py)")
+        return Check("store", SKIP, "not configured: this version has no feedback store (backend/store/)")
     url = default_url(settings)
     images = Path(settings.data_dir) / "images"
     sqlite_file = Path(url[len("sqlite:///"):].split("?", 1)[0]) if url.startswith("sqlite:///") else None
