@@ -58,7 +58,7 @@ Modules (this package re-exports their public names, and the writer classes, as 
     conversations.py, visual_genome.py, coco.py, hf.py     one writer per format
     driver.py         export(): the streaming loop, the atomic rename, the manifest's head
     manifest.py       manifest.json written and verified
-    reader.py         load_conversations, segment_mask, coco_rle_mask
+    reader.py         load_conversations (masks by regionscribe.model.masks)
     data_dir.py       export_to_data_dir (POST /export)
 """
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Reading an export back: `load_conversations` (conversations/<split>.json into
-regionscribe.model.conversation.Sample objects), `segment_mask` and `coco_rle_mask` (a `segmentation` entry, a COCO
-RLE into a boolean mask). torch is imported only when images are loaded (regionscribe.model.images)."""
+regionscribe.model.conversation.Sample objects, masks from `segmentation` by regionscribe.model.masks)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from regionscribe.model.masks import segment_mask
 
 
 def load_conversations(path: str | Path, image_root: str | Path | None = None,
@@ -40,44 +41,3 @@ def load_conversations(path: str | Path, image_root: str | Path | None = None,
             image = load_image(file)
         samples.append(Sample(image, boxes, turns, str(item.get("id") or item.get("image_sha256")), masks))
     return samples
-
-
-def segment_mask(segment: dict | None, width: int, height: int):
-    """A conversations export's `segmentation` entry → boolean (height, width) mask, None for a box: a normalised
-    polygon rasterised as regionscribe.backend.labelstudio.shapes does it, a COCO RLE decoded by pycocotools."""
-    if segment is None:
-        return None
-    if "polygon" in segment:
-        from regionscribe.backend.labelstudio.shapes import Shape
-
-        return Shape.polygon([(x * 100.0, y * 100.0) for x, y in segment["polygon"]]).mask(width, height)
-    return coco_rle_mask(segment["rle"])
-
-
-def coco_rle_mask(rle: dict):
-    """COCO's compressed RLE ({"size": [h, w], "counts": str}, as pycocotools.mask.encode writes it) → boolean
-    (h, w) mask. Read here rather than by pycocotools.mask.decode, which raises a DeprecationWarning under numpy 2
-    (its __array__ lacks `copy`); the format is pycocotools' maskApi.c rleFrString."""
-    import numpy as np
-
-    height, width = (int(v) for v in rle["size"])
-    text = rle["counts"]
-    counts: list[int] = []
-    p = 0
-    while p < len(text):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(text[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    if sum(counts) != width * height or any(c < 0 for c in counts):
-        raise ValueError(f"the RLE's runs add up to {sum(counts)} pixels; its size says {width}x{height}")
-    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)  # runs alternate 0, 1, 0... from 0
-    return flat.reshape(width, height).T  # column-major, as COCO stores it

@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from regionscribe.model.masks import polygon_mask
 
 # control tag (lowercase) → shape kind
 KINDS = {"rectanglelabels": "rectangle", "rectangle": "rectangle",
@@ -222,9 +223,7 @@ class Shape:
                                  "Label Studio's RLE") from None
             mask = flat.reshape(height, width, 4)[:, :, 3] > 0
         else:
-            canvas = Image.new("1", (width, height), 0)
-            ImageDraw.Draw(canvas).polygon([(px, py) for px, py in self.outline(width, height)], fill=1, outline=1)
-            mask = np.asarray(canvas, dtype=bool)
+            mask = polygon_mask(self.outline(width, height), width, height)
         if not mask.any():
             raise ShapeError(f"the {self.kind}'s mask is empty on the {width}×{height} image (nothing inside it)")
         return mask

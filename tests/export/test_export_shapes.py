@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from regionscribe.backend.export import ExportOptions, export
-from regionscribe.backend.export.reader import coco_rle_mask, load_conversations
+from regionscribe.backend.export.reader import load_conversations
+from regionscribe.model.masks import coco_rle_mask
 from regionscribe.backend.feedback.image_cache import cache_image
 from regionscribe.backend.labelstudio.shapes import Shape
 
@@ -139,3 +140,17 @@ def test_hugging_face_mask_column_reads_back_with_datasets(shaped_export, tmp_pa
         assert ((np.array(r["mask"]) > 0) == expected_mask(records[rid])).all(), rid
     assert np.allclose(np.array(regions["p1"]["polygon"]), np.array(POLYGON) / 100.0 * [W, H])
     assert regions["b1"]["polygon"] is None
+
+
+def test_training_from_the_conversations_export_keeps_the_masks(shaped_export):
+    """`regionscribe train --stage2-data export-conversations:DIR` trains on the polygons, ellipses and brushes, not
+    only their boxes: the training reader's samples carry the same masks as the export's own reader."""
+    from regionscribe.training.datasets import Source
+
+    _records, out = shaped_export
+    reference = load_conversations(out / "conversations" / "train.json")
+    samples = list(Source.parse(f"export-conversations:{out}").samples(stage=2))
+    assert len(samples) == len(reference) == 1
+    assert len(samples[0].masks) == 3 and all(m is not None for m in samples[0].masks)
+    for got, want in zip(samples[0].masks, reference[0].masks):
+        assert got.shape == want.shape and (got == want).all()

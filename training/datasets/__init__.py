@@ -123,9 +123,9 @@ class Source:
         self._passes += 1
         upright = SOURCES[self.name][3]
         if self.name == "export-conversations":
-            for boxes, turns, key, image in exports.conversation_units(
+            for boxes, turns, key, image, masks in exports.conversation_units(
                     self.path / "conversations" / f"{self.split}.json", self.image_root, report):
-                yield Unit(image, True, boxes, turns, key, report)
+                yield Unit(image, True, boxes, turns, key, report, masks)
             return
         rng = random.Random(f"{seed}:{self.name}:{stage}")
         build = instructions.stage1 if stage == 1 else instructions.stage2
@@ -153,6 +153,7 @@ class Unit:
     turns: list
     key: str
     report: SkipReport | None = None
+    masks: list = field(default_factory=list)  # one per box (None: the box itself), or empty: boxes only
 
     def load(self):
         """The Sample, or None (reported) when the image cannot be read."""
@@ -164,7 +165,13 @@ class Unit:
             if self.report is not None:
                 self.report.skip("missing_image", f"{self.key}: {exc}")
             return None
-        return Sample(image, self.boxes, self.turns, self.key)
+        shapes = {m.shape for m in self.masks if m is not None}
+        if shapes and shapes != {(image.height, image.width)}:
+            if self.report is not None:
+                self.report.skip("bad_record", f"{self.key}: masks of {sorted(shapes)} on a {image.width}×{image.height} "
+                                               "image")
+            return None
+        return Sample(image, self.boxes, self.turns, self.key, list(self.masks))
 
 
 def caption_eval_samples(source: Source, limit: int = 500) -> Iterator:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from regionscribe.model.conversation import Turn
+from regionscribe.model.masks import segment_mask
 from regionscribe.model.prompts import BBOX
 from regionscribe.training.datasets.coco import find_image
 from regionscribe.training.datasets.jsonstream import iter_array
@@ -25,8 +26,9 @@ from regionscribe.training.datasets.records import (
 
 
 def conversation_units(path: str | Path, image_root: str | Path, report: SkipReport
-                       ) -> Iterator[tuple[list, list[Turn], str, Path]]:
-    """conversations/<split>.json as (boxes, turns, key, image file), turns as written (boxes denormalised)."""
+                       ) -> Iterator[tuple[list, list[Turn], str, Path, list]]:
+    """conversations/<split>.json as (boxes, turns, key, image file, masks), turns as written (boxes denormalised);
+    masks from `segmentation` (a polygon, an ellipse's outline or a brush; None for a box), empty without it."""
     path, root = Path(path), Path(image_root)
     if not path.is_file():
         raise FormatError(path, "no such file (an export's conversations/<split>.json)")
@@ -36,6 +38,10 @@ def conversation_units(path: str | Path, image_root: str | Path, report: SkipRep
             messages = item["conversations"]
             w, h = float(item["width"]), float(item["height"])
             boxes = [(b[0] * w, b[1] * h, b[2] * w, b[3] * h) for b in item["boxes"]]
+            segments = item.get("segmentation") or []
+            if segments and len(segments) != len(boxes):
+                raise ValueError("one segmentation entry per box")
+            masks = [segment_mask(seg, int(w), int(h)) for seg in segments]
         except (KeyError, TypeError, ValueError, IndexError):
             report.skip("bad_record", key)
             continue
@@ -57,7 +63,7 @@ def conversation_units(path: str | Path, image_root: str | Path, report: SkipRep
             continue
         report.images += 1
         report.regions += len(boxes)
-        yield boxes, turns, key, file
+        yield boxes, turns, key, file, masks
 
 
 def _parquet_files(path: Path, split: str) -> list[Path]:
