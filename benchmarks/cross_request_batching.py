@@ -10,7 +10,7 @@ INFERENCE_BATCH_WAIT_MS). Only one of them has work at a time (the other blocks 
 in turn at each client count, `--rounds` times, so a load change on the machine hits both alike.
 
 Each simulated annotator works on its own image and sends one request at a time, as the web process does for a
-/predict (`jobs.submit` + `jobs.wait_for`, without HTTP): a new box, described with a caption and four choices
+/predict (`inference.submit.submit` + `wait_for`, without HTTP): a new box, described with a caption and four choices
 (colour, shape, size, texture); its first box is on an image the worker has not seen. Prints JSON: per mode and
 client count, requests/s and p50/p95 latency (pooled over the rounds), errors, the mean jobs per batched pass, and
 the ratios batching / baseline: requests/s at each client count, and a lone request's p95.

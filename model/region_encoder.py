@@ -207,7 +207,7 @@ class RegionEncoder(nn.Module):
     def forward(self, levels: list[torch.Tensor], boxes: list[torch.Tensor], masks: Masks = None,
                 mask_pooling: str = "weighted") -> list[torch.Tensor]:
         """levels: fused maps [B, C, s, s]; boxes: per image [N_i, 4] normalised xyxy; masks: None, or per image per
-        box None or a [S, S] mask grid (`regionscribe.model.images.mask_grid`) -> per image [N_i, lm_hidden]."""
+        box None or a [S, S] mask grid (`regionscribe.model.tensors.mask_grid`) -> per image [N_i, lm_hidden]."""
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
             return [levels[0].new_zeros(0, self.to_lm.out_features) for _ in boxes]

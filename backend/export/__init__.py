@@ -47,7 +47,7 @@ reference until it is.
 HTTP. POST /export takes the same options as JSON and writes under <DATA_DIR>/exports/<name> only (see
 `export_to_data_dir`); the dataset never travels in the answer.
 
-Modules (this package re-exports their public names, and the writer classes, as the single module did):
+Modules (this package re-exports the public names importers use; the reader is `export.reader`):
 
     options.py        ExportFilters, ExportOptions, parse_formats, parse_split, validate, options_from_mapping
     errors.py         ExportError, ExportExists

@@ -13,7 +13,7 @@ Steps 3 and 4 need Redis; when it is down the records are still written and the 
 fetched later by the sweep, and the policy evaluates again on the next event (the pending count and a START_TRAINING
 request live in the store).
 
-An annotation's `result` is read by regionscribe.backend.labelstudio.results (read_regions) with the project's labeling
+An annotation's `result` is read by regionscribe.backend.labelstudio.results (read_annotation_regions) with the project's labeling
 config (`resolve_config`: the payload's `project.label_config`, else the config last saved in the store, else the one
 /setup saved in Redis); without a config, results are read by their types.
 """
@@ -29,7 +29,7 @@ from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.feedback.image_cache import queue_missing_images
 from regionscribe.backend.labelstudio.labeling_config import ProjectConfig, parsed_config
-from regionscribe.backend.labelstudio.results import finite_float, read_regions
+from regionscribe.backend.labelstudio.results import finite_float, read_annotation_regions
 from regionscribe.backend.store import AnnotationInput, RegionInput, Store
 from regionscribe.backend.store.records import canonical_json
 
@@ -80,14 +80,14 @@ def project_id_of(payload: dict) -> int:
 def parse_results(results: list, config: ProjectConfig | None) -> list[RegionInput]:
     """Label Studio results (an annotation's or a prediction's) → one RegionInput per region id with a shape: a box,
     or a polygon, ellipse, brush mask or keypoint (kept in RegionInput.shape, its bounding box in x..height), as
-    regionscribe.backend.labelstudio.results.read_regions reads them. A shape that cannot be described (a polygon with
+    regionscribe.backend.labelstudio.results.read_annotation_regions reads them. A shape that cannot be described (a polygon with
     2 points...) is skipped with a log line; the event itself is stored whole, so nothing is lost."""
     return [RegionInput(region_id=r.region_id, x=r.x, y=r.y, width=r.width, height=r.height, rotation=r.rotation,
                         labels=r.content.labels, caption=r.content.caption,
                         detailed_caption=r.content.detailed_caption, relation_text=r.content.relation_text,
                         attributes=r.content.attributes, original_width=r.content.original_width,
                         original_height=r.content.original_height, shape=r.shape, relations=r.relations)
-            for r in read_regions(results, config)]
+            for r in read_annotation_regions(results, config)]
 
 
 def _image_ref(task: dict, config: ProjectConfig | None) -> str | None:

@@ -84,7 +84,7 @@ def split_by_image(items: list, heldout_fraction: float = 0.2) -> tuple[list, li
 
 
 def mixed(corrections: list, replay: Iterator, ratio: float, seed: int, stage: int) -> Iterator:
-    """Endless samples through the trainer's mixer (model/mixture.py), as any dataset mixture: the corrections are
+    """Endless samples through the trainer's mixer (training/mixture.py), as any dataset mixture: the corrections are
     one source (re-made and reshuffled each pass), the replayed base data another, weighted `ratio` to 1."""
     from regionscribe.training.annotation_samples import training_samples
     from regionscribe.training.mixture import Mixture

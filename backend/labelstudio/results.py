@@ -12,7 +12,7 @@ Relations `{"type": "relation", "from_id", "to_id", "labels"}` are kept on the `
 Two readings of the same lists:
 - `regions_from_results` / `regions_from_task`: the regions to describe (`Region`: what was drawn and where it came
   from), for a describe request;
-- `read_regions`: everything the results say per region (`RegionResults`: geometry, shape, `RegionContent`,
+- `read_annotation_regions`: everything the results say per region (`RegionResults`: geometry, shape, `RegionContent`,
   relations), what ingest stores; `read_content` reads one region's labels, texts and attributes, and is also what
   a prediction's suggestions are read with (regionscribe.backend.labelstudio.predictions).
 """
@@ -185,7 +185,7 @@ class RegionResults:
     relations: list[dict] = field(default_factory=list)  # [{"to": region id, "labels": [...], "direction": ...}]
 
 
-def read_regions(results: list, config: ProjectConfig | None) -> list[RegionResults]:
+def read_annotation_regions(results: list, config: ProjectConfig | None) -> list[RegionResults]:
     """Label Studio results (an annotation's or a prediction's) → one RegionResults per region id with a shape: a
     box, or a polygon, ellipse, brush mask or keypoint (kept in `shape`, its bounding box in x..height). A shape that
     cannot be described (a polygon with 2 points...) is skipped with a log line."""

@@ -266,7 +266,7 @@ def data_options(p: argparse.ArgumentParser) -> None:
     """`regionscribe data`'s options."""
     p.add_argument("sources", nargs="+", metavar="SOURCE:PATH[:WEIGHT]",
                    help="e.g. vg:data/visual_genome, refcoco:data/refcoco, coco:data/coco/annotations/"
-                        "instances_train2017.json, export-hf:exports/v1 (see model/datasets/__init__.py)")
+                        "instances_train2017.json, export-hf:exports/v1 (see training/datasets/__init__.py)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=2, help="GPT4RoI stage whose conversations to build")
     p.add_argument("--split", default="train", help="the split to read where a dataset has several")
     p.add_argument("--images", default=None, help="image folder (default: the dataset's own layout)")

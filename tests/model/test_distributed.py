@@ -1,6 +1,6 @@
 """Training on several processes through `accelerate launch` (CPU, gloo), and resuming a killed run.
 
-- The mixture (model/mixture.py): deterministic, weighted, padded epochs; each process's share is disjoint from the
+- The mixture (training/mixture.py): deterministic, weighted, padded epochs; each process's share is disjoint from the
   others' and together they cover an epoch once.
 - Two processes with per-device batch b follow the loss curve of one process with batch 2b (same seed) within 1e-3.
 - kill -9 in the middle of stage 2, then --resume: the final weights equal an uninterrupted run's (<= 1e-6).
