@@ -12,6 +12,7 @@ from regionscribe.model import branches
 from regionscribe.model.asks import Asks
 from regionscribe.model.describer import DescribeRequest, RegionDescriber
 from regionscribe.model.generation import State, extend, greedy, last_logits, rank
+from regionscribe.model.prompts import BBOX
 from tests.builders import TINY_LM
 
 ASKS = Asks(caption=True, attributes={"color": ["red", "green", "blue"], "shape": ["circle", "square"]},
@@ -61,6 +62,23 @@ def test_branches_answer_as_one_row_per_question(untrained, attention, monkeypat
     assert packed[2].regions[0].caption is not None and len(packed[2].regions[0].caption.split()) <= 2
 
 
+def test_free_questions_with_and_without_regions_answer_as_in_rows(untrained):
+    """A question with no <bbox> has no opening of its own: it is one branch after the prefix."""
+    questions = [("What is in the picture?", [], None), (f"Is region1 {BBOX} red?", [0], ["yes", "no", "maybe not"]),
+                 (f"Is region1 {BBOX} left of region2 {BBOX}?", [1, 0], ["yes", "no"]),
+                 (f"Describe region1 {BBOX}.", [1], None)]
+    image, boxes = _image((200, 30, 30)), [(5, 5, 40, 40), (50, 10, 110, 70)]
+    packed = RegionDescriber(untrained, "t").ask(image, boxes, questions)
+    with mock.patch.object(branches, "supported", lambda lm, longest: False):
+        rows = RegionDescriber(untrained, "t").ask(image, boxes, questions)
+    for a, b in zip(packed, rows):
+        if isinstance(a, tuple):
+            assert a[0] == b[0] and a[1] == pytest.approx(b[1], abs=1e-5)
+        else:
+            assert [v for v, _ in a] == [v for v, _ in b]
+            assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-5)
+
+
 def test_supported_needs_a_4d_mask_and_no_shorter_window(untrained, monkeypatch):
     assert branches.supported(untrained.lm, 100)
     monkeypatch.setattr(untrained.lm.config, "_attn_implementation", "flash_attention_2")
@@ -71,15 +89,24 @@ def test_supported_needs_a_4d_mask_and_no_shorter_window(untrained, monkeypatch)
 
 
 def test_growing_layer_appends_in_place():
+    """Appending writes the new tokens into room made before (doubling when full): what came before is not copied
+    again, and the keys and values are those a concatenation gives."""
     layer = branches.GrowingLayer()
-    parts = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 7, 1)]
+    parts = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 2, 1, 7, 1)]
+    buffers = []
     for k, p in enumerate(parts):
         keys, values = layer.update(p, -p)
         assert torch.equal(keys, torch.cat(parts[: k + 1], 2)) and torch.equal(values, -keys)
-    assert layer.get_seq_length() == 15 and layer._keys.shape[2] >= 15
-    before = layer._keys.data_ptr()
-    layer.update(torch.zeros(2, 3, 1, 4), torch.zeros(2, 3, 1, 4))  # room left: written where it was
-    assert layer._keys.data_ptr() == before or layer._keys.shape[2] > 15
+        buffers.append(layer._keys.data_ptr())
+    assert layer.get_seq_length() == 18
+    assert buffers[1] == buffers[2] == buffers[3] == buffers[4] and buffers[4] != buffers[5]  # 5 -> room for 10 -> 20
+    tree_rows = branches.GrowingLayer()
+    tree_rows.lazy_initialization(parts[0], parts[0])
+    tree_rows.reserve(parts[0], 32)
+    start = tree_rows._keys.data_ptr()
+    for p in parts:
+        tree_rows.update(p, p)
+    assert tree_rows._keys.data_ptr() == start and tree_rows._keys.shape[2] == 32
 
 
 def _lm(family):
