@@ -2,7 +2,7 @@
 with and without batching, in one run.
 
     .venv/bin/python benchmarks/cross_request_batching.py [--clients 1,4,16,32] [--seconds 15] [--rounds 2]
-                                                         [--model-dir DIR]
+                                                         [--model-dir DIR] [--against CHECKOUT]
 
 Starts a private redis-server and two inference workers on their own queues: one with INFERENCE_BATCH_JOBS=1 (one
 job per pass, as before batching: the baseline) and one with the settings' defaults (INFERENCE_BATCH_JOBS,
@@ -14,6 +14,11 @@ Each simulated annotator works on its own image and sends one request at a time,
 (colour, shape, size, texture); its first box is on an image the worker has not seen. Prints JSON: per mode and
 client count, requests/s and p50/p95 latency (pooled over the rounds), errors, the mean jobs per batched pass, and
 the ratios batching / baseline: requests/s at each client count, and a lone request's p95.
+
+`--against CHECKOUT` (another checkout of this repository with its own .venv, e.g. a `git worktree` of an earlier
+commit) adds two modes whose workers run that checkout's code, `against_one_per_pass` and `against_batching`, measured
+in turn with the others, and the ratios of every mode's requests/s and lone p95 to `against_one_per_pass`: this
+code's speed-up over that one's, in one run.
 """
 from __future__ import annotations
 
@@ -49,9 +54,12 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def start_worker(env: dict, queue: str, name: str, connection: redis.Redis) -> subprocess.Popen:
+def start_worker(env: dict, queue: str, name: str, connection: redis.Redis, checkout: Path | None = None
+                 ) -> subprocess.Popen:
+    """A worker on `queue`, running this code or, with `checkout`, that checkout's (with its .venv's Python)."""
     code = f"from regionscribe.backend.ops.worker import run_worker; run_worker(queues=[{queue!r}], name={name!r})"
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True)
+    python = sys.executable if checkout is None else str(checkout / ".venv" / "bin" / "python")
+    process = subprocess.Popen([python, "-c", code], env=env, cwd=checkout or ROOT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         raw = connection.get(f"regionscribe:workers:{name}")
@@ -110,7 +118,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--model-dir", default=None, help="checkpoint (default: the embedded default)")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another checkout with its own .venv: its workers are measured too (against_* modes)")
     args = ap.parse_args()
+    modes = dict(MODES)
+    if args.against:
+        if not (args.against / ".venv" / "bin" / "python").is_file():
+            raise SystemExit(f"{args.against} has no .venv/bin/python")
+        modes = {f"against_{m}": extra for m, extra in MODES.items()} | modes
     levels = [int(c) for c in args.clients.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="regionscribe-batching-"))
@@ -129,18 +144,18 @@ def main() -> None:
     workers = {}
     settings = {}
     results: dict[str, dict[int, dict]] = {m: {n: {"seconds": 0.0, "latencies": [], "errors": [], "batches": []}
-                                               for n in levels} for m in MODES}
+                                               for n in levels} for m in modes}
     try:
-        for mode, extra in MODES.items():
+        for mode, extra in modes.items():
             queue = f"inference-{mode}"
             workers[mode] = start_worker({**base_env, **extra, "INFERENCE_QUEUE": queue}, queue, f"bench-{mode}",
-                                         connection)
+                                         connection, args.against if mode.startswith("against_") else None)
             settings[mode] = Settings.from_env({**base_env, **extra, "INFERENCE_QUEUE": queue})
         defaults = Settings()
         box = 0
         for r in range(args.rounds + 1):  # round 0 warms both workers up (first passes allocate) and is not counted
             for n in levels:
-                for mode in MODES:
+                for mode in modes:
                     got = measure(connection, settings[mode], images, n, 2.0 if r == 0 else args.seconds, box)
                     if r:
                         acc = results[mode][n]
@@ -158,7 +173,7 @@ def main() -> None:
            "batching": {"INFERENCE_BATCH_JOBS": defaults.inference_batch_jobs,
                         "INFERENCE_BATCH_WAIT_MS": defaults.inference_batch_wait_ms},
            "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"), "modes": {}}
-    for mode in MODES:
+    for mode in modes:
         out["modes"][mode] = {}
         for n in levels:
             acc = results[mode][n]
@@ -178,6 +193,15 @@ def main() -> None:
     }
     if "1" in base and base["1"]["p95_ms"] and batched["1"]["p95_ms"]:
         out["ratios"]["lone_request_p95"] = round(batched["1"]["p95_ms"] / base["1"]["p95_ms"], 3)
+    if args.against:
+        out["against"] = str(args.against)
+        old = out["modes"]["against_one_per_pass"]
+        out["ratios_to_against_one_per_pass"] = {
+            mode: {"requests_per_s": {n: round(got[n]["requests_per_s"] / old[n]["requests_per_s"], 2)
+                                      for n in old if old[n]["requests_per_s"] and got[n]["requests_per_s"]},
+                   **({"lone_request_p95": round(got["1"]["p95_ms"] / old["1"]["p95_ms"], 3)}
+                      if "1" in old and old["1"]["p95_ms"] and got["1"]["p95_ms"] else {})}
+            for mode, got in out["modes"].items() if mode != "against_one_per_pass"}
     print(json.dumps(out, indent=2))
 
 

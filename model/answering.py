@@ -3,27 +3,47 @@ regions answered together.
 
     encode / encode_batch(model, images) -> Encoded    vision tower, fused pyramid, image tokens, and the LM run over
                                                        the shared prefix (system prompt + image tokens)
-    answer_many(model, encs, norms, questions, ...)    every question about every image in one right-padded batch on
-                                                       top of its image's prefix: captions decoded greedily together,
-                                                       candidates ranked by log-likelihood together
+    answer_many(model, encs, norms, questions, ...)    every question about every image in one batch on top of its
+                                                       image's prefix: captions decoded greedily together, candidates
+                                                       ranked by log-likelihood together
 
-A Question is one row of that batch: its kind, the regions it mentions (indices into the image's boxes), its text
-with one `<bbox>` per region, and for the ranking kinds its candidates. The describer (model/describer.py) builds the
-questions, caches the encodings and assembles the answers into a Description.
+A Question is one question of that batch: its kind, the regions it mentions (indices into the image's boxes), its
+text with one `<bbox>` per region, and for the ranking kinds its candidates. Where the LM's attention takes a 4-D
+mask, a batch row is an image: its prefix once, its questions, answers and candidates as branches after it
+(model/branches.py), the questions' openings (words before the first `<bbox>`) kept with the encoding for the next
+boxes. Otherwise a row is a question with its own copy of the prefix (model/generation.py). The describer
+(model/describer.py) builds the questions, caches the encodings and assembles the answers into a Description.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
+from regionscribe.model import branches
 from regionscribe.model import conversation as conv
 from regionscribe.model.generation import State, extend, greedy, last_logits, rank
 from regionscribe.model.tensors import pixel_values
 from regionscribe.model.modeling import ImageFeatures, RegionScribeModel
 from regionscribe.model.prompts import BBOX
+
+
+_TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {(kind, text): ids}
+
+
+def _ids(tok, kind: str, text: str) -> list[int]:
+    """conv.question_ids (kind "question") or conv.answer_ids (kind "answer"), remembered per tokenizer: every pass
+    asks the same prompts and candidates again."""
+    memo = _TOKENS.setdefault(tok, {})
+    key = (kind, text)
+    if key not in memo:
+        if len(memo) >= 4096:  # free questions (`ask`) can be anything
+            memo.clear()
+        memo[key] = conv.question_ids(tok, text, first=True) if kind == "question" else conv.answer_ids(tok, text)
+    return memo[key]
 
 
 @dataclass
@@ -39,6 +59,11 @@ class Question:
 class Encoded:
     features: ImageFeatures
     prefix: State
+    # keys and values of question openings after this prefix (a question's tokens before its first <bbox>: the same
+    # for every box), per layer [heads, n, head_dim]; filled by the branch path of answer_many as it meets them
+    heads: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+MAX_HEADS = 32  # question openings kept per image (free questions can open any way)
 
 
 def encode_batch(model: RegionScribeModel, images: list[Image.Image]) -> list[Encoded]:
@@ -70,9 +95,12 @@ def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch
                 questions: list[list[Question]], max_new_tokens: list[int],
                 grids: list[list[torch.Tensor | None] | None] | None = None) -> list[list]:
     """Answers to the questions about each image (encs[k], boxes norms[k], per box None or a mask grid in
-    grids[k]), all in one right-padded batch: each row continues its own image's prefix; captions are decoded
-    together (one pass per distinct max_new_tokens, stopping at </s> or the config's stop string) and
-    candidates ranked together."""
+    grids[k]), all in one right-padded batch: captions are decoded together (up to each request's max_new_tokens,
+    stopping at </s> or the config's stop string) and candidates ranked together.
+
+    Where the LM allows (model/branches.py's `supported`), a batch row is an image: its prefix once, its questions,
+    answers and candidates as branches after it. Otherwise a row is a question with its own copy of its image's
+    prefix (model/generation.py), a candidate row likewise, and one greedy pass runs per distinct max_new_tokens."""
     out: list[list] = [[None] * len(qs) for qs in questions]
     active = [k for k, qs in enumerate(questions) if qs]
     if not active:
@@ -80,7 +108,6 @@ def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch
     m = model
     tok = m.tokenizer
     device = m.device
-    prefix = State.concat([encs[k].prefix for k in active])
     if len(active) == 1:
         features = encs[active[0]].features
     else:
@@ -97,11 +124,18 @@ def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch
             if not m.uses_region_features:
                 for r in q.regions:
                     text = text.replace(BBOX, conv.box_as_text(norms[k][r].tolist()), 1)
-            rows.append(conv.question_ids(tok, text, first=True))
+            rows.append(_ids(tok, "question", text))
             region_rows.append(regions[slot][q.regions] if m.uses_region_features
                                else regions[slot].new_zeros(0, regions[slot].shape[1]))
             slots.append(slot)
             owners.append((k, j))
+    longest = encs[active[0]].prefix.mask.shape[1] + max(  # the furthest position a question's answer reaches
+        len(rows[i]) + (max_new_tokens[k] if questions[k][j].candidates is None else
+                        max((len(_ids(tok, "answer", c)) for c in questions[k][j].candidates), default=0))
+        for i, (k, j) in enumerate(owners))
+    if branches.supported(m.lm, longest):
+        return _answer_in_branches(m, encs, active, rows, region_rows, owners, questions, max_new_tokens, out)
+    prefix = State.concat([encs[k].prefix for k in active])  # one row per question, each with a copy of its prefix
     lengths = torch.tensor([len(r) for r in rows], device=device)
     ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id, dtype=torch.long, device=device)
     for i, r in enumerate(rows):
@@ -128,10 +162,100 @@ def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch
             out[k][j] = (text, math.exp(g.mean_logprob[n]) if g.stopped[n] else 0.5 * math.exp(g.mean_logprob[n]))
     if ranked:
         index = torch.tensor(ranked, device=device)
-        cands = [[conv.answer_ids(tok, c) for c in questions[owners[i][0]][owners[i][1]].candidates] for i in ranked]
+        cands = [[_ids(tok, "answer", c) for c in questions[owners[i][0]][owners[i][1]].candidates] for i in ranked]
         scores = rank(m.lm, embed_tokens, state.select(index), first.index_select(0, index), cands)
         for n, i in enumerate(ranked):
             k, j = owners[i]
             probs = torch.softmax(torch.tensor(scores[n], dtype=torch.float64), 0).tolist()
             out[k][j] = list(zip(questions[k][j].candidates, probs))
+    return out
+
+
+def _answer_in_branches(m: RegionScribeModel, encs: list[Encoded], active: list[int], rows: list[list[int]],
+                        region_rows: list[torch.Tensor], owners: list[tuple[int, int]],
+                        questions: list[list[Question]], max_new_tokens: list[int], out: list[list]) -> list[list]:
+    """answer_many's LM work with one batch row per image (model/branches.py): the row holds the image's prefix
+    once, then its questions as branches; captions grow their branch, candidates branch off theirs.
+
+    A question's opening (its tokens before its first <bbox>) depends on the image and the words alone: it is one
+    branch per row however many questions open so, and its keys and values are kept with the image's encoding
+    (`Encoded.heads`), so the next boxes on the image (the next requests) start after it."""
+    tok = m.tokenizer
+    row_of: dict[int, int] = {}  # id(Encoded) -> row: requests about one image share its row
+    encodings: list[Encoded] = []
+    for k in active:
+        if id(encs[k]) not in row_of:
+            row_of[id(encs[k])] = len(encodings)
+            encodings.append(encs[k])
+    tree = branches.Tree.start([e.prefix for e in encodings])
+    per_row: list[list[int]] = [[] for _ in encodings]  # question indices (into rows) of each row
+    for i, (k, _) in enumerate(owners):
+        per_row[row_of[id(encs[k])]].append(i)
+    cut = [r.index(m.ids.bbox) if m.ids.bbox in r else 0 for r in rows]
+    opening = [tuple(r[: c]) for r, c in zip(rows, cut)]
+    openings: list[dict[tuple[int, ...], int]] = [{} for _ in encodings]  # per row: opening -> its branch
+    kept: list[list] = [[] for _ in encodings]  # per row: (branch, keys and values) of openings seen before
+    fresh: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in encodings]  # per row: (branch, opening)
+    for r, mine in enumerate(per_row):
+        for i in mine:
+            head = opening[i]
+            if head and head not in openings[r]:
+                b = openings[r][head] = tree.branch(r)
+                if head in encodings[r].heads:
+                    kept[r].append((b, encodings[r].heads[head]))
+                else:
+                    fresh[r].append((b, head))
+    gen = [i for i, (k, j) in enumerate(owners) if questions[k][j].candidates is None]
+    ranked = [i for i, (k, j) in enumerate(owners) if questions[k][j].candidates is not None]
+    candidates = {i: [_ids(tok, "answer", c) for c in questions[owners[i][0]][owners[i][1]].candidates]
+                  for i in ranked}
+    width = max(sum(len(h) for _, h in fresh[r]) + sum(len(rows[i]) - cut[i] for i in mine)
+                for r, mine in enumerate(per_row))
+    generating = [sum(1 for i in mine if i not in candidates) for mine in per_row]
+    tree.reserve(tree.owner.shape[1] + max(sum(kv[0][0].shape[1] for _, kv in row) for row in kept) + width
+                 + max(n + sum(len(c) - 1 for i in mine if i in candidates for c in candidates[i])
+                       for n, mine in zip(generating, per_row))
+                 + max(generating) * max([max_new_tokens[owners[i][0]] - 1 for i in gen], default=0))
+    branches.attach(tree, kept)
+    ids = torch.full((len(encodings), width), tok.pad_token_id, dtype=torch.long)
+    named, ends, regions, branch_of = [], [(0, 0)] * len(rows), [], [0] * len(rows)
+    for r, mine in enumerate(per_row):
+        col, names = 0, []
+        for b, head in fresh[r]:  # a fresh opening's tokens come before the questions that continue it
+            ids[r, col: col + len(head)] = torch.tensor(head)
+            names += [b] * len(head)
+            col += len(head)
+        for i in mine:
+            branch_of[i] = tree.branch(r, openings[r][opening[i]] if opening[i] else branches.ROOT)
+            rest = rows[i][cut[i]:]
+            ids[r, col: col + len(rest)] = torch.tensor(rest)
+            names += [branch_of[i]] * len(rest)
+            col += len(rest)
+            ends[i] = (r, col - 1)
+        named.append(names)
+        regions.append(torch.cat([region_rows[i] for i in mine]))
+    keep = sorted({c for _, c in ends})
+    logits = branches.feed(m.lm, tree, m.embed(ids.to(m.device), None, regions), named, keep)
+    first = logits[[r for r, _ in ends], [keep.index(c) for _, c in ends]]
+    for r, made in enumerate(fresh):
+        heads = encodings[r].heads
+        for b, head in made:
+            while len(heads) >= MAX_HEADS:
+                heads.pop(next(iter(heads)))
+            heads[head] = branches.taken(tree, r, b)
+    stop = m.config.stop_string
+    stop_when = (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
+    done = branches.decode(m.lm, m.lm.get_input_embeddings(), tree, first,
+                           [(branch_of[i], i, max_new_tokens[owners[i][0]]) for i in gen],
+                           [(branch_of[i], i, candidates[i]) for i in ranked], {tok.eos_token_id}, stop_when)
+    for n, i in enumerate(gen):
+        text = tok.decode(done.tokens[n], skip_special_tokens=True)
+        text = (text.split(stop)[0] if stop else text).strip()
+        k, j = owners[i]
+        mean = done.mean_logprob[n]
+        out[k][j] = (text, math.exp(mean) if done.stopped[n] else 0.5 * math.exp(mean))
+    for n, i in enumerate(ranked):
+        k, j = owners[i]
+        probs = torch.softmax(torch.tensor(done.scores[n], dtype=torch.float64), 0).tolist()
+        out[k][j] = list(zip(questions[k][j].candidates, probs))
     return out

@@ -8,9 +8,11 @@ with `boxes`, each entry None (the box itself) or a mask.
 
 Work per call: the image is encoded once (vision tower, fused pyramid, image tokens) and the shared prompt prefix
 (system prompt + image tokens) is run through the LM once; both are kept in an LRU cache keyed by image content, so
-a second box on the same image re-encodes nothing. Every question about every region (captions, attributes,
-relations) is then one right-padded batch on top of that prefix; captions are decoded greedily together, and
-attribute/relation candidates are ranked by log-likelihood together (that pass: model/answering.py).
+a second box on the same image re-encodes nothing (the cache also keeps the keys and values of the questions'
+openings, their words before the first `<bbox>`). Every question about every region (captions, attributes,
+relations) is then one batch on top of that prefix, held once per image (model/branches.py); captions are decoded
+greedily together, and attribute/relation candidates are ranked by log-likelihood together (that pass:
+model/answering.py).
 
 `naive=True` is the baseline kept for honest speed comparisons: one region per pass, image re-encoded each time,
 no shared prefix.

@@ -4,7 +4,9 @@ generation with a stop token, and log-likelihood ranking of candidate answers.
 Sequences are processed in segments: a prefix (system prompt + image, shared by every question about one image),
 then a right-padded batch of questions, then generated tokens or candidate answers. Each segment extends a KV cache;
 padding inside a segment is masked out with the attention mask and RoPE positions are given explicitly, so every
-row sees exactly the tokens it would see if it were run alone (a test checks batched == one-by-one).
+row sees exactly the tokens it would see if it were run alone (a test checks batched == one-by-one). Each row holds
+its own copy of its prefix; model/branches.py holds an image's prefix once for all its questions where the LM's
+attention takes a 4-D mask, and model/answering.py uses this module's rows otherwise.
 
 The cache goes in and out under transformers' `cache` name (5.24 and later; `past_key_values` is deprecated there).
 """
