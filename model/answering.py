@@ -1,7 +1,7 @@
 """The batched pass under RegionDescriber: images encoded with their shared prompt prefix, and questions about their
 regions answered together.
 
-    encode / encode_batch(model, images) -> Encoded    vision tower, fused pyramid, image tokens, and the LM run over
+    encode / encode_batch(model, images) -> EncodedImage    vision tower, fused pyramid, image tokens, and the LM run over
                                                        the shared prefix (system prompt + image tokens)
     answer_many(model, encs, norms, questions, ...)    every question about every image in one batch on top of its
                                                        image's prefix: captions decoded greedily together, candidates
@@ -56,7 +56,7 @@ class Question:
 
 
 @dataclass
-class Encoded:
+class EncodedImage:
     features: ImageFeatures
     prefix: State
     # keys and values of question openings after this prefix (a question's tokens before its first <bbox>: the same
@@ -66,7 +66,7 @@ class Encoded:
 MAX_HEADS = 32  # question openings kept per image (free questions can open any way)
 
 
-def encode_batch(model: RegionScribeModel, images: list[Image.Image]) -> list[Encoded]:
+def encode_batch(model: RegionScribeModel, images: list[Image.Image]) -> list[EncodedImage]:
     """The vision tower and the shared prefix (system prompt + image tokens) for several images at once."""
     m = model
     cfg = m.config
@@ -76,11 +76,11 @@ def encode_batch(model: RegionScribeModel, images: list[Image.Image]) -> list[En
     ids = torch.tensor([conv.prefix_ids(m.tokenizer, m.n_image_tokens, m.system)], device=m.device).expand(n, -1)
     emb = m.embed(ids, feats.image_tokens, [ids.new_zeros(0, 1)] * n)
     state, _ = extend(m.lm, State.empty(n, m.device), emb, torch.full((n,), ids.shape[1], device=m.device))
-    return [Encoded(feats.select(torch.tensor([b], device=m.device)), state.select(torch.tensor([b], device=m.device)))
+    return [EncodedImage(feats.select(torch.tensor([b], device=m.device)), state.select(torch.tensor([b], device=m.device)))
             for b in range(n)]
 
 
-def encode(model: RegionScribeModel, image: Image.Image) -> Encoded:
+def encode(model: RegionScribeModel, image: Image.Image) -> EncodedImage:
     m = model
     cfg = m.config
     pv = pixel_values(image, cfg.image_size, cfg.image_mean, cfg.image_std)[None].to(m.device)
@@ -88,10 +88,10 @@ def encode(model: RegionScribeModel, image: Image.Image) -> Encoded:
     ids = torch.tensor([conv.prefix_ids(m.tokenizer, m.n_image_tokens, m.system)], device=m.device)
     emb = m.embed(ids, feats.image_tokens, [ids.new_zeros(0, 1)])
     state, _ = extend(m.lm, State.empty(1, m.device), emb, torch.tensor([ids.shape[1]], device=m.device))
-    return Encoded(feats, state)
+    return EncodedImage(feats, state)
 
 
-def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch.Tensor],
+def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[torch.Tensor],
                 questions: list[list[Question]], max_new_tokens: list[int],
                 grids: list[list[torch.Tensor | None] | None] | None = None) -> list[list]:
     """Answers to the questions about each image (encs[k], boxes norms[k], per box None or a mask grid in
@@ -171,7 +171,7 @@ def answer_many(model: RegionScribeModel, encs: list[Encoded], norms: list[torch
     return out
 
 
-def _answer_in_branches(m: RegionScribeModel, encs: list[Encoded], active: list[int], rows: list[list[int]],
+def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: list[int], rows: list[list[int]],
                         region_rows: list[torch.Tensor], owners: list[tuple[int, int]],
                         questions: list[list[Question]], max_new_tokens: list[int], out: list[list]) -> list[list]:
     """answer_many's LM work with one batch row per image (model/branches.py): the row holds the image's prefix
@@ -179,10 +179,10 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[Encoded], active: list[
 
     A question's opening (its tokens before its first <bbox>) depends on the image and the words alone: it is one
     branch per row however many questions open so, and its keys and values are kept with the image's encoding
-    (`Encoded.heads`), so the next boxes on the image (the next requests) start after it."""
+    (`EncodedImage.heads`), so the next boxes on the image (the next requests) start after it."""
     tok = m.tokenizer
-    row_of: dict[int, int] = {}  # id(Encoded) -> row: requests about one image share its row
-    encodings: list[Encoded] = []
+    row_of: dict[int, int] = {}  # id(EncodedImage) -> row: requests about one image share its row
+    encodings: list[EncodedImage] = []
     for k in active:
         if id(encs[k]) not in row_of:
             row_of[id(encs[k])] = len(encodings)

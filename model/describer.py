@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from regionscribe.model.agreement import agree
-from regionscribe.model.answering import Encoded, Question, answer_many, encode, encode_batch
+from regionscribe.model.answering import EncodedImage, Question, answer_many, encode, encode_batch
 from regionscribe.model.asks import Asks, Box, Description, RegionDescription, Relation
 from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT, checkpoint_version
 from regionscribe.model.errors import BoxError, PlaceholderError, RegionScribeError
@@ -77,7 +77,7 @@ class RegionDescriber:
         self.cache_size = cache_size
         self.relation_threshold = relation_threshold
         self.max_relation_partners = max_relation_partners
-        self._cache: OrderedDict[str, Encoded] = OrderedDict()
+        self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -263,7 +263,7 @@ class RegionDescriber:
         digest.update(f"{image.size}".encode())
         return digest.hexdigest()
 
-    def _encode_cached(self, image: Image.Image, image_key: str | None) -> tuple[Encoded, bool]:
+    def _encode_cached(self, image: Image.Image, image_key: str | None) -> tuple[EncodedImage, bool]:
         key = image_key or self._image_key(image)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -276,11 +276,11 @@ class RegionDescriber:
             self._cache.popitem(last=False)
         return enc, False
 
-    def _encode_many(self, items: list[tuple[Image.Image, str | None]]) -> list[tuple[Encoded, bool]]:
+    def _encode_many(self, items: list[tuple[Image.Image, str | None]]) -> list[tuple[EncodedImage, bool]]:
         """Encodings of several images (with whether each was already there: cached, or earlier in `items`); those
         not cached go through the vision tower and the LM's prefix in one batch, then into the cache."""
         keys = [key or self._image_key(image) for image, key in items]
-        found: dict[str, Encoded] = {}
+        found: dict[str, EncodedImage] = {}
         todo: dict[str, Image.Image] = {}
         for (image, _), key in zip(items, keys):
             if key in self._cache:
@@ -303,7 +303,7 @@ class RegionDescriber:
         return out
 
     # ------------------------------------------------------------------------------------------------ answering
-    def _answer(self, enc: Encoded, norm: torch.Tensor, questions: list[Question], max_new_tokens: int,
+    def _answer(self, enc: EncodedImage, norm: torch.Tensor, questions: list[Question], max_new_tokens: int,
                 grids: list[torch.Tensor | None] | None = None) -> list:
         return answer_many(self.model, [enc], [norm], [questions], [max_new_tokens], [grids])[0]
 
