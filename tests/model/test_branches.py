@@ -6,7 +6,6 @@ from unittest import mock
 
 import pytest
 import torch
-from PIL import Image
 
 from regionscribe.model import branches
 from regionscribe.model.asks import Asks
@@ -14,16 +13,8 @@ from regionscribe.model.describer import DescribeRequest, RegionDescriber
 from regionscribe.model.generation import State, extend, greedy, last_logits, rank
 from regionscribe.model.prompts import BBOX
 from tests.builders import TINY_LM
+from tests.model.test_describe_many import ASKS, _image  # the same asks and scenes as describe_many's tests
 
-ASKS = Asks(caption=True, attributes={"color": ["red", "green", "blue"], "shape": ["circle", "square"]},
-            relation_labels=["left of"], relation_text=True, max_new_tokens=6)
-
-
-def _image(color, size=(128, 128)):
-    img = Image.new("RGB", size, (150, 150, 150))
-    img.paste(color, (5, 5, 40, 40))
-    img.paste((30, 30, 200), (50, 10, 110, 70))
-    return img
 
 
 def _close(a, b):
