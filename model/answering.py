@@ -129,12 +129,14 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
                                else regions[slot].new_zeros(0, regions[slot].shape[1]))
             slots.append(slot)
             owners.append((k, j))
+    candidates = {i: [_ids(tok, "answer", c) for c in questions[k][j].candidates]
+                  for i, (k, j) in enumerate(owners) if questions[k][j].candidates is not None}
     longest = encs[active[0]].prefix.mask.shape[1] + max(  # the furthest position a question's answer reaches
-        len(rows[i]) + (max_new_tokens[k] if questions[k][j].candidates is None else
-                        max((len(_ids(tok, "answer", c)) for c in questions[k][j].candidates), default=0))
-        for i, (k, j) in enumerate(owners))
+        len(rows[i]) + (max((len(c) for c in candidates[i]), default=0) if i in candidates else max_new_tokens[k])
+        for i, (k, _) in enumerate(owners))
     if branches.supported(m.lm, longest):
-        return _answer_in_branches(m, encs, active, rows, region_rows, owners, questions, max_new_tokens, out)
+        return _answer_in_branches(m, encs, active, rows, region_rows, owners, questions, candidates,
+                                   max_new_tokens, out)
     prefix = State.concat([encs[k].prefix for k in active])  # one row per question, each with a copy of its prefix
     lengths = torch.tensor([len(r) for r in rows], device=device)
     ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id, dtype=torch.long, device=device)
@@ -145,35 +147,48 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
     first = last_logits(logits, lengths)
     embed_tokens = m.lm.get_input_embeddings()
     stop = m.config.stop_string
-    stop_when = (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
-    ranked = [i for i, (k, j) in enumerate(owners) if questions[k][j].candidates is not None]
+    ranked = list(candidates)
     for limit in sorted({max_new_tokens[k] for k in active}):
-        gen = [i for i, (k, j) in enumerate(owners)
-               if questions[k][j].candidates is None and max_new_tokens[k] == limit]
+        gen = [i for i, (k, _) in enumerate(owners) if i not in candidates and max_new_tokens[k] == limit]
         if not gen:
             continue
         index = torch.tensor(gen, device=device)
         g = greedy(m.lm, embed_tokens, state.select(index), first.index_select(0, index), {tok.eos_token_id},
-                   limit, stop_when)
+                   limit, _stop_when(tok, stop))
         for n, i in enumerate(gen):
-            text = tok.decode(g.tokens[n], skip_special_tokens=True)
-            text = (text.split(stop)[0] if stop else text).strip()
             k, j = owners[i]
-            out[k][j] = (text, math.exp(g.mean_logprob[n]) if g.stopped[n] else 0.5 * math.exp(g.mean_logprob[n]))
+            out[k][j] = _caption(tok, stop, g.tokens[n], g.mean_logprob[n], g.stopped[n])
     if ranked:
         index = torch.tensor(ranked, device=device)
-        cands = [[_ids(tok, "answer", c) for c in questions[owners[i][0]][owners[i][1]].candidates] for i in ranked]
-        scores = rank(m.lm, embed_tokens, state.select(index), first.index_select(0, index), cands)
+        scores = rank(m.lm, embed_tokens, state.select(index), first.index_select(0, index),
+                      [candidates[i] for i in ranked])
         for n, i in enumerate(ranked):
             k, j = owners[i]
-            probs = torch.softmax(torch.tensor(scores[n], dtype=torch.float64), 0).tolist()
-            out[k][j] = list(zip(questions[k][j].candidates, probs))
+            out[k][j] = _ranked(questions[k][j].candidates, scores[n])
     return out
+
+
+def _stop_when(tok, stop: str | None):
+    """Whether greedy decoding may stop early: the config's stop string appeared in the last tokens."""
+    return (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
+
+
+def _caption(tok, stop: str | None, tokens: list[int], mean_logprob: float, stopped: bool) -> tuple[str, float]:
+    """A generated answer and its confidence: the mean token probability, halved when it ran out of tokens."""
+    text = tok.decode(tokens, skip_special_tokens=True)
+    text = (text.split(stop)[0] if stop else text).strip()
+    return text, math.exp(mean_logprob) if stopped else 0.5 * math.exp(mean_logprob)
+
+
+def _ranked(candidates: list[str], scores: list[float]) -> list[tuple[str, float]]:
+    """Candidates with their probabilities: the softmax of their total log-likelihoods."""
+    return list(zip(candidates, torch.softmax(torch.tensor(scores, dtype=torch.float64), 0).tolist()))
 
 
 def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: list[int], rows: list[list[int]],
                         region_rows: list[torch.Tensor], owners: list[tuple[int, int]],
-                        questions: list[list[Question]], max_new_tokens: list[int], out: list[list]) -> list[list]:
+                        questions: list[list[Question]], candidates: dict[int, list[list[int]]],
+                        max_new_tokens: list[int], out: list[list]) -> list[list]:
     """answer_many's LM work with one batch row per image (model/branches.py): the row holds the image's prefix
     once, then its questions as branches; captions grow their branch, candidates branch off theirs.
 
@@ -205,10 +220,8 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
                     kept[r].append((b, encodings[r].heads[head]))
                 else:
                     fresh[r].append((b, head))
-    gen = [i for i, (k, j) in enumerate(owners) if questions[k][j].candidates is None]
-    ranked = [i for i, (k, j) in enumerate(owners) if questions[k][j].candidates is not None]
-    candidates = {i: [_ids(tok, "answer", c) for c in questions[owners[i][0]][owners[i][1]].candidates]
-                  for i in ranked}
+    gen = [i for i in range(len(owners)) if i not in candidates]
+    ranked = list(candidates)
     width = max(sum(len(h) for _, h in fresh[r]) + sum(len(rows[i]) - cut[i] for i in mine)
                 for r, mine in enumerate(per_row))
     generating = [sum(1 for i in mine if i not in candidates) for mine in per_row]
@@ -244,18 +257,14 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
                 heads.pop(next(iter(heads)))
             heads[head] = branches.taken(tree, r, b)
     stop = m.config.stop_string
-    stop_when = (lambda toks: stop in tok.decode(toks[-8:], skip_special_tokens=True)) if stop else None
     done = branches.decode(m.lm, m.lm.get_input_embeddings(), tree, first,
                            [(branch_of[i], i, max_new_tokens[owners[i][0]]) for i in gen],
-                           [(branch_of[i], i, candidates[i]) for i in ranked], {tok.eos_token_id}, stop_when)
+                           [(branch_of[i], i, candidates[i]) for i in ranked], {tok.eos_token_id},
+                           _stop_when(tok, stop))
     for n, i in enumerate(gen):
-        text = tok.decode(done.tokens[n], skip_special_tokens=True)
-        text = (text.split(stop)[0] if stop else text).strip()
         k, j = owners[i]
-        mean = done.mean_logprob[n]
-        out[k][j] = (text, math.exp(mean) if done.stopped[n] else 0.5 * math.exp(mean))
+        out[k][j] = _caption(tok, stop, done.tokens[n], done.mean_logprob[n], done.stopped[n])
     for n, i in enumerate(ranked):
         k, j = owners[i]
-        probs = torch.softmax(torch.tensor(done.scores[n], dtype=torch.float64), 0).tolist()
-        out[k][j] = list(zip(questions[k][j].candidates, probs))
+        out[k][j] = _ranked(questions[k][j].candidates, done.scores[n])
     return out
