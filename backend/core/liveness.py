@@ -104,7 +104,6 @@ def record_abandoned(connection: redis.Redis, job: Job | str, worker_name: str,
 
 def announce(connection: redis.Redis, version: str, path: str | Path) -> None:
     """Tell every inference worker (they look between jobs) and /setup which version is current."""
-
     connection.set(CURRENT_KEY, json.dumps({"version": version, "path": str(path)}))
     connection.set(MODEL_VERSION_KEY, version)
 

@@ -341,11 +341,7 @@ def finite_float(value) -> float | None:
 
 
 def _finite_or_zero(value) -> float:
-    try:
-        v = float(value or 0.0)
-    except (TypeError, ValueError):
-        return 0.0
-    return v if math.isfinite(v) else 0.0
+    return finite_float(value or 0.0) or 0.0
 
 
 def _int_or_none(value) -> int | None:
