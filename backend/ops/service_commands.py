@@ -88,20 +88,16 @@ def sync_command(args: argparse.Namespace) -> int:
               "personal access token: Account & Settings) so the backend can read the annotations", file=sys.stderr)
         return 2
     connection = _redis_or_none(settings)
-    bar = None
-    if not args.quiet and not args.json:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(unit=" tasks", desc="sync", file=sys.stderr)
+    bar = tqdm(unit=" tasks", desc="sync", file=sys.stderr, disable=args.quiet or args.json)
     try:
-        reports = sync_all(settings, projects=args.project, since=since, connection=connection,
-                           on_task=bar.update if bar is not None else None)
+        reports = sync_all(settings, projects=args.project, since=since, connection=connection, on_task=bar.update)
     except StoreError as exc:
         print(f"regionscribe sync: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     failed = {p: r for p, r in reports.items() if not isinstance(r, SyncReport)}
     if args.json:
         print(json.dumps({str(p): (r.as_dict() if isinstance(r, SyncReport) else {"error": r})

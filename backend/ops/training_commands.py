@@ -120,11 +120,9 @@ def data_command(args) -> int:
     except (ValueError, FormatError) as exc:
         print(f"regionscribe data: error: {exc}", file=sys.stderr)
         return 2
-    bar = None
-    if not args.quiet and not args.json:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(unit=" samples", desc="data", file=sys.stderr)
+    bar = tqdm(unit=" samples", desc="data", file=sys.stderr, disable=args.quiet or args.json)
     out = {}
     try:
         for src in sources:
@@ -136,8 +134,7 @@ def data_command(args) -> int:
                 if n <= args.show:
                     print(json.dumps({"boxes": [[round(v, 1) for v in b] for b in sample.boxes],
                                       "turns": [[t.question, t.answer] for t in sample.turns]}, ensure_ascii=False))
-                if bar is not None:
-                    bar.update()
+                bar.update()
             out[f"{src.name}:{src.path}"] = {"samples": n, "turns": dict(kinds), **src.report.to_dict()}
             if not args.json:
                 print(f"{src.report}\n  -> {n} stage-{args.stage} conversations, turns {dict(kinds)}")
@@ -145,8 +142,7 @@ def data_command(args) -> int:
         print(f"regionscribe data: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if args.json:
         print(json.dumps(out, indent=2))
     return 0
