@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from regionscribe.training.datasets import coco, exports, flickr30k, mdetr, instructions, refer, visual_genome
+from regionscribe.model.masks import segment_mask
 from regionscribe.training.datasets.records import FormatError, ImageRecord, SkipReport
 
 __all__ = ["Source", "SOURCES", "Unit", "FormatError", "SkipReport", "ImageRecord", "caption_eval_samples"]
@@ -123,9 +124,9 @@ class Source:
         self._passes += 1
         upright = SOURCES[self.name][3]
         if self.name == "export-conversations":
-            for boxes, turns, key, image, masks in exports.conversation_units(
+            for boxes, turns, key, image, segments in exports.conversation_units(
                     self.path / "conversations" / f"{self.split}.json", self.image_root, report):
-                yield Unit(image, True, boxes, turns, key, report, masks)
+                yield Unit(image, True, boxes, turns, key, report, segments)
             return
         rng = random.Random(f"{seed}:{self.name}:{stage}")
         build = instructions.stage1 if stage == 1 else instructions.stage2
@@ -153,7 +154,8 @@ class Unit:
     turns: list
     key: str
     report: SkipReport | None = None
-    masks: list = field(default_factory=list)  # one per box (None: the box itself), or empty: boxes only
+    # an export's `segmentation` entries, one per box (None: the box itself), or empty: boxes only; decoded by load()
+    segments: list = field(default_factory=list)
 
     def load(self):
         """The Sample, or None (reported) when the image cannot be read."""
@@ -165,13 +167,13 @@ class Unit:
             if self.report is not None:
                 self.report.skip("missing_image", f"{self.key}: {exc}")
             return None
-        shapes = {m.shape for m in self.masks if m is not None}
-        if shapes and shapes != {(image.height, image.width)}:
+        try:
+            masks = [segment_mask(seg, image.width, image.height) for seg in self.segments]
+        except (ValueError, KeyError, TypeError) as exc:
             if self.report is not None:
-                self.report.skip("bad_record", f"{self.key}: masks of {sorted(shapes)} on a {image.width}×{image.height} "
-                                               "image")
+                self.report.skip("bad_record", f"{self.key}: segmentation: {exc}")
             return None
-        return Sample(image, self.boxes, self.turns, self.key, list(self.masks))
+        return Sample(image, self.boxes, self.turns, self.key, masks)
 
 
 def caption_eval_samples(source: Source, limit: int = 500) -> Iterator:

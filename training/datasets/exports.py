@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 from regionscribe.model.conversation import Turn
-from regionscribe.model.masks import segment_mask
 from regionscribe.model.prompts import BBOX
 from regionscribe.training.datasets.coco import find_image
 from regionscribe.training.datasets.jsonstream import iter_array
@@ -27,8 +26,9 @@ from regionscribe.training.datasets.records import (
 
 def conversation_units(path: str | Path, image_root: str | Path, report: SkipReport
                        ) -> Iterator[tuple[list, list[Turn], str, Path, list]]:
-    """conversations/<split>.json as (boxes, turns, key, image file, masks), turns as written (boxes denormalised);
-    masks from `segmentation` (a polygon, an ellipse's outline or a brush; None for a box), empty without it."""
+    """conversations/<split>.json as (boxes, turns, key, image file, segments), turns as written (boxes
+    denormalised); segments: the `segmentation` entries, one per box (a polygon, an ellipse's outline or a brush;
+    None for a box), empty without them, decoded into masks when the image is read (regionscribe.model.masks)."""
     path, root = Path(path), Path(image_root)
     if not path.is_file():
         raise FormatError(path, "no such file (an export's conversations/<split>.json)")
@@ -38,10 +38,9 @@ def conversation_units(path: str | Path, image_root: str | Path, report: SkipRep
             messages = item["conversations"]
             w, h = float(item["width"]), float(item["height"])
             boxes = [(b[0] * w, b[1] * h, b[2] * w, b[3] * h) for b in item["boxes"]]
-            segments = item.get("segmentation") or []
+            segments = list(item.get("segmentation") or [])
             if segments and len(segments) != len(boxes):
                 raise ValueError("one segmentation entry per box")
-            masks = [segment_mask(seg, int(w), int(h)) for seg in segments]
         except (KeyError, TypeError, ValueError, IndexError):
             report.skip("bad_record", key)
             continue
@@ -63,7 +62,7 @@ def conversation_units(path: str | Path, image_root: str | Path, report: SkipRep
             continue
         report.images += 1
         report.regions += len(boxes)
-        yield boxes, turns, key, file, masks
+        yield boxes, turns, key, file, segments
 
 
 def _parquet_files(path: Path, split: str) -> list[Path]:
