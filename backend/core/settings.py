@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 # well-formed gibberish. Meant for tests and smoke runs.
 TINY_UNTRAINED = "tiny-untrained"
 LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values (regionscribe.backend.core.logs)
+MAX_DEMONSTRATIONS = 16  # DEMONSTRATIONS' ceiling: each one adds its region token and its answer to the prompt
 
 
 def _bool(value: str) -> bool:
@@ -87,6 +88,7 @@ class Settings:
     # --- model output -----------------------------------------------------------------------------------------
     multiple_choice_threshold: float = 0.3  # MULTIPLE_CHOICE_THRESHOLD: choice="multiple" gets every value at least this probable (and the top one)
     relation_threshold: float = 0.5  # RELATION_THRESHOLD: <Relations> labels at least this probable are sent
+    demonstrations: int = 0  # DEMONSTRATIONS: k, the accepted regions of the same project (other tasks) most like a box, shown to the model with their accepted answers before it describes the box; 0 turns it off
     log_level: str = "INFO"  # LOG_LEVEL: Python logging level for the web server, worker and runner
     log_format: str = "text"  # LOG_FORMAT: "text" (one readable line per record) or "json" (one JSON object per line, with the request id; regionscribe.backend.core.logs)
 
@@ -126,6 +128,9 @@ class Settings:
             raise ValueError(f"INFERENCE_BATCH_WAIT_MS={get('INFERENCE_BATCH_WAIT_MS')!r}: milliseconds, 0 or more")
         if kwargs.get("sync_interval", 0) < 0:
             raise ValueError(f"SYNC_INTERVAL={get('SYNC_INTERVAL')!r}: seconds between syncs, or 0 for none")
+        if not 0 <= kwargs.get("demonstrations", 0) <= MAX_DEMONSTRATIONS:
+            raise ValueError(f"DEMONSTRATIONS={get('DEMONSTRATIONS')!r}: the number of demonstrations per box, 0 (off) "
+                             f"to {MAX_DEMONSTRATIONS}")
         if kwargs.get("log_format", "text") not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT={get('LOG_FORMAT')!r}: use one of {', '.join(LOG_FORMATS)}")
         # Label Studio's own tools also accept these names

@@ -45,3 +45,13 @@ def test_secrets_are_not_in_the_repr():
 
 def test_read_once():
     assert get_settings() is get_settings()
+
+
+def test_demonstrations():
+    assert Settings.from_env({}).demonstrations == 0  # off
+    assert Settings.from_env({"DEMONSTRATIONS": "4"}).demonstrations == 4
+    for bad in ("-1", "17"):
+        with pytest.raises(ValueError, match=f"DEMONSTRATIONS='{bad}'"):
+            Settings.from_env({"DEMONSTRATIONS": bad})
+    with pytest.raises(ValueError, match="DEMONSTRATIONS='four'"):
+        Settings.from_env({"DEMONSTRATIONS": "four"})
