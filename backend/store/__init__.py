@@ -22,19 +22,23 @@ idempotency rules in `annotations`, the pending count and training leases in `tr
     suggestions    the model's suggestions and the edit rate
     projects       a project's labeling config and training request
     regions        reading region records (records, read_regions, record_from_row, regions_by_source)
+    demonstrations accepted regions' tokens per model version (DEMONSTRATIONS): accepted_regions,
+                   write_demonstrations, demonstrations_since, and the retiring that keeps them consistent
     training_runs  snapshots, the pending count, training runs and their leases
     cached_images  the cached training images
     store          Store, which combines them: open, shared, close
 This package keeps every name the single module exported importable from `regionscribe.backend.store`.
 """
 from regionscribe.backend.store.database import default_url
-from regionscribe.backend.store.records import (SOURCES, AnnotationInput, RegionInput, RegionRecord, Snapshot,
-                                                StoreError, Suggestion, differs_from_suggestion, image_key,
-                                                parse_time_us, pixel_box)
+from regionscribe.backend.store.records import (SOURCES, AcceptedRegion, AnnotationInput, DemonstrationInput,
+                                                DemonstrationRow, RegionInput, RegionRecord, Snapshot, StoreError,
+                                                Suggestion, differs_from_suggestion, image_key, parse_time_us,
+                                                pixel_box)
 from regionscribe.backend.store.schema import MIGRATIONS, REGION_COLUMNS
 from regionscribe.backend.store.store import Store
 
 __all__ = [
     "Store", "StoreError", "default_url", "MIGRATIONS", "REGION_COLUMNS", "SOURCES", "RegionInput", "AnnotationInput",
     "Suggestion", "RegionRecord", "Snapshot", "parse_time_us", "image_key", "differs_from_suggestion", "pixel_box",
+    "AcceptedRegion", "DemonstrationInput", "DemonstrationRow",
 ]

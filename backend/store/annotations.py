@@ -20,7 +20,8 @@ from regionscribe.backend.store.schema import REGION_COLUMNS
 
 
 class AnnotationsMixin:
-    """Events and annotations (uses `Database._run`, `ProjectsMixin._project`, `SuggestionsMixin._suggestions`)."""
+    """Events and annotations (uses `Database._run`, `ProjectsMixin._project`, `SuggestionsMixin._suggestions`, and
+    `DemonstrationsMixin`'s project lock and retiring of superseded rows)."""
 
     # ------------------------------------------------------------------------------------------------ events
 
@@ -103,6 +104,8 @@ class AnnotationsMixin:
                                    [(a.annotation_id, rid, r.digest(a.was_cancelled)) for rid, r in inputs.items()])
                 self._set_outcome(tx, event_id, "stale")
                 return {**result, "outcome": "stale"}
+            # demonstration rows of this project are written in id order (regionscribe.backend.store.demonstrations)
+            self._lock_project(tx, a.project_id)
             tx.execute("UPDATE annotations SET project_id = ?, task_id = ?, version_us = ?, version_digest = ?, "
                        "created_at = ?, updated_at = ?, was_cancelled = ?, ground_truth = ?, regions = ?, "
                        "stored_at = ?, source = ? WHERE annotation_id = ?",
@@ -159,6 +162,11 @@ class AnnotationsMixin:
             if gone:
                 tx.executemany("UPDATE regions SET deleted = 1, deleted_at = ? WHERE annotation_id = ? AND "
                                "region_id = ?", [(now, a.annotation_id, rid) for rid in gone])
+            # the demonstrations this version supersedes: its changed and removed regions, and other annotations'
+            # answers for the same regions of the task (the newest answer wins)
+            self._retire_answered(tx, a.project_id, a.task_id, a.annotation_id,
+                                  {**{rid: None for rid in gone},
+                                   **{rid: r.digest(a.was_cancelled) for rid, r in inputs.items()}})
             result.update(outcome="applied", regions=len(rows), removed_regions=len(gone))
             if a.image_ref and image is None and rows:
                 result["images_missing"] = [(a.image_ref, a.task_id)]
@@ -191,6 +199,7 @@ class AnnotationsMixin:
                 cur = tx.execute("UPDATE regions SET deleted = 1, deleted_at = ? WHERE annotation_id = ? AND "
                                  "deleted = 0", (now, annotation_id))
                 regions += max(cur.rowcount, 0)
+            self._retire_annotations(tx, ids)  # their regions are demonstrations no more
             self._set_outcome(tx, event_id, "deleted")
             return {"outcome": "deleted", "event_id": event_id, "annotations": len(ids), "regions": regions}
 

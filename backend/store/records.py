@@ -88,7 +88,8 @@ class AnnotationInput:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """What the model suggested for one region (remembered at /predict time)."""
+    """What the model suggested for one region (remembered at /predict time), and the demonstrations it was shown
+    (DEMONSTRATIONS: [{"task_id", "region_id", "annotation_id", "similarity", ...}], none when off)."""
 
     task_id: int
     region_id: str
@@ -97,6 +98,45 @@ class Suggestion:
     detailed_caption: str | None = None
     relation_text: str | None = None
     attributes: dict[str, list] = field(default_factory=dict)
+    demonstrations: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AcceptedRegion:
+    """A region the annotators accepted (live, not cancelled, with a caption or an attribute; the newest answer for
+    its task and region id) and the digest of the content it has now: a demonstration's token is computed for it."""
+
+    record: "RegionRecord"
+    content_digest: str
+
+
+@dataclass(frozen=True)
+class DemonstrationInput:
+    """A region token a worker computed for an accepted region, with the answer it demonstrates: the caption and the
+    attribute values by question (the keys of regionscribe.model.asks.Asks.attributes)."""
+
+    task_id: int
+    region_id: str
+    annotation_id: int
+    content_digest: str  # the AcceptedRegion's: the row is written only while the region still has this content
+    token: bytes  # float32, native byte order
+    caption: str | None
+    attributes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DemonstrationRow:
+    """One row of the demonstrations table. `token` None: the region is no longer accepted (retired)."""
+
+    id: int
+    project_id: int
+    task_id: int
+    region_id: str
+    annotation_id: int
+    model_version: str
+    token: bytes | None
+    caption: str | None
+    attributes: dict[str, str]
 
 
 @dataclass(frozen=True)

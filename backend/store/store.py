@@ -11,6 +11,7 @@ from regionscribe.backend.core.settings import redacted_url
 from regionscribe.backend.store.annotations import AnnotationsMixin
 from regionscribe.backend.store.database import Database, default_url
 from regionscribe.backend.store.cached_images import ImagesMixin
+from regionscribe.backend.store.demonstrations import DemonstrationsMixin
 from regionscribe.backend.store.projects import ProjectsMixin
 from regionscribe.backend.store.regions import RegionsMixin
 from regionscribe.backend.store.schema import MigrationsMixin
@@ -19,7 +20,7 @@ from regionscribe.backend.store.training_runs import TrainingRunsMixin
 
 
 class Store(MigrationsMixin, AnnotationsMixin, SuggestionsMixin, ProjectsMixin, RegionsMixin, TrainingRunsMixin,
-            ImagesMixin, Database):
+            ImagesMixin, DemonstrationsMixin, Database):
     """A handle on the store: thread-safe (a small pool of connections, one per concurrent transaction) and
     fork-aware (a child process opens its own connections)."""
 

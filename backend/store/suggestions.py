@@ -14,21 +14,23 @@ class SuggestionsMixin:
     """Suggestions and how the annotators took them (uses `Database._run`)."""
 
     def record_suggestions(self, project_id: int, suggestions: list[Suggestion]) -> int:
-        """Remember what the model suggested (one transaction; the latest suggestion per region wins)."""
+        """Remember what the model suggested, and the demonstrations it was shown (one transaction; the latest
+        suggestion per region wins)."""
         if not suggestions:
             return 0
         now = time.time()
         rows = [(int(project_id), int(s.task_id), str(s.region_id), s.model_version, s.caption, s.detailed_caption,
-                 s.relation_text, canonical_json(s.attributes), now) for s in suggestions]
+                 s.relation_text, canonical_json(s.attributes), now,
+                 canonical_json(s.demonstrations) if s.demonstrations else None) for s in suggestions]
 
         def write(tx):
             tx.executemany(
                 "INSERT INTO suggestions (project_id, task_id, region_id, model_version, caption, detailed_caption, "
-                "relation_text, attributes, suggested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "relation_text, attributes, suggested_at, demonstrations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (project_id, task_id, region_id) DO UPDATE SET model_version = excluded.model_version, "
                 "caption = excluded.caption, detailed_caption = excluded.detailed_caption, "
                 "relation_text = excluded.relation_text, attributes = excluded.attributes, "
-                "suggested_at = excluded.suggested_at", rows)
+                "suggested_at = excluded.suggested_at, demonstrations = excluded.demonstrations", rows)
             return len(rows)
 
         return self._run(write)
@@ -39,7 +41,9 @@ class SuggestionsMixin:
         return {row["region_id"]: Suggestion(
             task_id=int(row["task_id"]), region_id=row["region_id"], model_version=row["model_version"],
             caption=row["caption"], detailed_caption=row["detailed_caption"], relation_text=row["relation_text"],
-            attributes=json.loads(row["attributes"])) for row in rows if row["region_id"] in wanted}
+            attributes=json.loads(row["attributes"]),
+            demonstrations=json.loads(row["demonstrations"]) if row.get("demonstrations") else [])
+            for row in rows if row["region_id"] in wanted}
 
     def suggestions(self, project_id: int, task_id: int) -> dict[str, Suggestion]:
         return self._run(lambda tx: self._suggestions(tx, int(project_id), int(task_id), [

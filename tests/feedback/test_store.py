@@ -304,8 +304,8 @@ def test_migrations_are_recorded_and_safe_under_concurrent_openers(store_url, tm
     rows = s._run(lambda tx: tx.all("SELECT version, name FROM schema_version ORDER BY version"), write=False)
     assert rows == [{"version": 1, "name": "initial schema"}, {"version": 2, "name": "training run outcome"},
                     {"version": 3, "name": "event source"}, {"version": 4, "name": "training leases"},
-                    {"version": 5, "name": "region shape"}]
-    assert s.schema_version() == 5
+                    {"version": 5, "name": "region shape"}, {"version": 6, "name": "demonstrations"}]
+    assert s.schema_version() == 6
     for each in stores:
         each.close()
 
