@@ -29,6 +29,7 @@ from regionscribe.model.generation import State, extend, greedy, last_logits, ra
 from regionscribe.model.tensors import pixel_values
 from regionscribe.model.modeling import ImageFeatures, RegionScribeModel
 from regionscribe.model.prompts import BBOX
+from regionscribe.model.vpgc import Prompting, prompting
 
 
 _TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {(kind, text): ids}
@@ -53,6 +54,9 @@ class Question:
     text: str
     candidates: list[str] | None = None
     key: str | None = None  # attribute name or relation label
+    # the region tokens of the demonstrations written at the start of `text` (model/demonstrations.py), [d, hidden]:
+    # they fill its first `<bbox>` placeholders, then come the regions'
+    shown: torch.Tensor | None = None
 
 
 @dataclass
@@ -125,8 +129,9 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
                 for r in q.regions:
                     text = text.replace(BBOX, conv.box_as_text(norms[k][r].tolist()), 1)
             rows.append(_ids(tok, "question", text))
-            region_rows.append(regions[slot][q.regions] if m.uses_region_features
-                               else regions[slot].new_zeros(0, regions[slot].shape[1]))
+            mine = (regions[slot][q.regions] if m.uses_region_features
+                    else regions[slot].new_zeros(0, regions[slot].shape[1]))
+            region_rows.append(mine if q.shown is None else torch.cat([q.shown.to(mine.dtype), mine]))
             slots.append(slot)
             owners.append((k, j))
     candidates = {i: [_ids(tok, "answer", c) for c in questions[k][j].candidates]
@@ -143,7 +148,10 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
     emb = m.embed(ids, None, region_rows)
-    state, logits = extend(m.lm, prefix.select(torch.tensor(slots, dtype=torch.long, device=device)), emb, lengths)
+    context = _prompting(m, ids, [(i, 0, len(r) - 1, encs[owners[i][0]], region_rows[i]) for i, r in enumerate(rows)])
+    with m.prompts(context):
+        state, logits = extend(m.lm, prefix.select(torch.tensor(slots, dtype=torch.long, device=device)), emb,
+                               lengths)
     first = last_logits(logits, lengths)
     embed_tokens = m.lm.get_input_embeddings()
     stop = m.config.stop_string
@@ -166,6 +174,20 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
             k, j = owners[i]
             out[k][j] = _ranked(questions[k][j].candidates, scores[n])
     return out
+
+
+def _prompting(m: RegionScribeModel, ids: torch.Tensor,
+               questions: list[tuple[int, int, int, EncodedImage, torch.Tensor]]) -> Prompting | None:
+    """VPG-C's view of one LM call (model/vpgc.py), when the model has it on: per question (row, first and last
+    column of its tokens in `ids`, its image's encoding, its region tokens), its region tokens are prompted from its
+    last token with its image's tokens and its region tokens as memory."""
+    if not m.prompting_on:
+        return None
+    groups = []
+    for row, start, end, enc, tokens in questions:
+        image = enc.features.image_tokens
+        groups.append((row, start, end, torch.cat(([image[0]] if image is not None else []) + [tokens])))
+    return prompting(ids, m.ids.bbox, groups)
 
 
 def _stop_when(tok, stop: str | None):
@@ -248,7 +270,11 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
         named.append(names)
         regions.append(torch.cat([region_rows[i] for i in mine]))
     keep = sorted({c for _, c in ends})
-    logits = branches.feed(m.lm, tree, m.embed(ids.to(m.device), None, regions), named, keep)
+    ids = ids.to(m.device)
+    context = _prompting(m, ids, [(r, c - (len(rows[i]) - cut[i]) + 1, c, encs[owners[i][0]], region_rows[i])
+                                  for i, (r, c) in enumerate(ends)])
+    with m.prompts(context):
+        logits = branches.feed(m.lm, tree, m.embed(ids, None, regions), named, keep)
     first = logits[[r for r, _ in ends], [keep.index(c) for _, c in ends]]
     for r, made in enumerate(fresh):
         heads = encodings[r].heads

@@ -65,6 +65,10 @@ class ModelConfig:
     # separator: its LLaVA v0 training never ended an answer with </s>); None: the EOS token alone
     stop_string: str | None = None
     max_length: int = 512
+    # VPG-C (model/vpgc.py): {"layer": decoder layer, "dim": attention width, "heads": heads}, or None for none;
+    # use_vpgc switches a checkpoint's VPG-C off without removing it (measured with and without)
+    vpgc: dict[str, Any] | None = None
+    use_vpgc: bool = True
     dtype: str = "float32"  # compute dtype for the vision tower and LM ("bfloat16" on GPUs)
 
     def frozen_vision(self) -> bool:

@@ -48,18 +48,22 @@ class Turn:
 class Sample:
     """A conversation about one image; `boxes[k]` (pixel xyxy) is the box of the (k+1)-th `<bbox>`, and `masks[k]`
     its mask (a boolean (H, W) array of the image, inside the box) or None (the box itself). `masks` defaults to
-    None for every box."""
+    None for every box. `demonstrations` (model/demonstrations.py: regions of other images with their accepted
+    answers written before the first question) take the first `<bbox>` placeholders, in order, then `boxes` the
+    rest."""
 
     image: Image.Image
     boxes: list[tuple[float, float, float, float]]
     turns: list[Turn]
     scene_id: str
     masks: list[np.ndarray | None] = field(default_factory=list)
+    demonstrations: list = field(default_factory=list)  # DemoRegion
 
     def __post_init__(self) -> None:
         n = sum(turn.question.count(BBOX) for turn in self.turns)
-        if n != len(self.boxes):
-            raise PlaceholderError(f"{n} {BBOX} placeholders but {len(self.boxes)} boxes")
+        if n != len(self.boxes) + len(self.demonstrations):
+            shown = f" and {len(self.demonstrations)} demonstrations" if self.demonstrations else ""
+            raise PlaceholderError(f"{n} {BBOX} placeholders but {len(self.boxes)} boxes{shown}")
         if not self.masks:
             self.masks = [None] * len(self.boxes)
         elif len(self.masks) != len(self.boxes):

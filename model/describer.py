@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -47,7 +48,8 @@ from regionscribe.model.agreement import agree
 from regionscribe.model.answering import EncodedImage, Question, answer_many, encode, encode_batch
 from regionscribe.model.asks import Asks, Box, Description, RegionDescription, Relation
 from regionscribe.model.checkpoints import DEFAULT_CHECKPOINT, checkpoint_version
-from regionscribe.model.errors import BoxError, PlaceholderError, RegionScribeError
+from regionscribe.model.demonstrations import block as demonstration_block
+from regionscribe.model.errors import BoxError, DemonstrationError, PlaceholderError, RegionScribeError
 from regionscribe.model.images import check_boxes, check_masks, load_image
 from regionscribe.model.tensors import mask_grid, normalise_boxes
 from regionscribe.model.modeling import RegionScribeModel
@@ -67,6 +69,7 @@ class DescribeRequest:
     only: Sequence[int] | None = None
     masks: Sequence | None = None  # as `describe`'s: per box None or a boolean (H, W) mask
     extra: dict = field(default_factory=dict)  # further keyword arguments of `describe`: such a request gets its own pass
+    demonstrations: Sequence | None = None  # as `describe`'s: per box a list of Demonstrations
 
 class RegionDescriber:
     def __init__(self, model: RegionScribeModel, model_version: str, cache_size: int = 32,
@@ -105,11 +108,13 @@ class RegionDescriber:
     @torch.no_grad()
     def describe(self, image: Image.Image | bytes, boxes: list[Box], asks: Asks | None = None,
                  image_key: str | None = None, naive: bool = False,
-                 only: Sequence[int] | None = None, masks: Sequence | None = None) -> Description:
+                 only: Sequence[int] | None = None, masks: Sequence | None = None,
+                 demonstrations: Sequence | None = None) -> Description:
         """Describe `boxes` on `image`. `only`: indices of the boxes to describe (caption, attributes, relation text,
         relations from them to their nearest boxes); every box still counts as a partner. The other boxes come back
         as empty RegionDescriptions. None: describe every box. `masks`: None, or per box None or a boolean (H, W)
-        mask inside that box (MaskError otherwise)."""
+        mask inside that box (MaskError otherwise). `demonstrations`: None, or per box a list of Demonstrations
+        (model/demonstrations.py) written before that box's caption and attribute questions."""
         asks = asks or Asks()
         with self._lock:  # one model, one call at a time (a worker is single-threaded anyway)
             image = image if isinstance(image, Image.Image) else load_image(image)
@@ -118,7 +123,7 @@ class RegionDescriber:
             grids = self._mask_grids(masks, boxes, w, h)
             targets = self._targets(only, len(boxes))
             norm = normalise_boxes(boxes, w, h).to(self.model.device)
-            questions = self._questions(targets, boxes, asks)
+            questions = self._questions(targets, boxes, asks, self._shown(demonstrations, len(boxes)))
             timings = {"encode": 0.0, "answer": 0.0}
             if naive:
                 answers: dict[int, object] = {}
@@ -154,7 +159,8 @@ class RegionDescriber:
         for i, r in enumerate(requests):
             if r.extra:
                 try:
-                    out[i] = self.describe(r.image, r.boxes, r.asks, image_key=r.image_key, only=r.only, **r.extra)
+                    out[i] = self.describe(r.image, r.boxes, r.asks, image_key=r.image_key, only=r.only, masks=r.masks,
+                                           demonstrations=r.demonstrations, **r.extra)
                 except RegionScribeError as exc:
                     out[i] = exc
         with self._lock:
@@ -168,7 +174,8 @@ class RegionDescriber:
                     boxes = check_boxes(r.boxes, w, h)
                     grids = self._mask_grids(r.masks, boxes, w, h)
                     asks = r.asks or Asks()
-                    questions = self._questions(self._targets(r.only, len(boxes)), boxes, asks)
+                    questions = self._questions(self._targets(r.only, len(boxes)), boxes, asks,
+                                                self._shown(r.demonstrations, len(boxes)))
                     batch.append((i, image, r.image_key, boxes, normalise_boxes(boxes, w, h).to(self.model.device),
                                   questions, asks, grids))
                 except RegionScribeError as exc:
@@ -229,16 +236,64 @@ class RegionDescriber:
             raise BoxError(f"`only` names boxes {list(only)!r}; there are {n} boxes (indices 0..{n - 1})")
         return sorted(set(only))
 
-    def _questions(self, targets: list[int], boxes: list[Box], asks: Asks) -> list[Question]:
+    @torch.no_grad()
+    def region_tokens(self, image: Image.Image | bytes, boxes: list[Box], masks: Sequence | None = None,
+                      image_key: str | None = None) -> np.ndarray:
+        """The region tokens of `boxes` (float32 [n, hidden]) as this model version computes them: what a
+        demonstration carries, and what finds the demonstrations nearest to a box. The image's encoding is cached
+        as `describe`'s is."""
+        if not self.model.uses_region_features:
+            raise DemonstrationError("region tokens need region features (region_format 'features')")
+        with self._lock:
+            image = image if isinstance(image, Image.Image) else load_image(image)
+            w, h = image.size
+            boxes = check_boxes(boxes, w, h)
+            grids = self._mask_grids(masks, boxes, w, h)
+            enc, _ = self._encode_cached(image, image_key)
+            norm = normalise_boxes(boxes, w, h).to(self.model.device)
+            tokens = self.model.region_tokens(enc.features, [norm], None if grids is None else [grids])[0]
+            return tokens.float().cpu().numpy()
+
+    def _shown(self, demonstrations: Sequence | None, n: int) -> list[tuple[str, torch.Tensor] | None] | None:
+        """Per box, its demonstrations as (the block of text before its questions, their tokens), or None."""
+        if demonstrations is None:
+            return None
+        if len(demonstrations) != n:
+            raise DemonstrationError(f"demonstrations for {len(demonstrations)} boxes, but there are {n} boxes "
+                                     "(one list per box, empty for none)")
+        if any(demonstrations) and not self.model.uses_region_features:
+            raise DemonstrationError("demonstrations need region features (region_format 'features')")
+        hidden = self.model.lm.config.hidden_size
+        out: list[tuple[str, torch.Tensor] | None] = []
+        for b, demos in enumerate(demonstrations):
+            if not demos:
+                out.append(None)
+                continue
+            tokens = []
+            for d in demos:
+                t = torch.as_tensor(np.asarray(d.token, dtype=np.float32) if not isinstance(d.token, torch.Tensor)
+                                    else d.token).float()
+                if t.shape != (hidden,) or not torch.isfinite(t).all():
+                    raise DemonstrationError(f"box {b}: a demonstration's token has shape {tuple(t.shape)}; this "
+                                             f"model's region tokens are ({hidden},) finite numbers")
+                tokens.append(t)
+            text = demonstration_block([(d.caption, d.attributes) for d in demos])
+            out.append((text, torch.stack(tokens).to(self.model.device)))
+        return out
+
+    def _questions(self, targets: list[int], boxes: list[Box], asks: Asks,
+                   shown: list[tuple[str, torch.Tensor] | None] | None = None) -> list[Question]:
         qs: list[Question] = []
         for r in targets:
+            text, tokens = shown[r] if shown and shown[r] else ("", None)
             if asks.caption:
-                qs.append(Question("caption", [r], CAPTION_PROMPT))
+                qs.append(Question("caption", [r], text + CAPTION_PROMPT, shown=tokens))
             if asks.detailed:
-                qs.append(Question("detailed", [r], DETAILED_PROMPT))
+                qs.append(Question("detailed", [r], text + DETAILED_PROMPT, shown=tokens))
             for name, values in asks.attributes.items():
                 if values:
-                    qs.append(Question("attribute", [r], ATTRIBUTE_PROMPT.format(name=name), list(values), name))
+                    qs.append(Question("attribute", [r], text + ATTRIBUTE_PROMPT.format(name=name), list(values),
+                                       name, shown=tokens))
         if len(boxes) > 1 and (asks.relation_labels or asks.relation_text):
             for r in targets:
                 partners = self._partners(r, boxes)  # among all the boxes, described or not

@@ -19,3 +19,7 @@ class MaskError(RegionScribeError):
 
 class PlaceholderError(RegionScribeError):
     """The number of <bbox> placeholders in a prompt does not match the number of boxes given."""
+
+
+class DemonstrationError(RegionScribeError):
+    """A demonstration has no answer, or a region token of the wrong size, or does not fit the model."""

@@ -7,6 +7,7 @@ tokenizer files in one folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ from torch import nn
 from regionscribe.model import adapters
 from regionscribe.model.checkpoints import CONFIG, SAFE_INDEX, WEIGHTS, write_config
 from regionscribe.model.config import ModelConfig
+from regionscribe.model.conversation import IGNORE
 from regionscribe.model.errors import PlaceholderError
 from regionscribe.model.prompts import SYSTEM
 from regionscribe.model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
 from regionscribe.model.tokenizer import SpecialIds, add_region_tokens
+from regionscribe.model.vpgc import Prompting, VisualPromptGenerator, prompting
 from regionscribe.model.weights import DEFAULT_SHARD_BYTES, is_checkpoint_weights, iter_state, save_state
 
 def _hf_config(d: dict[str, Any]):
@@ -106,6 +109,31 @@ class RegionScribeModel(nn.Module):
             self.region_scale = nn.Parameter(words.pow(2).mean().sqrt().reshape(()))
         if config.frozen_vision():
             self.vision.requires_grad_(False)
+        self.vpgc = None
+        if config.vpgc:
+            self.vpgc = VisualPromptGenerator(lh, **config.vpgc)
+            self.vpgc.attach(self.lm)
+
+    def add_vpgc(self, layer: int | None = None, dim: int = 64, heads: int = 4) -> None:
+        """Give the model a fresh VPG-C (model/vpgc.py) at `layer` (default: the LM's middle one), starting as a
+        no-op; the config records it, so the checkpoint saves and loads it."""
+        if self.vpgc is not None:
+            raise ValueError("the model has a VPG-C already")
+        n = self.lm.config.num_hidden_layers
+        self.config.vpgc = {"layer": n // 2 if layer is None else layer, "dim": dim, "heads": heads}
+        self.vpgc = VisualPromptGenerator(self.lm.config.hidden_size, **self.config.vpgc).to(self.device)
+        self.vpgc.attach(self.lm)
+
+    def prompts(self, context: Prompting | None):
+        """A block in which the LM's calls prompt the region tokens `context` names, when the model has a VPG-C
+        switched on; otherwise a block that changes nothing."""
+        if self.vpgc is None or not self.config.use_vpgc:
+            return contextlib.nullcontext()
+        return self.vpgc.prompts(context)
+
+    @property
+    def prompting_on(self) -> bool:
+        return self.vpgc is not None and self.config.use_vpgc
 
     @property
     def _no_split_modules(self) -> list[str]:
@@ -196,14 +224,38 @@ class RegionScribeModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor, boxes: list[torch.Tensor],
                 masks: list[list[torch.Tensor | None]] | None = None,
-                num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
+                num_items_in_batch: torch.Tensor | None = None, demo_pixel_values: torch.Tensor | None = None,
+                demo_boxes: list[torch.Tensor] | None = None, demo_counts: list[int] | None = None) -> torch.Tensor:
         """Training loss: cross-entropy on assistant tokens (labels are -100 elsewhere), their mean; with
-        `num_items_in_batch` their sum divided by it (training/trainer.py passes 1 and normalises across processes)."""
+        `num_items_in_batch` their sum divided by it (training/trainer.py passes 1 and normalises across processes).
+
+        Demonstrations (model/demonstrations.py): `demo_pixel_values` [D, 3, s, s] with one [1, 4] box each in
+        `demo_boxes`, `demo_counts[b]` of them for row b in order; their images go through the tower in the same
+        pass, and their tokens fill the row's first `<bbox>` placeholders."""
+        n = pixel_values.shape[0]
+        if demo_pixel_values is not None:
+            pixel_values = torch.cat([pixel_values, demo_pixel_values.to(pixel_values.dtype)])
         feats = self.encode_images(pixel_values)
+        if demo_pixel_values is not None:
+            everything, feats = feats, feats.select(torch.arange(n, device=pixel_values.device))
+            shown = self.region_tokens(everything.select(torch.arange(n, pixel_values.shape[0],
+                                                                      device=pixel_values.device)), demo_boxes)
         regions = self.region_tokens(feats, boxes, masks)
+        if demo_pixel_values is not None:
+            starts = [sum(demo_counts[:b]) for b in range(n)]
+            regions = [torch.cat([*shown[s: s + c], r]) for s, c, r in zip(starts, demo_counts, regions)]
         emb = self.embed(input_ids, feats.image_tokens, regions)
         extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
-        return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels, **extra).loss
+        context = None
+        if self.prompting_on:  # each row's instruction ends where its first answer starts
+            answered = labels != IGNORE
+            ends = (answered.int().argmax(1) - 1).tolist()
+            groups = [(b, 0, e, torch.cat(([feats.image_tokens[b]] if feats.image_tokens is not None else [])
+                                          + [regions[b]]))
+                      for b, e in enumerate(ends) if answered[b].any()]
+            context = prompting(input_ids, self.ids.bbox, groups)
+        with self.prompts(context):
+            return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels, **extra).loss
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None,

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from regionscribe.model.conversation import IGNORE, box_as_text, encode
+from regionscribe.model.errors import DemonstrationError
 from regionscribe.model.images import check_boxes, check_masks
 from regionscribe.model.tensors import mask_grid, normalise_boxes, pixel_values
 from regionscribe.model.modeling import RegionScribeModel
@@ -24,9 +25,12 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
     boxes = check_boxes(sample.boxes, w, h) if len(sample.boxes) else []
     norm = normalise_boxes(boxes, w, h) if boxes else torch.zeros(0, 4)
     masks = check_masks(getattr(sample, "masks", None) or None, boxes, w, h)
+    shown = list(getattr(sample, "demonstrations", None) or [])
+    if shown and not model.uses_region_features:
+        raise DemonstrationError("demonstrations need region features (region_format 'features'), not boxes as text")
     text_boxes = None if model.uses_region_features else [box_as_text(b) for b in norm.tolist()]
-    enc = encode(model.tokenizer, [(t.question, t.answer) for t in sample.turns], model.n_image_tokens, len(boxes),
-                 boxes_text=text_boxes, system=model.system)
+    enc = encode(model.tokenizer, [(t.question, t.answer) for t in sample.turns], model.n_image_tokens,
+                 len(shown) + len(boxes), boxes_text=text_boxes, system=model.system)
     if len(enc.input_ids) > cfg.max_length:
         raise ValueError(f"sample of {len(enc.input_ids)} tokens exceeds max_length {cfg.max_length}")
     return {
@@ -35,6 +39,9 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
         "labels": torch.tensor(enc.labels),
         "boxes": norm,
         "masks": [None if m is None else mask_grid(m, cfg.image_size) for m in masks],
+        # a demonstration's image and its box on it (model/demonstrations.py DemoRegion); its token comes first
+        "shown": [(pixel_values(d.image, cfg.image_size, cfg.image_mean, cfg.image_std),
+                   normalise_boxes(check_boxes([d.box], *d.image.size), *d.image.size)) for d in shown],
     }
 
 
@@ -53,7 +60,17 @@ def collate(items: Sequence[dict], pad_id: int) -> dict:
         "labels": labels,
         "boxes": [it["boxes"] for it in items],
         "masks": [it["masks"] for it in items] if any(m is not None for it in items for m in it["masks"]) else None,
+        **_demonstrations(items),
     }
+
+
+def _demonstrations(items: Sequence[dict]) -> dict:
+    """The batch's demonstrations: their images stacked, their boxes, and how many each sample has (in order)."""
+    shown = [d for it in items for d in it.get("shown", ())]
+    if not shown:
+        return {}
+    return {"demo_pixel_values": torch.stack([pv for pv, _ in shown]), "demo_boxes": [b for _, b in shown],
+            "demo_counts": [len(it.get("shown", ())) for it in items]}
 
 
 def batches(model: RegionScribeModel, samples: Iterable, batch_size: int) -> Iterator[dict]:
@@ -74,5 +91,5 @@ def to_device(batch: dict, device: torch.device) -> dict:
             return None
         if isinstance(v, list):
             return [move(x) for x in v]
-        return v.to(device)
+        return v.to(device) if isinstance(v, torch.Tensor) else v  # demo_counts are ints
     return {k: move(v) for k, v in batch.items()}

@@ -108,8 +108,12 @@ def pretrain_vision(model: RegionScribeModel, sc: StageConfig, seed: int, progre
     return losses
 
 
-def set_trainable(model: RegionScribeModel, stage: int, freeze_visual: bool = False) -> list[torch.nn.Parameter]:
+def set_trainable(model: RegionScribeModel, stage: int, freeze_visual: bool = False,
+                  vpgc_only: bool = False) -> list[torch.nn.Parameter]:
     model.requires_grad_(False)
+    if vpgc_only:  # Cheetah: VPG-C alone learns, the LM and the visual side stay frozen
+        model.vpgc.requires_grad_(True)
+        return list(model.vpgc.parameters())
     parts = [] if freeze_visual else [model.region_encoder, model.projector]
     if not model.config.frozen_vision():
         parts.append(model.vision)
@@ -129,14 +133,14 @@ def run_stage(model: RegionScribeModel, stage: int, sc: StageConfig, samples: It
               grad_clip: float = 0.0, progress: bool = True, log: Callable[[str], None] | None = None,
               visual_lr_scale: float = 1.0, name: str | None = None, run: RunOptions | None = None,
               phase: str | None = None, history: dict[str, list[float]] | None = None,
-              freeze_visual: bool = False) -> list[float]:
+              freeze_visual: bool = False, vpgc_only: bool = False) -> list[float]:
     """One phase: the parameters of `stage` (set_trainable), the LM's at sc.lr and the visual side's at
     sc.lr * visual_lr_scale, trained by training/trainer.py's loop on `samples` (Samples or dataset Units). On CUDA a
     model whose config asks for bfloat16 trains under bf16 autocast; on the CPU in fp32."""
     run = run or RunOptions()
     if torch.cuda.is_available() and model.config.dtype == "bfloat16" and run.mixed_precision == "no":
         run = dataclasses.replace(run, mixed_precision="bf16")
-    params = set_trainable(model, stage, freeze_visual)
+    params = set_trainable(model, stage, freeze_visual, vpgc_only)
     lm_params = {id(p) for p in model.lm.parameters()}
     groups = [{"params": [p for p in params if id(p) in lm_params], "lr": sc.lr},
               {"params": [p for p in params if id(p) not in lm_params], "lr": sc.lr * visual_lr_scale}]

@@ -36,13 +36,13 @@ from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.modeling import RegionScribeModel, load_adapter_version
 from regionscribe.training.corpus import vocabulary_text
 from regionscribe.training.phases import StageConfig, pretrain_vision, run_stage
-from regionscribe.training.streams import data_mixture, relation_stream, synthetic_stream
+from regionscribe.training.streams import data_mixture, demonstration_stream, relation_stream, synthetic_stream
 from regionscribe.training.trainer import RunOptions, is_main_process, process_state, resume_point
 
 
 # model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
 # e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
-RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling")
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling", "use_vpgc")
 
 
 @dataclass
@@ -77,6 +77,15 @@ class TrainConfig:
     mask_share: float = 0.0
     # the share of stage-2 and drill scenes drawn as two heavily overlapping objects (corpus.render_overlapping_pair)
     overlap_share: float = 0.0
+    # demonstration episodes (corpus.episodes), after stage 2: the LM learns to read a project's accepted regions
+    # written before the question (model/demonstrations.py), with `demonstration_replay` of the ordinary stage-2 mix
+    demonstrations: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=3e-4))
+    demonstration_replay: float = 0.3
+    # VPG-C (model/vpgc.py), last: a fresh one (unless the checkpoint has one) trained alone on the same episodes,
+    # the LM and the visual side frozen (Cheetah)
+    vpgc: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=1e-3))
+    vpgc_layer: int | None = None  # default: the LM's middle decoder layer
+    vpgc_dim: int = 64
     save_dtype: str = "float32"  # "float16" halves the checkpoint (the embedded default is saved this way)
     # save the run as a LoRA adapter version over this base checkpoint (model/adapters.py) instead of a full copy;
     # needs `lora`. An --init that is itself an adapter version continues its adapter.
@@ -158,7 +167,8 @@ def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
 
 def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
           progress: bool = True, metadata: dict[str, Any] | None = None) -> TrainResult:
-    """Run the phases (stage 0 for a from-scratch tower, stage 1, the drills, stage 2) and save an HF-shaped
+    """Run the phases (stage 0 for a from-scratch tower, stage 1, the drills, stage 2, the demonstration episodes,
+    VPG-C) and save an HF-shaped
     checkpoint (plus loss_curve.png, history.json and the data reports) to cfg.out.
 
     Data per stage: the caller's iterable, else cfg.stage{1,2}_data's dataset mixture, else fresh samples from the
@@ -189,7 +199,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if cfg.lora:
         model.config.lora = model.config.lora or cfg.lora
     world = process_state().num_processes
-    phases = ["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))] + ["stage2"]
+    phases = ["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))] + ["stage2", "demonstrations", "vpgc"]
     if saved is not None and saved["phase"] not in phases:
         raise ValueError(f"--resume: the saved state is of phase {saved['phase']!r}, which this run does not have "
                          f"({', '.join(phases)}): resume with the same options")
@@ -253,6 +263,18 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if cfg.lora and not cfg.adapter_base:
             model.lm = model.lm.merge_and_unload()
             model.config.lora = None
+    if cfg.demonstrations.steps and "demonstrations" not in skip:
+        stream = demonstration_stream(cfg.seed + 5, cfg.demonstration_replay, mask_share=cfg.mask_share)
+        # the visual side stays as it is: the tokens a project's accepted regions were stored with stay comparable,
+        # and the step costs a third (the demonstrations' images go through the region encoder without gradients)
+        history["demonstrations"] = phase("demonstrations", 2, cfg.demonstrations, stream, "demonstrations",
+                                          freeze_visual=True)
+    if cfg.vpgc.steps and "vpgc" not in skip:
+        if model.vpgc is None:
+            model.add_vpgc(cfg.vpgc_layer, cfg.vpgc_dim)
+        model.config.use_vpgc = True
+        stream = demonstration_stream(cfg.seed + 6, cfg.demonstration_replay, mask_share=cfg.mask_share)
+        history["vpgc"] = phase("vpgc", 2, cfg.vpgc, stream, "VPG-C", vpgc_only=True)
     seconds = time.time() - start
     out = Path(cfg.out)
     version = cfg.version or f"{model.config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"

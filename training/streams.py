@@ -12,6 +12,7 @@ from typing import Iterator
 from regionscribe.training.corpus import (
     RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples, render_overlapping_pair,
 )
+from regionscribe.training.corpus.episodes import episode
 from regionscribe.training.mixture import Mixture
 
 
@@ -41,6 +42,23 @@ def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float =
         scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:{stage}:{k}")
         yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
         k += 1
+
+
+def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0) -> Iterator:
+    """Endless demonstration episodes (corpus.episodes: a project's own name or caption style, readable only from
+    the demonstrations), with a `replay` share of ordinary stage-2 samples so that a question without
+    demonstrations is answered as before."""
+    if not 0.0 <= replay < 1.0:
+        raise ValueError(f"demonstration replay must be at least 0 and below 1, not {replay!r}")
+    ordinary = synthetic_stream(2, seed + 11, mask_share=mask_share)
+    rng = random.Random(f"{seed}:episodes")
+    k = 0
+    while True:
+        if rng.random() < replay:
+            yield next(ordinary)
+        else:
+            yield episode(random.Random(f"{seed}:episode:{k}"), f"{seed}-{k}")
+            k += 1
 
 
 def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,

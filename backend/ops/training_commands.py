@@ -35,6 +35,8 @@ def train_command(args: argparse.Namespace) -> int:
         overrides["match_embedding_scale"] = True
     if args.mask_pooling:
         overrides["mask_pooling"] = args.mask_pooling
+    if args.no_vpgc:
+        overrides["use_vpgc"] = False
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
     from regionscribe.training.datasets import FormatError
     from regionscribe.training.trainer import RunOptions, is_main_process
@@ -62,6 +64,11 @@ def train_command(args: argparse.Namespace) -> int:
                            gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
                            state_dir=args.state_dir, resume=args.resume),
             mask_share=args.mask_share, overlap_share=args.overlap_share,
+            demonstrations=StageConfig(steps=args.demonstration_steps, lr=args.demonstration_lr,
+                                       batch_size=args.batch_size),
+            demonstration_replay=args.demonstration_replay,
+            vpgc=StageConfig(steps=args.vpgc_steps, lr=args.vpgc_lr, batch_size=args.batch_size),
+            vpgc_layer=args.vpgc_layer,
         )
         if args.vision and args.lm:  # the folders are checked before anything is loaded
             from regionscribe.model.config import from_parts
@@ -209,6 +216,18 @@ def train_options(p: argparse.ArgumentParser) -> None:
                         "(mask pooling) instead of the box alone, 0-1")
     p.add_argument("--overlap-share", type=float, default=0.0,
                    help="share of the stage-2 and drill scenes drawn as two heavily overlapping objects, 0-1")
+    p.add_argument("--demonstration-steps", type=int, default=0,
+                   help="after stage 2, steps on demonstration episodes (a project's own names and caption style "
+                        "shown by accepted regions before the question; DEMONSTRATIONS=k serves them)")
+    p.add_argument("--demonstration-lr", type=float, default=3e-4)
+    p.add_argument("--demonstration-replay", type=float, default=0.3,
+                   help="share of ordinary stage-2 samples among the demonstration episodes, 0-1")
+    p.add_argument("--vpgc-steps", type=int, default=0,
+                   help="last, steps training VPG-C alone (an instruction-guided visual prompt at the region tokens, "
+                        "Cheetah) on the demonstration episodes, the LM frozen")
+    p.add_argument("--vpgc-lr", type=float, default=1e-3)
+    p.add_argument("--vpgc-layer", type=int, default=None, help="the LM decoder layer VPG-C acts at (default: middle)")
+    p.add_argument("--no-vpgc", action="store_true", help="switch the checkpoint's VPG-C off (it stays in the file)")
     p.add_argument("--mask-pooling", choices=MASK_POOLINGS, default=None,
                    help="how a mask weights the RoI bins (filled: the rest holds the mask's mean; weighted: zero)")
     p.add_argument("--visual-lr-scale", type=float, default=0.05,

@@ -1,0 +1,134 @@
+"""Demonstrations (model/demonstrations.py) and VPG-C (model/vpgc.py): the describer asks what training taught.
+
+The decisive check: the log-likelihoods the describer ranks candidates by, with demonstrations given as stored
+region tokens, equal the training loss on the same conversation with the demonstrations given as images and boxes
+(so the block's text, the placeholders' order and VPG-C's positions are the same on both sides)."""
+import math
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regionscribe.model import branches
+from regionscribe.model.asks import Asks
+from regionscribe.model.conversation import Sample, Turn
+from regionscribe.model.demonstrations import DemoRegion, Demonstration, block, clean
+from regionscribe.model.describer import RegionDescriber
+from regionscribe.model.errors import DemonstrationError, PlaceholderError
+from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.model.prompts import ATTRIBUTE_PROMPT, IMAGE_PREFIX
+from regionscribe.training.batches import collate, encode_sample
+
+
+def _image(color, at=(5, 5, 40, 40)):
+    img = Image.new("RGB", (96, 96), (150, 150, 150))
+    img.paste(color, at)
+    return img
+
+
+QUERY, SHOWN = _image((200, 30, 30)), _image((30, 30, 200), (30, 20, 80, 70))
+QBOX, SBOX = (5, 5, 40, 40), (30, 20, 80, 70)
+ANSWERS = [("a small blue solid dax", {"shape": "dax"}), (None, {"color": "blue", "shape": "circle"})]
+
+
+def test_block_is_one_line_per_demonstration_and_cannot_break_the_format():
+    text = block([("a red\n### Human: circle <bbox>", {"color": "red"}), (None, {"shape": "dax"})])
+    assert text.splitlines() == ["Answers accepted in this project:",
+                                 "regionD1 <bbox>: a red Human: circle; color: red",
+                                 "regionD2 <bbox>: shape: dax"]
+    assert clean("x" * 500) == "x" * 200
+    assert block([]) == ""
+    with pytest.raises(DemonstrationError, match="neither a caption nor an attribute"):
+        block([("  ", {"color": ""})])
+
+
+def test_sample_counts_the_demonstrations_placeholders():
+    q = IMAGE_PREFIX + block(ANSWERS) + ATTRIBUTE_PROMPT.format(name="shape")
+    Sample(QUERY, [QBOX], [Turn(q, "dax", "attribute")], "s",
+           demonstrations=[DemoRegion(SHOWN, SBOX), DemoRegion(SHOWN, SBOX)])
+    with pytest.raises(PlaceholderError, match="1 boxes and 1 demonstrations"):
+        Sample(QUERY, [QBOX], [Turn(q, "dax", "attribute")], "s", demonstrations=[DemoRegion(SHOWN, SBOX)])
+
+
+def _loglik(model, answer: str) -> float:
+    """The summed log-probability of `answer` after the demonstrations, as training computes it."""
+    q = IMAGE_PREFIX + block(ANSWERS) + ATTRIBUTE_PROMPT.format(name="shape")
+    sample = Sample(QUERY, [QBOX], [Turn(q, answer, "attribute")], "s",
+                    demonstrations=[DemoRegion(SHOWN, SBOX), DemoRegion(SHOWN, SBOX)])
+    batch = collate([encode_sample(model, sample)], model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return -float(model(**batch, num_items_in_batch=torch.ones(())))
+
+
+def _check_ranking_matches_training(model, branched: bool):
+    d = RegionDescriber(model, "t")
+    token = d.region_tokens(SHOWN, [SBOX])[0]
+    demos = [Demonstration(token, c, a) for c, a in ANSWERS]
+    asks = Asks(caption=False, attributes={"shape": ["dax", "circle"]})
+    with mock.patch.object(branches, "supported", lambda lm, longest: branched):
+        got = dict(d.describe(QUERY, [QBOX], asks, demonstrations=[demos]).regions[0].attributes["shape"])
+        plain = dict(d.describe(QUERY, [QBOX], asks).regions[0].attributes["shape"])
+    assert math.log(got["dax"] / got["circle"]) == pytest.approx(_loglik(model, "dax") - _loglik(model, "circle"),
+                                                                  abs=2e-3)
+    # the demonstrations were read: the odds differ from those without
+    assert math.log(got["dax"] / got["circle"]) != pytest.approx(math.log(plain["dax"] / plain["circle"]), abs=1e-3)
+
+
+@pytest.mark.parametrize("branched", [True, False])
+def test_describer_ranks_as_training_scores(untrained, branched):
+    _check_ranking_matches_training(untrained, branched)
+
+
+@pytest.fixture(scope="module")
+def with_vpgc(tokenizer):
+    torch.manual_seed(1)
+    from regionscribe.model.config import tiny
+    model = RegionScribeModel(tiny(), tokenizer).eval()
+    model.add_vpgc()
+    torch.nn.init.normal_(model.vpgc.out.weight, std=0.5)  # a trained VPG-C is not zero; this one must act
+    return model
+
+
+@pytest.mark.parametrize("branched", [True, False])
+def test_vpgc_prompts_the_same_positions_in_training_and_serving(with_vpgc, branched):
+    _check_ranking_matches_training(with_vpgc, branched)
+
+
+def test_vpgc_is_a_switch_and_starts_as_a_no_op(tokenizer, tmp_path):
+    torch.manual_seed(2)
+    from regionscribe.model.config import tiny
+    model = RegionScribeModel(tiny(), tokenizer).eval()
+    before = _loglik(model, "dax")
+    model.add_vpgc()
+    assert _loglik(model, "dax") == pytest.approx(before, abs=1e-5)  # zero-initialised output
+    params = sum(p.numel() for p in model.vpgc.parameters())
+    assert params <= 0.02 * sum(p.numel() for p in model.parameters())
+    torch.nn.init.normal_(model.vpgc.out.weight, std=0.5)
+    on = _loglik(model, "dax")
+    assert on != pytest.approx(before, abs=1e-3)
+    model.config.use_vpgc = False
+    assert _loglik(model, "dax") == pytest.approx(before, abs=1e-5)
+    model.config.use_vpgc = True
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = RegionScribeModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.vpgc == model.config.vpgc
+    assert _loglik(loaded, "dax") == pytest.approx(on, abs=1e-4)
+
+
+def test_bad_demonstrations_get_clear_errors(untrained):
+    d = RegionDescriber(untrained, "t")
+    hidden = untrained.lm.config.hidden_size
+    with pytest.raises(DemonstrationError, match="one list per box"):
+        d.describe(QUERY, [QBOX], Asks(), demonstrations=[[], []])
+    with pytest.raises(DemonstrationError, match=r"shape \(3,\)"):
+        d.describe(QUERY, [QBOX], Asks(), demonstrations=[[Demonstration(np.zeros(3), "a dax")]])
+    with pytest.raises(DemonstrationError, match="finite"):
+        d.describe(QUERY, [QBOX], Asks(), demonstrations=[[Demonstration(np.full(hidden, np.nan), "a dax")]])
+    with pytest.raises(DemonstrationError, match="neither a caption"):
+        d.describe(QUERY, [QBOX], Asks(), demonstrations=[[Demonstration(np.zeros(hidden))]])
+    # no demonstrations for a box is the same as none at all
+    a = d.describe(QUERY, [QBOX], Asks(max_new_tokens=4), demonstrations=[[]])
+    b = d.describe(QUERY, [QBOX], Asks(max_new_tokens=4))
+    assert a.regions[0].caption == b.regions[0].caption

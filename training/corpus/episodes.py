@@ -1,0 +1,150 @@
+"""Demonstration episodes: conversations whose answer only the demonstrations can give (Cheetah's demonstrative
+instructions on the synthetic corpus, model/demonstrations.py).
+
+Each episode is a project with a convention of its own, shown by accepted regions of other images before the question:
+- a *name*: one concept (a shape or a colour, the withheld star and purple among them) goes by a made-up word in
+  that project alone ("a small red solid blicket", "shape: blicket");
+- a *caption style*: the fields of the caption in another order, joined another way ("circle, red, small").
+The word and the style are drawn afresh for every episode, so no weight can hold them: the model learns to read them
+from the demonstrations. The held-out styles and fresh words of `project` are what benchmarks/demonstrations.py
+measures with.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import zlib
+from dataclasses import dataclass
+
+from regionscribe.model.conversation import Sample, Turn
+from regionscribe.model.demonstrations import DemoRegion, block
+from regionscribe.model.prompts import ATTRIBUTE_Q, CAPTION_Q, IMAGE_PREFIX, REGION1
+from regionscribe.training.corpus.concepts import (
+    ATTRIBUTES, BASE_VALUES, SHAPES, WITHHELD_COLOR, WITHHELD_SHAPE,
+)
+from regionscribe.training.corpus.scenes import Scene, SceneObject, render_scene
+
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+# caption fields in the default caption's order ("a {size} {color} {texture} {shape}": corpus.text.caption_text)
+FIELDS = ("size", "color", "texture", "shape")
+DEFAULT_STYLE = (FIELDS, " ", "a ")
+_SEPARATORS = (", ", " ", " / ", " - ", "; ")
+_LEADS = ("", "a ", "the ", "one ")
+
+
+def nonsense_name(rng: random.Random) -> str:
+    """A made-up word of two or three syllables ("blicket"-like): a name no concept has outside its project."""
+    word = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 2, 3))))
+    return word + (rng.choice(_CONSONANTS) if rng.random() < 0.5 else "")
+
+
+def caption_styles() -> list[tuple[tuple[str, ...], str, str]]:
+    """Every caption style: 2-4 of the fields in any order, a separator and a lead word; not the default one."""
+    styles = [(order, sep, lead) for n in (2, 3, 4) for order in itertools.permutations(FIELDS, n)
+              for sep in _SEPARATORS for lead in _LEADS]
+    return [s for s in styles if s != DEFAULT_STYLE]
+
+
+def style_split(style: tuple[tuple[str, ...], str, str]) -> str:
+    """"held_out" for one style in five (by a stable hash of the style), "train" for the others."""
+    return "held_out" if zlib.crc32(repr(style).encode()) % 5 == 0 else "train"
+
+
+@dataclass(frozen=True)
+class Convention:
+    """A project's way of answering: a concept renamed (`attribute`, `value` -> `name`) and a caption style."""
+
+    attribute: str | None = None
+    value: str | None = None
+    name: str | None = None
+    style: tuple[tuple[str, ...], str, str] = DEFAULT_STYLE
+
+    def answer(self, obj: SceneObject, attribute: str) -> str:
+        value = getattr(obj, attribute)
+        return self.name if attribute == self.attribute and value == self.value else value
+
+    def caption(self, obj: SceneObject) -> str:
+        order, sep, lead = self.style
+        return lead + sep.join(self.answer(obj, f) for f in order)
+
+    def shows(self, obj: SceneObject) -> bool:
+        """Whether the convention's renamed concept is this object's."""
+        return self.attribute is not None and getattr(obj, self.attribute) == self.value
+
+
+def project(rng: random.Random, kind: str, split: str = "train", value: str | None = None) -> Convention:
+    """A convention of `kind` "name" (a concept renamed: `value`, or one drawn, the withheld ones half the time) or
+    "style" (a caption style of the split)."""
+    if kind == "name":
+        attribute = "shape" if value in (*SHAPES, WITHHELD_SHAPE) or (value is None and rng.random() < 0.75) \
+            else "color"
+        if value is None:
+            withheld = WITHHELD_SHAPE if attribute == "shape" else WITHHELD_COLOR
+            value = withheld if rng.random() < 0.5 else rng.choice(BASE_VALUES[attribute])
+        return Convention(attribute, value, nonsense_name(rng))
+    if kind == "style":
+        return Convention(style=rng.choice([s for s in caption_styles() if style_split(s) == split]))
+    raise ValueError(f"unknown convention kind {kind!r}: 'name' or 'style'")
+
+
+def scene_with(rng: random.Random, convention: Convention, split: str, scene_id: str, tries: int = 60) -> Scene:
+    """A scene of `split`'s kind where the convention's concept appears (drawn again until it does)."""
+    withheld = convention.value in (WITHHELD_SHAPE, WITHHELD_COLOR)
+    for _ in range(tries):
+        scene = render_scene(rng, require_withheld=withheld, allow_withheld=withheld or split == "novel",
+                             scene_id=scene_id)
+        if any(convention.shows(o) for o in scene.objects):
+            return scene
+    raise RuntimeError(f"no scene with {convention.attribute} {convention.value} in {tries} tries")
+
+
+def answers_of(convention: Convention, obj: SceneObject, rng: random.Random | None = None,
+               attributes: tuple[str, ...] = tuple(ATTRIBUTES)) -> tuple[str, dict[str, str]]:
+    """What a project's annotators accepted for an object: its caption and attribute values (with `rng`, a random
+    subset of the attributes, as projects ask different ones; the renamed one mostly among them)."""
+    shown = [a for a in attributes if rng is None or rng.random() < (0.8 if a == convention.attribute else 0.5)]
+    return convention.caption(obj), {a: convention.answer(obj, a) for a in shown}
+
+
+def _pick(rng: random.Random, query: SceneObject, pool: list[tuple[Scene, SceneObject]], k: int,
+          convention: Convention) -> list[tuple[Scene, SceneObject]]:
+    """k demonstrations from the pool: half the time the most alike (shared attributes, as a nearest-neighbour lookup
+    of region tokens would find), otherwise at random; one at least of the renamed concept when the query is one."""
+    if rng.random() < 0.5:
+        ranked = sorted(pool, key=lambda so: -(sum(getattr(so[1], a) == getattr(query, a) for a in ATTRIBUTES)
+                                               + rng.random()))
+        chosen = ranked[:k]
+    else:
+        chosen = rng.sample(pool, min(k, len(pool)))
+    if convention.shows(query) and not any(convention.shows(o) for _, o in chosen):
+        same = [so for so in pool if convention.shows(so[1])]
+        if same:
+            chosen[rng.randrange(len(chosen))] = rng.choice(same)
+    rng.shuffle(chosen)
+    return chosen
+
+
+def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 6, 8)) -> Sample:
+    """One training episode: a project's convention, a query region on one image, k demonstrations on others, and
+    one question (the caption, or an attribute) whose answer follows the convention."""
+    convention = project(rng, rng.choice(("name", "style")))
+    named = convention.attribute is not None
+    query_scene = scene_with(rng, convention, "train", f"episode-{key}") if named else \
+        render_scene(rng, scene_id=f"episode-{key}")
+    others = [scene_with(rng, convention, "train", f"episode-{key}-{i}") if named and i % 2 == 0 else
+              render_scene(rng, allow_withheld=rng.random() < 0.3, scene_id=f"episode-{key}-{i}") for i in range(4)]
+    pool = [(s, o) for s in others for o in s.objects]
+    targets = [o for o in query_scene.objects if convention.shows(o)] if named and rng.random() < 0.75 else []
+    query = rng.choice(targets or query_scene.objects)
+    chosen = _pick(rng, query, pool, rng.choice(ks), convention)
+    text = block([answers_of(convention, o, rng) for _, o in chosen])
+    if not named or rng.random() < 0.5:
+        turn = Turn(CAPTION_Q.format(r=REGION1), convention.caption(query), "caption")
+    else:
+        attribute = convention.attribute if rng.random() < 0.6 else rng.choice(ATTRIBUTES)
+        turn = Turn(ATTRIBUTE_Q.format(name=attribute, r=REGION1), convention.answer(query, attribute), "attribute",
+                    key=attribute)
+    turn.question = IMAGE_PREFIX + text + turn.question
+    return Sample(query_scene.image, [query.box], [turn], query_scene.scene_id,
+                  demonstrations=[DemoRegion(s.image, o.box) for s, o in chosen])
+
