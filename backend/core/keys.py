@@ -10,6 +10,11 @@ CURRENT_KEY = "regionscribe:model:current"  # JSON {"version", "path"}: the regi
 # the web process (regionscribe.backend.web.app)
 PROJECT_CONFIG_KEY = "regionscribe:project:{project}:label_config"  # the config /setup saw, for /predict without one
 
+# demonstrations (regionscribe.backend.inference.demonstration_jobs): set while a refresh of a project's tokens for a
+# model version is queued or running, so the triggers (a worker starting, a new model version, a worker noticing new
+# regions) queue one at a time; it expires on its own if the worker running it dies
+DEMONSTRATIONS_REFRESH_KEY = "regionscribe:demonstrations:{project}:{version}:refresh"
+
 # the retraining policy (regionscribe.backend.feedback.policy)
 TRAINING_JOB_KEY = "regionscribe:training:{project}:job"  # id of the project's current (or last) training job
 TRAINING_MUTEX_KEY = "regionscribe:training:{project}:mutex"  # serialises the check-then-enqueue of a run

@@ -20,10 +20,11 @@ def suggestions_from_answer(config: ProjectConfig, regions: list[Region], answer
                             describe: Collection[int] | None = None) -> list[Suggestion]:
     """The Suggestion rows of the prediction `config.build_prediction(regions, answer, ...)` makes with the same
     `multiple_threshold` and `describe`: one per region it fills with a caption, a text or an attribute, stamped with
-    the prediction's model_version."""
+    the prediction's model_version, with the demonstrations the worker showed the model for it (DEMONSTRATIONS)."""
     version = str(answer.get("model_version")) or "unknown"  # the prediction's, as build_prediction stamps it
+    shown = {region.id: list(got.get("demonstrations") or []) for region, got in zip(regions, answer["regions"])}
     return [Suggestion(task_id=int(task_id), region_id=region_id, model_version=version, caption=content.caption,
                        detailed_caption=content.detailed_caption, relation_text=content.relation_text,
-                       attributes=content.attributes)
+                       attributes=content.attributes, demonstrations=shown.get(region_id, []))
             for region_id, content in suggested(config, regions, answer, multiple_threshold=multiple_threshold,
                                                 describe=describe).items()]

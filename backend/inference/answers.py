@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from regionscribe.model.asks import Asks
 from regionscribe.model.errors import RegionScribeError
@@ -61,6 +61,8 @@ def describe_payloads(payloads: list[dict]) -> list[dict]:
     for i, payload in enumerate(payloads):
         with request_context(payload.get("request_id")):
             prepared = _prepare(state, payload)
+            if not isinstance(prepared, dict) and state.settings.demonstrations > 0:
+                _demonstrate(state, payload, prepared)
         if isinstance(prepared, dict):
             answers[i] = prepared
             continue
@@ -86,6 +88,8 @@ class _Prepared:
     size: tuple[int, int]
     kept: list[int]
     region_errors: dict[int, str]
+    demonstrations: dict[int, list] = field(default_factory=dict)  # box index -> the demonstrations it was shown
+    demonstration_seconds: float = 0.0
 
 
 def _prepare(state, payload: dict) -> "_Prepared | dict":
@@ -138,6 +142,36 @@ def _prepare(state, payload: dict) -> "_Prepared | dict":
     return _Prepared(request, (width, height), kept, region_errors)
 
 
+def _demonstrate(state, payload: dict, prepared: _Prepared) -> None:
+    """DEMONSTRATIONS=k: give the request's boxes the k accepted regions of the payload's project (other tasks) most
+    like each (regionscribe.backend.inference.demonstrations). A project with none, a payload without a project, or a
+    lookup that fails (the store unreachable) leaves the request as it is: the prediction is made without them."""
+    project_id = payload.get("project_id")
+    if isinstance(project_id, bool) or not isinstance(project_id, int):
+        return
+    from regionscribe.backend.inference.demonstrations import for_request
+    from regionscribe.backend.store import Store
+
+    started = time.perf_counter()
+    try:
+        shown, used = for_request(state.settings, state.describer, Store.shared(state.settings),
+                                  state.metrics.connection, project_id, payload.get("task_id"), prepared.request)
+    except Exception as exc:  # demonstrations steer a prediction; without them it is still made
+        state.metrics.count("demonstration_errors")
+        log.warning("request %s task %s: predicted without demonstrations: %s: %s", payload.get("request_id"),
+                    payload.get("task_id"), type(exc).__name__, exc, exc_info=not isinstance(exc, RegionScribeError))
+        return
+    if shown is not None:
+        prepared.demonstration_seconds = time.perf_counter() - started
+        prepared.request.demonstrations = shown
+        prepared.demonstrations = used
+        state.metrics.count("demonstrations", sum(len(v) for v in used.values()))
+        log.info("request %s task %s: %d box(es) shown demonstrations (%s)", payload.get("request_id"),
+                 payload.get("task_id"), len(used), "; ".join(
+                     f"box {i}: " + ", ".join(f"task {d['task_id']} region {d['region_id']}" for d in demos)
+                     for i, demos in sorted(used.items())))
+
+
 def _answer(state, payload: dict, prepared: _Prepared, description, started: float, batch: int) -> dict:
     kept, region_errors = prepared.kept, prepared.region_errors
     boxes, only = prepared.request.boxes, prepared.request.only
@@ -163,13 +197,16 @@ def _answer(state, payload: dict, prepared: _Prepared, description, started: flo
              "relation_text": d.relation_text,
              "relation_partner": None if d.relation_partner is None else kept[d.relation_partner],
              "confidence": d.confidence})
+        if position[k] in prepared.demonstrations:
+            out_regions[-1]["demonstrations"] = prepared.demonstrations[position[k]]
     return {
         "task_id": payload.get("task_id"),
         "width": width,
         "height": height,
         "model_version": description.model_version,
         "cache_hit": description.cache_hit,
-        "timings": {**description.timings, "job": time.perf_counter() - started},
+        "timings": {**description.timings, "job": time.perf_counter() - started,
+                    **({"demonstrations": prepared.demonstration_seconds} if prepared.demonstration_seconds else {})},
         "worker": state.name,
         "worker_loads": state.loads,
         "regions": out_regions,

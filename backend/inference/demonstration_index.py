@@ -50,6 +50,7 @@ class Neighbour:
     similarity: float
     caption: str | None
     attributes: dict[str, str] = field(default_factory=dict)
+    token: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 [dim], as stored
 
     @property
     def source(self) -> str:
@@ -74,6 +75,7 @@ class DemonstrationIndex:
         self._index = None  # faiss index; positions 0..ntotal-1 in the order rows were added
         self._alive = np.zeros(0, dtype=bool)
         self._task = np.zeros(0, dtype=np.int64)
+        self._norm = np.zeros(0, dtype=np.float32)  # each token's length: the index holds them normalised
         self._meta: list[tuple] = []  # per position: (row id, task id, region id, annotation id, caption, attributes)
         self._position: dict[tuple[int, str], int] = {}  # (task id, region id) -> its live position
         self._lock = threading.Lock()
@@ -138,10 +140,12 @@ class DemonstrationIndex:
                                row.caption, dict(row.attributes or {})))
         if vectors:
             matrix = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
+            norms = np.linalg.norm(matrix, axis=1).astype(np.float32)
             faiss.normalize_L2(matrix)
             task_ids = np.asarray(tasks, dtype=np.int64)
             self._alive = np.concatenate([self._alive, task_ids >= 0])
             self._task = np.concatenate([self._task, np.where(task_ids >= 0, task_ids, 0)])
+            self._norm = np.concatenate([self._norm, norms])
             if self._index is None:
                 self._index = self._new_index(len(self._position))
             self._index.add(matrix)
@@ -176,6 +180,7 @@ class DemonstrationIndex:
             self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self._alive = np.ones(len(keep), dtype=bool)
         self._task = self._task[keep].copy()
+        self._norm = self._norm[keep].copy()
         self._meta = meta
         self._position = {(m[1], m[2]): i for i, m in enumerate(meta)}
         self.rebuilds += 1
@@ -186,7 +191,8 @@ class DemonstrationIndex:
     # ----------------------------------------------------------------------------------------------- search
 
     def search(self, tokens: np.ndarray, k: int, exclude_task: int | None = None) -> list[list[Neighbour]]:
-        """The k live rows most similar to each token (rows [n, dim]), nearest first, never of `exclude_task`."""
+        """The k live rows most similar to each token (rows [n, dim]), nearest first, never of `exclude_task`; each
+        with its stored token (what the model is shown)."""
         tokens = np.asarray(tokens, dtype=np.float32)
         if tokens.ndim == 1:
             tokens = tokens[None, :]
@@ -217,8 +223,9 @@ class DemonstrationIndex:
                     if position < 0:
                         continue
                     row_id, task_id, region_id, annotation_id, caption, attributes = self._meta[position]
+                    token = self._index.reconstruct(int(position)) * self._norm[position]
                     found.append(Neighbour(row_id, task_id, region_id, annotation_id, float(score), caption,
-                                           attributes))
+                                           dict(attributes), token.astype(np.float32)))
                 out.append(found)
             return out
 

@@ -103,4 +103,20 @@ def refresh_model(state: "WorkerState", connection: redis.Redis | None) -> bool:
     state.describer.reload(announced["path"])
     state.metrics.count("model_reloads")
     log.info("reloaded model %s in %.1f s", state.describer.model_version, time.perf_counter() - started)
+    if state.settings.demonstrations > 0:  # the new version's tokens: computed for every project, indexes rebuilt
+        start_demonstrations(state, connection)
     return True
+
+
+def start_demonstrations(state: "WorkerState", connection: redis.Redis | None):
+    """DEMONSTRATIONS: the worker serves `state.describer`'s version from now on (regionscribe.backend.inference.
+    demonstrations.start_serving). Returns the background thread, or None when the store cannot be opened."""
+    from regionscribe.backend.inference.demonstrations import start_serving
+    from regionscribe.backend.store import Store, StoreError
+
+    try:
+        store = Store.shared(state.settings)
+    except StoreError as exc:
+        log.warning("demonstrations: the store is unavailable (%s); indexes are built at their first lookup", exc)
+        return None
+    return start_serving(state.settings, store, connection, state.describer.model_version)

@@ -30,11 +30,15 @@ log = logging.getLogger(__name__)
 
 
 def make_payload(task_id, image_ref: str, regions: list[dict], asks: Asks, interactive: bool,
-                 request_id: str | None = None, describe: list[int] | None = None) -> dict:
+                 request_id: str | None = None, describe: list[int] | None = None,
+                 project_id: int | None = None) -> dict:
     """`regions`: every box of the task (all of them are relation partners); `describe`: the indices of those to
-    describe (None: all of them)."""
+    describe (None: all of them); `project_id`: the Label Studio project, whose accepted regions the worker may show
+    the model as demonstrations (DEMONSTRATIONS)."""
     payload = {"task_id": task_id, "image": image_ref, "regions": regions, "asks": asdict(asks),
                "interactive": interactive, "request_id": request_id}
+    if project_id is not None:
+        payload["project_id"] = int(project_id)
     if describe is not None:
         payload["describe"] = list(describe)
     return payload

@@ -94,6 +94,25 @@ class ProjectConfig:
             max_new_tokens=max_new_tokens,
         )
 
+    def asked_values(self, attributes: dict[str, list]) -> dict[str, str]:
+        """A region's Choices/Taxonomy values as ingest stores them (control name → values; Taxonomy values are paths)
+        → the answers to the questions `asks` puts to the model (question → candidate): what a demonstration shows
+        the model. The first value the control offers is taken (choice="multiple" too); values the config does not
+        offer, and controls it no longer has, are left out."""
+        out: dict[str, str] = {}
+        for control in self.attributes:
+            values = attributes.get(control.name)
+            for value in values if isinstance(values, list) else []:
+                if control.tag == "taxonomy":
+                    path = tuple(str(p) for p in value) if isinstance(value, (list, tuple)) else (str(value),)
+                    candidate = next((c for c, p in control.paths.items() if p == path), None)
+                else:
+                    candidate = str(value) if str(value) in control.candidates else None
+                if candidate is not None:
+                    out[control.question] = candidate
+                    break
+        return out
+
     # -- regions in, from Label Studio
 
     @property

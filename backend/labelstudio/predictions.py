@@ -24,18 +24,23 @@ def build_prediction(config: ProjectConfig, regions: list[Region], answer: dict,
                      describe: Collection[int] | None = None) -> dict:
     """Label Studio prediction for `regions` from a worker's answer (see
     regionscribe.backend.inference.answers). `describe`: indices of the regions the prediction is about
-    (None: all); the others are left out, and so are the relations to them."""
+    (None: all); the others are left out, and so are the relations to them. Regions the worker showed demonstrations
+    (DEMONSTRATIONS) are listed in the prediction's `demonstrations` (region id → [{"task_id", "region_id",
+    "annotation_id", "similarity", "caption", "attributes"}])."""
     width, height = answer.get("width"), answer.get("height")
     wanted = _wanted(regions, answer, describe)
     result: list[dict] = []
     confidences = []
     errors: list[dict] = []
+    shown: dict[str, list] = {}
     for i, (region, got) in enumerate(zip(regions, answer["regions"])):
         if i not in wanted:
             continue
         if got.get("error"):  # the worker could not describe this one (an empty mask...): reported, not filled
             errors.append({"id": region.id, "error": str(got["error"])})
             continue
+        if got.get("demonstrations"):
+            shown[region.id] = list(got["demonstrations"])
         ow = region.original_width or width
         oh = region.original_height or height
         common = {"to_name": config.image_name, "original_width": ow, "original_height": oh,
@@ -81,6 +86,8 @@ def build_prediction(config: ProjectConfig, regions: list[Region], answer: dict,
                   "model_version": str(answer.get("model_version"))}
     if errors:
         prediction["region_errors"] = errors
+    if shown:
+        prediction["demonstrations"] = shown
     return prediction
 
 

@@ -1,5 +1,5 @@
 """The commands that run and look after the service: `regionscribe versions`, `report`, `run`, `serve`, `worker`,
-`doctor`, `export` and `sync`, each a function running it and one adding its options (regionscribe.backend.ops.cli
+`doctor`, `export`, `sync` and `demonstrations`, each a function running it and one adding its options (regionscribe.backend.ops.cli
 holds the table of every command)."""
 from __future__ import annotations
 
@@ -116,8 +116,57 @@ def sync_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _redis_or_none(settings):
-    """Redis when REDIS_URL is set and answers (to queue image fetches and ask the retraining policy), else None."""
+def demonstrations_command(args: argparse.Namespace) -> int:
+    from regionscribe.backend.core.liveness import read_model_version
+    from regionscribe.backend.core.settings import get_settings
+    from regionscribe.backend.store import Store, StoreError
+
+    settings = get_settings()
+    connection = _redis_or_none(settings, "demonstrations")
+    try:
+        with Store.open(args.store) as store:
+            if args.action == "status":
+                served = read_model_version(connection, settings)
+                counts = store.demonstration_counts(args.project[0] if args.project and len(args.project) == 1
+                                                    else None)
+                counts = {p: c for p, c in counts.items() if not args.project or p in args.project}
+                if args.json:
+                    print(json.dumps({"served_model_version": served, "demonstrations": settings.demonstrations,
+                                      "projects": {str(p): c for p, c in sorted(counts.items())}}, indent=2))
+                    return 0
+                print(f"DEMONSTRATIONS={settings.demonstrations}; the workers serve {served}")
+                for p, c in sorted(counts.items()):
+                    versions = ", ".join(f"{v}: {n['tokens']} tokens ({n['retired']} retired)"
+                                         for v, n in sorted(c["versions"].items())) or "no tokens"
+                    print(f"project {p}: {c['accepted']} accepted regions; {versions}")
+                return 0
+            from tqdm import tqdm
+
+            from regionscribe.backend.inference.demonstrations import rebuild
+
+            with tqdm(unit=" regions", desc="demonstrations", file=sys.stderr,
+                      disable=args.quiet or args.json) as bar:
+                result = rebuild(settings, store, projects=args.project, force=args.force, connection=connection,
+                                 progress=bar.update)
+    except StoreError as exc:
+        print(f"regionscribe demonstrations: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model_version": result["model_version"],
+                          "projects": {str(p): c for p, c in result["projects"].items()}}, indent=2))
+    else:
+        if not result["projects"]:
+            print("no project has accepted regions")
+        for p, c in result["projects"].items():
+            print(f"project {p} ({result['model_version']}): {c['missing']} regions to compute, {c['written']} "
+                  f"written, {c['skipped']} changed meanwhile, {c['without_answer']} without caption or attribute, "
+                  f"{c['errors']} errors (see the log), {c['retired']} stale rows retired")
+    return 1 if any(c["errors"] for c in result["projects"].values()) else 0
+
+
+def _redis_or_none(settings, command: str = "sync"):
+    """Redis when REDIS_URL is set and answers (sync: to queue image fetches and ask the retraining policy;
+    demonstrations: to read the model version the registry announced), else None."""
     if not settings.redis_url:
         return None
     import redis
@@ -128,8 +177,12 @@ def _redis_or_none(settings):
     try:
         connection.ping()
     except redis.RedisError as exc:
-        print(f"regionscribe sync: Redis unreachable ({type(exc).__name__}): the store is still synced; images and "
-              "the retraining policy wait for the next event", file=sys.stderr)
+        if command == "sync":
+            print(f"regionscribe sync: Redis unreachable ({type(exc).__name__}): the store is still synced; images "
+                  "and the retraining policy wait for the next event", file=sys.stderr)
+        else:
+            print(f"regionscribe {command}: Redis unreachable ({type(exc).__name__}): the model is the one MODEL_DIR "
+                  "names (or the embedded default), not a version the registry announced", file=sys.stderr)
         return None
     return connection
 
@@ -202,5 +255,19 @@ def sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=int, action="append",
                    help="project id (repeatable; default: every connected project and every project in the store)")
     p.add_argument("--since", help="only tasks Label Studio changed at or after this ISO date/time (UTC)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def demonstrations_options(p: argparse.ArgumentParser) -> None:
+    """`regionscribe demonstrations`'s options."""
+    p.add_argument("action", choices=["rebuild", "status"],
+                   help="rebuild: compute, in this process with the model the workers serve, the region tokens the "
+                        "accepted regions lack (what the workers' refresh jobs do); status: accepted regions and "
+                        "tokens per project and model version")
+    p.add_argument("--project", type=int, action="append",
+                   help="project id (repeatable; default: every project with accepted regions)")
+    p.add_argument("--force", action="store_true", help="rebuild: recompute every accepted region's token")
+    p.add_argument("--store", default=None, metavar="URL", help="store URL (default: STORE_URL/DATABASE_URL/DATA_DIR)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

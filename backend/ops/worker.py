@@ -216,6 +216,8 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, settings: S
             state = describer_state.load(settings, connection, name)
             info.update(state="ready", model_version=state.describer.model_version, loads=state.loads)
             connection.set(MODEL_VERSION_KEY, state.describer.model_version)
+            if settings.demonstrations > 0:  # the served version's tokens and this process's indexes
+                describer_state.start_demonstrations(state, connection)
         else:
             info.update(state="ready")
         if settings.training_queue in queue_names:

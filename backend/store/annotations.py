@@ -178,7 +178,9 @@ class AnnotationsMixin:
     def delete_annotations(self, annotation_ids: list[int], payload: dict, project_id: int | None = None,
                            action: str = "ANNOTATIONS_DELETED", source: str = "webhook") -> dict:
         """Tombstone these annotations and mark all their regions deleted (kept for audit, never trained on).
-        `source`: "webhook" (ANNOTATIONS_DELETED) or "sync" (gone from Label Studio, regionscribe.backend.feedback.sync)."""
+        `source`: "webhook" (ANNOTATIONS_DELETED) or "sync" (gone from Label Studio, regionscribe.backend.feedback.sync).
+        The outcome lists the [project, task] of the annotations the store knew (their other answers may be the
+        newest again: regionscribe.backend.store.demonstrations)."""
         ids = sorted({int(i) for i in annotation_ids})
         source = _source(source)
 
@@ -201,7 +203,11 @@ class AnnotationsMixin:
                 regions += max(cur.rowcount, 0)
             self._retire_annotations(tx, ids)  # their regions are demonstrations no more
             self._set_outcome(tx, event_id, "deleted")
-            return {"outcome": "deleted", "event_id": event_id, "annotations": len(ids), "regions": regions}
+            tasks = sorted({(int(r["project_id"]), int(r["task_id"])) for r in tx.all(
+                f"SELECT project_id, task_id FROM annotations WHERE annotation_id IN ({', '.join('?' * len(ids))}) "
+                "AND project_id IS NOT NULL AND task_id IS NOT NULL", ids)}) if ids else []
+            return {"outcome": "deleted", "event_id": event_id, "annotations": len(ids), "regions": regions,
+                    "tasks": [list(t) for t in tasks]}
 
         return self._run(write)
 

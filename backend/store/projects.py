@@ -46,6 +46,12 @@ class ProjectsMixin:
         return self._run(lambda tx: tx.scalar("SELECT train_requested_at FROM projects WHERE project_id = ?",
                                               (int(project_id),)), write=False) is not None
 
+    def change_seq(self, project_id: int) -> int:
+        """The project's change counter: it moves whenever a region of the project gets new content (0 for a project
+        the store does not know)."""
+        return int(self._run(lambda tx: tx.scalar("SELECT change_seq FROM projects WHERE project_id = ?",
+                                                  (int(project_id),)), write=False) or 0)
+
     def projects(self) -> list[int]:
         return [int(r["project_id"]) for r in self._run(lambda tx: tx.all(
             "SELECT project_id FROM projects ORDER BY project_id"), write=False)]

@@ -145,7 +145,8 @@ class RegionScribeBackend:
             region_errors[i] = broken
             work.append((i, regions, describe, make_payload(task.get("id"), ref, [r.to_job() for r in regions], asks,
                                                             interactive, request_id=self.request_id,
-                                                            describe=describe)))
+                                                            describe=describe,
+                                                            project_id=int(self.project) if self.project else None)))
 
         if work:
             outcomes = self._run([payload for *_, payload in work])
@@ -239,4 +240,35 @@ class RegionScribeBackend:
                  (annotation or {}).get("id") if isinstance(annotation, dict) else None)
         self.metrics.count("webhooks", action=str(event)[:64])
         payload = data if data.get("action") == event else {**data, "action": event}
-        return handle_event(self.settings, payload, store=self._store)
+        answer = handle_event(self.settings, payload, store=self._store)
+        if self.settings.demonstrations > 0:
+            self._queue_demonstrations(payload, answer)
+        return answer
+
+    def _queue_demonstrations(self, payload: dict, answer: dict) -> None:
+        """DEMONSTRATIONS: an annotation stored (or deleted) changes its task's accepted regions; queue the job that
+        computes their region tokens on the inference workers (regionscribe.backend.inference.demonstration_jobs).
+        Never fails the webhook: a job lost here is made up by the workers' own refresh of the project."""
+        from regionscribe.backend.core.connections import fast_redis
+        from regionscribe.backend.feedback.events import DELETED, BadEvent, parse_annotation
+        from regionscribe.backend.inference.demonstration_jobs import enqueue_refresh
+
+        result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+        tasks: dict[int, set[int]] = {}
+        if result.get("outcome") == "applied":
+            try:
+                parsed = parse_annotation(payload, None)
+            except BadEvent:
+                return
+            tasks[parsed.project_id] = {parsed.task_id}
+        elif payload.get("action") == DELETED:
+            for project_id, task_id in result.get("tasks") or []:
+                tasks.setdefault(int(project_id), set()).add(int(task_id))
+        connection = fast_redis(self.settings.redis_url)
+        if not tasks or connection is None:
+            return
+        try:
+            for project_id, task_ids in sorted(tasks.items()):
+                enqueue_refresh(connection, self.settings, project_id, sorted(task_ids))
+        except redis.RedisError as exc:
+            log.warning("demonstrations of project(s) %s not queued: %s", sorted(tasks), exc)
