@@ -50,18 +50,18 @@ def refresh(describer, fetcher, store, project_id: int, *, max_pixels: int, task
             limit: int | None = None, force: bool = False, progress: Callable[[int], None] | None = None) -> dict:
     """Compute and write the tokens the project's accepted regions lack for `describer.model_version` (of `task_ids`
     only, when given; every accepted region with `force`), at most `limit` of them. Returns counts:
-    {"project_id", "model_version", "missing", "computed", "written", "skipped", "without_answer", "errors",
-    "remaining", "retired"}; "remaining": regions left for another call (beyond `limit`). `progress(n)` is told of
-    each region done."""
+    {"project_id", "model_version", "missing" (regions taken on), "computed", "written", "skipped" (changed
+    meanwhile), "without_answer", "errors", "more" (regions are left beyond `limit`), "retired" (stale rows, after
+    a whole project's last chunk)}. `progress(n)` is told of each region done."""
     version = describer.model_version
-    todo = store.accepted_regions(project_id, None if force else version, task_ids)
-    remaining = max(0, len(todo) - limit) if limit is not None else 0
-    if limit is not None:
+    todo = store.accepted_regions(project_id, None if force else version, task_ids,
+                                  limit=None if limit is None else limit + 1)
+    more = limit is not None and len(todo) > limit
+    if more:
         todo = todo[:limit]
     config = parsed_config(store.label_config(project_id))
-    counts = {"project_id": int(project_id), "model_version": version, "missing": len(todo) + remaining,
-              "computed": 0, "written": 0, "skipped": 0, "without_answer": 0, "errors": 0, "remaining": remaining,
-              "retired": 0}
+    counts = {"project_id": int(project_id), "model_version": version, "missing": len(todo), "computed": 0,
+              "written": 0, "skipped": 0, "without_answer": 0, "errors": 0, "more": more, "retired": 0}
     groups: OrderedDict[str, list[tuple[AcceptedRegion, str | None, dict]]] = OrderedDict()
     for accepted in todo:
         record = accepted.record
@@ -98,7 +98,7 @@ def refresh(describer, fetcher, store, project_id: int, *, max_pixels: int, task
         if len(pending) >= 64:
             _write(store, project_id, version, pending, counts)
     _write(store, project_id, version, pending, counts)
-    if task_ids is None and not remaining:
+    if task_ids is None and not more:
         counts["retired"] = store.retire_stale_demonstrations(project_id, version)
     return counts
 
@@ -230,16 +230,16 @@ def refresh_in_worker(project_id: int, task_ids: list[int] | None = None) -> dic
     counts = refresh(state.describer, state.fetcher, store, project_id, max_pixels=state.settings.max_image_pixels,
                      task_ids=task_ids, limit=REFRESH_CHUNK)
     counts["seconds"] = round(time.perf_counter() - started, 3)
-    if counts["remaining"] and connection is not None:
+    if counts["more"] and connection is not None:
         enqueue_refresh(connection, state.settings, project_id, task_ids, continuation=True)
         if task_ids is None:
             keep_refresh_mark(connection, project_id, counts["model_version"])
     elif task_ids is None and connection is not None:
         clear_refresh_mark(connection, project_id, counts["model_version"])
     if counts["computed"] or counts["errors"]:
-        log.info("demonstrations of project %s (%s): %d computed, %d written, %d errors, %d left, in %.2f s",
+        log.info("demonstrations of project %s (%s): %d computed, %d written, %d errors%s, in %.2f s",
                  project_id, counts["model_version"], counts["computed"], counts["written"], counts["errors"],
-                 counts["remaining"], counts["seconds"])
+                 "; more queued" if counts["more"] else "", counts["seconds"])
     return counts
 
 

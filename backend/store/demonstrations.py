@@ -28,13 +28,14 @@ from regionscribe.backend.store.database import _Cursorish
 from regionscribe.backend.store.records import (AcceptedRegion, DemonstrationInput, DemonstrationRow,
                                                 canonical_json)
 
-# the accepted regions of a project, the newest answer per (task, region id), with what the region row holds
-_ACCEPTED = (
-    "SELECT * FROM (SELECT r.*, i.ext AS image_ext, ROW_NUMBER() OVER (PARTITION BY r.task_id, r.region_id "
-    "ORDER BY COALESCE(a.version_us, 0) DESC, r.annotation_id DESC) AS answer_rank FROM regions r "
-    "JOIN annotations a ON a.annotation_id = r.annotation_id LEFT JOIN images i ON i.image_key = r.image_key "
-    "WHERE r.project_id = ? AND r.deleted = 0 AND r.was_cancelled = 0 AND r.has_content = 1{tasks}) accepted "
-    "WHERE answer_rank = 1")
+# a live region `r` of annotation `a` that is the newest answer for its task and region id (no other live region
+# with the same ids has a later annotation version, or the same version and a higher annotation id)
+_ACCEPTED = "r.deleted = 0 AND r.was_cancelled = 0 AND r.has_content = 1"
+_NEWEST = (
+    "NOT EXISTS (SELECT 1 FROM regions n JOIN annotations na ON na.annotation_id = n.annotation_id WHERE "
+    "n.task_id = r.task_id AND n.region_id = r.region_id AND n.project_id = r.project_id AND n.deleted = 0 AND "
+    "n.was_cancelled = 0 AND n.has_content = 1 AND "
+    "(COALESCE(na.version_us, 0), n.annotation_id) > (COALESCE(a.version_us, 0), r.annotation_id))")
 
 
 class DemonstrationsMixin:
@@ -43,22 +44,31 @@ class DemonstrationsMixin:
     # ------------------------------------------------------------------------------------------------ reading
 
     def accepted_regions(self, project_id: int, model_version: str | None = None,
-                         task_ids: Iterable[int] | None = None) -> list[AcceptedRegion]:
-        """The project's accepted regions (of `task_ids` only, when given), ordered by task and region id. With
-        `model_version`: only those without a current row for that version (none yet, retired, or computed for
-        another annotation or another content), i.e. the regions whose tokens a worker has to compute."""
+                         task_ids: Iterable[int] | None = None, limit: int | None = None) -> list[AcceptedRegion]:
+        """The project's accepted regions (of `task_ids` only, when given, by task and region id; else oldest change
+        first), at most `limit`.
+        With `model_version`: only those without a current row for that version (none yet, retired, or computed for
+        another annotation or another content), i.e. the regions whose tokens a worker has to compute. The query
+        walks the project's regions in change order and stops at `limit`: a refresh reads a chunk at a time."""
         pid = int(project_id)
         tasks = sorted({int(t) for t in task_ids}) if task_ids is not None else None
         if tasks == []:
             return []
-        sql = _ACCEPTED.format(tasks=f" AND r.task_id IN ({', '.join('?' * len(tasks))})" if tasks else "")
-        params: list = [pid, *(tasks or [])]
+        sql = ("SELECT r.*, i.ext AS image_ext FROM regions r JOIN annotations a ON a.annotation_id = r.annotation_id "
+               f"LEFT JOIN images i ON i.image_key = r.image_key WHERE r.project_id = ? AND {_ACCEPTED} AND {_NEWEST}")
+        params: list = [pid]
+        if tasks:
+            sql += f" AND r.task_id IN ({', '.join('?' * len(tasks))})"
+            params += tasks
         if model_version is not None:
-            sql = (f"SELECT x.* FROM ({sql}) x LEFT JOIN demonstrations d ON d.project_id = x.project_id AND "
-                   "d.task_id = x.task_id AND d.region_id = x.region_id AND d.model_version = ? WHERE d.id IS NULL "
-                   "OR d.token IS NULL OR d.annotation_id <> x.annotation_id OR d.content_digest <> x.content_digest")
+            sql += (" AND NOT EXISTS (SELECT 1 FROM demonstrations d WHERE d.project_id = r.project_id AND "
+                    "d.task_id = r.task_id AND d.region_id = r.region_id AND d.model_version = ? AND d.token IS NOT "
+                    "NULL AND d.annotation_id = r.annotation_id AND d.content_digest = r.content_digest)")
             params.append(str(model_version))
-        rows = self._run(lambda tx: tx.all(sql + " ORDER BY task_id, region_id", params), write=False)
+        # (a task's regions by the task index; a whole project's in change order, by the project's)
+        sql += (" ORDER BY r.task_id, r.region_id" if tasks else " ORDER BY r.change_seq") \
+            + (f" LIMIT {int(limit)}" if limit is not None else "")
+        rows = self._run(lambda tx: tx.all(sql, params), write=False)
         return [AcceptedRegion(self.record_from_row(row), row["content_digest"]) for row in rows]
 
     def demonstrations_since(self, project_id: int, model_version: str, after_id: int = 0,
@@ -139,15 +149,15 @@ class DemonstrationsMixin:
         """Retire the project's rows for `model_version` that no accepted region backs any more (a safety net: the
         writes that change regions retire their rows themselves). Returns how many were retired."""
         pid, version = int(project_id), str(model_version)
-        accepted = _ACCEPTED.format(tasks="")
 
         def write(tx: _Cursorish) -> int:
             self._lock_project(tx, pid)
             stale = tx.all(
-                f"SELECT d.id, d.task_id, d.region_id, d.model_version, d.annotation_id, d.content_digest FROM "
-                f"demonstrations d LEFT JOIN ({accepted}) x ON x.task_id = d.task_id AND x.region_id = d.region_id "
-                "AND x.annotation_id = d.annotation_id AND x.content_digest = d.content_digest WHERE d.project_id = ? "
-                "AND d.model_version = ? AND d.token IS NOT NULL AND x.annotation_id IS NULL", (pid, pid, version))
+                "SELECT d.id, d.task_id, d.region_id, d.model_version, d.annotation_id, d.content_digest FROM "
+                "demonstrations d WHERE d.project_id = ? AND d.model_version = ? AND d.token IS NOT NULL AND NOT "
+                "EXISTS (SELECT 1 FROM regions r JOIN annotations a ON a.annotation_id = r.annotation_id WHERE "
+                "r.annotation_id = d.annotation_id AND r.region_id = d.region_id AND r.content_digest = "
+                f"d.content_digest AND r.task_id = d.task_id AND {_ACCEPTED} AND {_NEWEST})", (pid, version))
             self._retire_rows(tx, pid, stale)
             return len(stale)
 

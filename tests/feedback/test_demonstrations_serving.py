@@ -86,7 +86,7 @@ def test_refresh_computes_each_accepted_regions_token_from_its_image(worker, sto
     ingest(store, ls.annotation_event(p, ls.new_id(), ls.new_id(), ls.region("nothing", caption=None, size=(96, 64)),
                                       image=refs[tasks[0]]))  # a box without an answer: no demonstration
     counts = refresh(describer, fetcher, store, p, max_pixels=10 ** 8)
-    assert (counts["computed"], counts["written"], counts["errors"], counts["remaining"]) == (6, 6, 0, 0)
+    assert (counts["computed"], counts["written"], counts["errors"], counts["more"]) == (6, 6, 0, False)
     rows = {(r.task_id, r.region_id): r for r in store.demonstrations_since(p, describer.model_version)}
     assert len(rows) == 6
     row = rows[(tasks[1], f"b{tasks[1]}")]
@@ -104,7 +104,7 @@ def test_refresh_computes_each_accepted_regions_token_from_its_image(worker, sto
     # force: every accepted region again (same tokens, new rows)
     high = max(rows[k].id for k in rows)
     counts = refresh(describer, fetcher, store, p, max_pixels=10 ** 8, force=True, limit=4)
-    assert (counts["written"], counts["remaining"]) == (4, 3)
+    assert (counts["written"], counts["more"]) == (4, True)
     assert len(store.demonstrations_since(p, describer.model_version, after_id=high)) == 4
 
 
@@ -232,3 +232,84 @@ def test_webhook_annotations_become_demonstrations_of_the_next_prediction(make_s
     body["project"] = f"{ls.new_id()}.1700"
     [plain] = requests.post(f"{server.url}/predict", json=body, timeout=90).json()["results"]
     assert plain.get("result") and "demonstrations" not in plain
+
+
+# ------------------------------------------------------------------------------- refreshes queued by the workers
+
+
+def test_a_refresh_goes_on_in_chunks_and_is_queued_once_at_a_time(worker, store, fake_ls, ls, redis_client,
+                                                                   monkeypatch):
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from regionscribe.backend.core.keys import DEMONSTRATIONS_REFRESH_KEY
+    from regionscribe.backend.inference import demonstrations
+    from regionscribe.backend.inference.demonstration_jobs import queue_refresh, refresh_demonstrations_job
+
+    queue_name = f"inference-{uuid.uuid4().hex[:8]}"
+    worker.settings = worker.settings.replace(inference_queue=queue_name)
+    worker.metrics = Metrics(redis_client)
+    queue = Queue(queue_name, connection=redis_client, serializer=JSONSerializer)
+    p = ls.new_id()
+    annotate(store, fake_ls, ls, p, [ls.new_id() for _ in range(3)])  # 6 accepted regions
+    version = worker.describer.model_version
+    mark = DEMONSTRATIONS_REFRESH_KEY.format(project=p, version=version)
+
+    job_id = queue_refresh(redis_client, worker.settings, p, version)
+    assert job_id and queue_refresh(redis_client, worker.settings, p, version) is None  # one at a time
+    assert queue.count == 1 and redis_client.exists(mark)
+    monkeypatch.setattr(demonstrations, "REFRESH_CHUNK", 4)
+    first = refresh_demonstrations_job(p)  # what the worker runs: 4 regions, then the rest as another job
+    assert (first["written"], first["more"]) == (4, True)
+    assert queue.count == 2 and redis_client.exists(mark)
+    second = refresh_demonstrations_job(p)
+    assert (second["written"], second["more"]) == (2, False)
+    assert not redis_client.exists(mark)  # done: the next trigger queues a new one
+    assert len(store.demonstrations_since(p, version)) == 6
+    queue.empty()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_worker_that_starts_computes_what_the_store_lacks(make_settings, store, spawn_worker, redis_client,
+                                                            fake_ls, ls, wait):
+    """Annotations stored while no worker ran (the webhook's jobs lost with Redis, or a new model version): a
+    worker that starts queues the refresh of every project with accepted regions."""
+    tag = uuid.uuid4().hex[:8]
+    settings = make_settings(inference_queue=f"inference-{tag}", demonstrations=2)
+    p = ls.new_id()
+    annotate(store, fake_ls, ls, p, [ls.new_id() for _ in range(2)])
+    assert store.demonstrations_since(p, "tiny-untrained-0") == []
+    worker = spawn_worker(settings, [settings.inference_queue],
+                          env={"INFERENCE_QUEUE": settings.inference_queue, "DEMONSTRATIONS": "2"})
+    worker.wait_ready(redis_client)
+    wait(lambda: len(store.demonstrations_since(p, "tiny-untrained-0")) == 4, timeout=60)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_rebuild_command(store, store_url, fake_ls, ls, tmp_path, settings_env, make_settings):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = ls.new_id()
+    annotate(store, fake_ls, ls, p, [ls.new_id() for _ in range(2)])
+    env = {**settings_env(make_settings(redis_url=None)), "REDIS_URL": ""}
+    root = Path(__file__).resolve().parents[2]
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "demonstrations", *args,
+                               "--store", store_url, "--json"], env=env, cwd=root, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+    out = cli("rebuild", "--project", str(p), "--quiet")
+    assert out["model_version"] == "tiny-untrained-0"
+    assert {k: out["projects"][str(p)][k] for k in ("missing", "written", "errors")} == {
+        "missing": 4, "written": 4, "errors": 0}
+    assert cli("rebuild", "--project", str(p), "--quiet")["projects"][str(p)]["missing"] == 0
+    forced = cli("rebuild", "--project", str(p), "--force", "--quiet")["projects"][str(p)]
+    assert forced["written"] == 4
+    status = cli("status", "--project", str(p))
+    assert status["projects"][str(p)] == {"accepted": 4, "versions": {"tiny-untrained-0": {"tokens": 4,
+                                                                                          "retired": 0}}}
