@@ -22,6 +22,12 @@ COUNTERS = {  # hash field → (metric name, help); fields may carry labels as "
                       "Regions not described because their shape cannot be (a polygon with < 3 points or "
                       "self-intersecting, an empty mask, a brush RLE of another size); the task's other regions are."),
     "model_loads": ("regionscribe_model_loads_total", "Times an inference worker loaded the model."),
+    "demonstrations": ("regionscribe_demonstrations_shown_total",
+                       "Accepted regions shown the model as demonstrations before it described a box "
+                       "(DEMONSTRATIONS)."),
+    "demonstration_errors": ("regionscribe_demonstration_errors_total",
+                             "Describe jobs predicted without demonstrations because their lookup failed (the store "
+                             "unreachable...; the worker's log says why)."),
     "predictions_invalid": ("regionscribe_predictions_invalid_total",
                             "Predictions refused by LabelInterface validation (never sent)."),
     "webhooks": ("regionscribe_webhooks_total", "Webhook events received, by action."),
