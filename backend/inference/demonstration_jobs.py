@@ -24,17 +24,20 @@ REFRESH_TIMEOUT = 900  # seconds one refresh job (a chunk of regions: images fet
 MARK_SECONDS = 1800  # a project's refresh mark expires on its own after this long (its worker died mid-chain)
 
 
-def refresh_demonstrations_job(project_id: int, task_ids: list[int] | None = None) -> dict:
-    """Runs in an inference worker: the tokens of the project's accepted regions (of `task_ids` only, when given)
-    that the served model version lacks; returns the counts (regionscribe.backend.inference.demonstrations.refresh)."""
+def refresh_demonstrations_job(project_id: int, task_ids: list[int] | None = None, after_seq: int = 0) -> dict:
+    """Runs in an inference worker: the tokens of the project's accepted regions (of `task_ids` only, when given;
+    changed after `after_seq`, where a whole project's refresh goes on) that the served model version lacks; returns
+    the counts (regionscribe.backend.inference.demonstrations.refresh)."""
     from regionscribe.backend.inference.demonstrations import refresh_in_worker
 
-    return refresh_in_worker(int(project_id), [int(t) for t in task_ids] if task_ids is not None else None)
+    return refresh_in_worker(int(project_id), [int(t) for t in task_ids] if task_ids is not None else None,
+                             int(after_seq))
 
 
 def enqueue_refresh(connection, settings, project_id: int, task_ids: list[int] | None = None,
-                    continuation: bool = False) -> str:
-    """Put a refresh job on the inference queue; returns its id."""
+                    after_seq: int = 0) -> str:
+    """Put a refresh job on the inference queue (`after_seq` > 0: the next chunk of a whole project's); returns its
+    id."""
     from rq import Queue
     from rq.serializers import JSONSerializer
 
@@ -42,11 +45,11 @@ def enqueue_refresh(connection, settings, project_id: int, task_ids: list[int] |
 
     queue = Queue(settings.inference_queue, connection=connection, serializer=JSONSerializer)
     what = f"tasks {', '.join(map(str, task_ids))}" if task_ids is not None else "every accepted region"
-    job = queue.enqueue_call(refresh_demonstrations_job, args=(int(project_id), task_ids),
+    job = queue.enqueue_call(refresh_demonstrations_job, args=(int(project_id), task_ids, int(after_seq)),
                              job_id=f"rs-demonstrations-{uuid.uuid4().hex}", timeout=REFRESH_TIMEOUT,
                              result_ttl=settings.result_ttl, failure_ttl=max(settings.result_ttl, 3600),
                              description=f"demonstrations of project {project_id}: {what}"
-                                         + (" (continued)" if continuation else ""),
+                                         + (f" (changed after {after_seq})" if after_seq else ""),
                              meta={"request_id": current_request_id()})
     return job.id
 

@@ -47,21 +47,28 @@ CHECK_EVERY = 60.0  # seconds between a worker's checks, at lookup, that a proje
 
 
 def refresh(describer, fetcher, store, project_id: int, *, max_pixels: int, task_ids: list[int] | None = None,
-            limit: int | None = None, force: bool = False, progress: Callable[[int], None] | None = None) -> dict:
+            limit: int | None = None, after_seq: int = 0, force: bool = False,
+            progress: Callable[[int], None] | None = None) -> dict:
     """Compute and write the tokens the project's accepted regions lack for `describer.model_version` (of `task_ids`
-    only, when given; every accepted region with `force`), at most `limit` of them. Returns counts:
-    {"project_id", "model_version", "missing" (regions taken on), "computed", "written", "skipped" (changed
-    meanwhile), "without_answer", "errors", "more" (regions are left beyond `limit`), "retired" (stale rows, after
-    a whole project's last chunk)}. `progress(n)` is told of each region done."""
+    only, when given; every accepted region with `force`), those whose change counter is above `after_seq`, about
+    `limit` of them: a chunk ends with the last write it reaches (regions that changed together are taken together).
+    Returns counts: {"project_id", "model_version", "missing" (regions taken on), "computed", "written", "skipped"
+    (changed meanwhile), "without_answer", "errors", "more" (regions are left: call again with "after_seq"),
+    "after_seq", "retired" (stale rows, after a whole project's last chunk)}. A region without an answer to show, or
+    whose image failed, is left for the next refresh (a chunk never comes back to it). `progress(n)` is told of each
+    region done."""
     version = describer.model_version
-    todo = store.accepted_regions(project_id, None if force else version, task_ids,
-                                  limit=None if limit is None else limit + 1)
+    wanted = None if force else version
+    todo = store.accepted_regions(project_id, wanted, task_ids, limit=None if limit is None else limit + 1,
+                                  after_seq=after_seq)
     more = limit is not None and len(todo) > limit
-    if more:
-        todo = todo[:limit]
+    if more:  # up to the chunk's last write, whole
+        cut = todo[limit - 1].change_seq
+        todo = store.accepted_regions(project_id, wanted, task_ids, after_seq=after_seq, until_seq=cut)
     config = parsed_config(store.label_config(project_id))
     counts = {"project_id": int(project_id), "model_version": version, "missing": len(todo), "computed": 0,
-              "written": 0, "skipped": 0, "without_answer": 0, "errors": 0, "more": more, "retired": 0}
+              "written": 0, "skipped": 0, "without_answer": 0, "errors": 0, "more": more,
+              "after_seq": max([after_seq] + [a.change_seq for a in todo]), "retired": 0}
     groups: OrderedDict[str, list[tuple[AcceptedRegion, str | None, dict]]] = OrderedDict()
     for accepted in todo:
         record = accepted.record
@@ -214,9 +221,9 @@ def _notice_new_regions(settings, store, connection, project_id: int, version: s
     _CHECKED[key] = (now, seq if queued is not None else (checked[1] if checked is not None else -1))
 
 
-def refresh_in_worker(project_id: int, task_ids: list[int] | None = None) -> dict:
+def refresh_in_worker(project_id: int, task_ids: list[int] | None = None, after_seq: int = 0) -> dict:
     """The body of the refresh job: with this worker's describer (reloaded first if a new version was announced),
-    at most REFRESH_CHUNK regions, the rest queued as another job."""
+    about REFRESH_CHUNK regions changed after `after_seq`, the rest queued as another job."""
     from regionscribe.backend.inference.demonstration_jobs import (clear_refresh_mark, enqueue_refresh,
                                                                    keep_refresh_mark)
     from regionscribe.backend.inference.state import current, refresh_model
@@ -228,10 +235,10 @@ def refresh_in_worker(project_id: int, task_ids: list[int] | None = None) -> dic
     store = Store.shared(state.settings)
     started = time.perf_counter()
     counts = refresh(state.describer, state.fetcher, store, project_id, max_pixels=state.settings.max_image_pixels,
-                     task_ids=task_ids, limit=REFRESH_CHUNK)
+                     task_ids=task_ids, limit=REFRESH_CHUNK, after_seq=after_seq)
     counts["seconds"] = round(time.perf_counter() - started, 3)
     if counts["more"] and connection is not None:
-        enqueue_refresh(connection, state.settings, project_id, task_ids, continuation=True)
+        enqueue_refresh(connection, state.settings, project_id, task_ids, after_seq=counts["after_seq"])
         if task_ids is None:
             keep_refresh_mark(connection, project_id, counts["model_version"])
     elif task_ids is None and connection is not None:

@@ -44,10 +44,11 @@ class DemonstrationsMixin:
     # ------------------------------------------------------------------------------------------------ reading
 
     def accepted_regions(self, project_id: int, model_version: str | None = None,
-                         task_ids: Iterable[int] | None = None, limit: int | None = None) -> list[AcceptedRegion]:
+                         task_ids: Iterable[int] | None = None, limit: int | None = None,
+                         after_seq: int | None = None, until_seq: int | None = None) -> list[AcceptedRegion]:
         """The project's accepted regions (of `task_ids` only, when given, by task and region id; else oldest change
-        first), at most `limit`.
-        With `model_version`: only those without a current row for that version (none yet, retired, or computed for
+        first), at most `limit`, with a change counter above `after_seq` and at most `until_seq` when given. With
+        `model_version`: only those without a current row for that version (none yet, retired, or computed for
         another annotation or another content), i.e. the regions whose tokens a worker has to compute. The query
         walks the project's regions in change order and stops at `limit`: a refresh reads a chunk at a time."""
         pid = int(project_id)
@@ -60,6 +61,12 @@ class DemonstrationsMixin:
         if tasks:
             sql += f" AND r.task_id IN ({', '.join('?' * len(tasks))})"
             params += tasks
+        if after_seq is not None:
+            sql += " AND r.change_seq > ?"
+            params.append(int(after_seq))
+        if until_seq is not None:
+            sql += " AND r.change_seq <= ?"
+            params.append(int(until_seq))
         if model_version is not None:
             sql += (" AND NOT EXISTS (SELECT 1 FROM demonstrations d WHERE d.project_id = r.project_id AND "
                     "d.task_id = r.task_id AND d.region_id = r.region_id AND d.model_version = ? AND d.token IS NOT "
@@ -69,7 +76,8 @@ class DemonstrationsMixin:
         sql += (" ORDER BY r.task_id, r.region_id" if tasks else " ORDER BY r.change_seq") \
             + (f" LIMIT {int(limit)}" if limit is not None else "")
         rows = self._run(lambda tx: tx.all(sql, params), write=False)
-        return [AcceptedRegion(self.record_from_row(row), row["content_digest"]) for row in rows]
+        return [AcceptedRegion(self.record_from_row(row), row["content_digest"], int(row["change_seq"]))
+                for row in rows]
 
     def demonstrations_since(self, project_id: int, model_version: str, after_id: int = 0,
                              limit: int | None = None) -> list[DemonstrationRow]:

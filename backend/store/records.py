@@ -108,6 +108,7 @@ class AcceptedRegion:
 
     record: "RegionRecord"
     content_digest: str
+    change_seq: int = 0  # the project's change counter when the region got this content (a refresh's cursor)
 
 
 @dataclass(frozen=True)

@@ -258,15 +258,47 @@ def test_a_refresh_goes_on_in_chunks_and_is_queued_once_at_a_time(worker, store,
     job_id = queue_refresh(redis_client, worker.settings, p, version)
     assert job_id and queue_refresh(redis_client, worker.settings, p, version) is None  # one at a time
     assert queue.count == 1 and redis_client.exists(mark)
-    monkeypatch.setattr(demonstrations, "REFRESH_CHUNK", 4)
-    first = refresh_demonstrations_job(p)  # what the worker runs: 4 regions, then the rest as another job
-    assert (first["written"], first["more"]) == (4, True)
+    monkeypatch.setattr(demonstrations, "REFRESH_CHUNK", 3)
+    first = refresh_demonstrations_job(*queue.jobs[0].args)  # what the worker runs: a chunk, the rest queued
+    assert (first["written"], first["more"]) == (4, True)  # 3 regions, and the 4th changed with the 3rd
     assert queue.count == 2 and redis_client.exists(mark)
-    second = refresh_demonstrations_job(p)
+    continued = queue.jobs[1].args
+    assert continued[2] == first["after_seq"] > 0
+    second = refresh_demonstrations_job(*continued)
     assert (second["written"], second["more"]) == (2, False)
     assert not redis_client.exists(mark)  # done: the next trigger queues a new one
     assert len(store.demonstrations_since(p, version)) == 6
     queue.empty()
+
+
+def test_regions_with_nothing_to_show_do_not_hold_a_refresh_up(worker, store, fake_ls, ls, monkeypatch):
+    """Accepted regions without an answer the model is asked (a value the config does not offer) and regions whose
+    image cannot be fetched are passed over: a chunked refresh still ends, and computes the others."""
+    from regionscribe.backend.inference import demonstrations
+
+    p = ls.new_id()
+    ref = f"/data/upload/{p}/one.png"
+    fake_ls.files[ref] = ls.png((96, 64), COLORS[0])
+    for i in range(5):
+        ingest(store, ls.annotation_event(p, ls.new_id(), ls.new_id(), ls.region("u", color="ultraviolet",
+                                                                                size=(96, 64)), image=ref))
+    ingest(store, ls.annotation_event(p, ls.new_id(), ls.new_id(), ls.region("gone", caption="x", size=(96, 64)),
+                                      image=f"/data/upload/{p}/missing.png"))
+    good = ls.new_id()
+    ingest(store, ls.annotation_event(p, good, ls.new_id(), ls.region("g", caption="a red square", size=(96, 64)),
+                                      image=ref))
+    after, chunks, totals = 0, 0, {"without_answer": 0, "errors": 0, "written": 0}
+    while True:
+        counts = demonstrations.refresh(worker.describer, worker.fetcher, store, p, max_pixels=10 ** 8, limit=2,
+                                        after_seq=after)
+        chunks += 1
+        totals = {k: totals[k] + counts[k] for k in totals}
+        assert chunks < 10, "the refresh goes round in circles"
+        if not counts["more"]:
+            break
+        after = counts["after_seq"]
+    assert totals == {"without_answer": 5, "errors": 1, "written": 1} and chunks == 4
+    assert [r.task_id for r in store.demonstrations_since(p, worker.describer.model_version)] == [good]
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
