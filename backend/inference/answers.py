@@ -149,8 +149,9 @@ def _demonstrate(state, payload: dict, prepared: _Prepared) -> None:
     project_id = payload.get("project_id")
     if isinstance(project_id, bool) or not isinstance(project_id, int):
         return
+    from regionscribe.backend.inference.demonstration_index import DemonstrationIndexError
     from regionscribe.backend.inference.demonstrations import for_request
-    from regionscribe.backend.store import Store
+    from regionscribe.backend.store import Store, StoreError
 
     started = time.perf_counter()
     try:
@@ -158,8 +159,9 @@ def _demonstrate(state, payload: dict, prepared: _Prepared) -> None:
                                   state.metrics.connection, project_id, payload.get("task_id"), prepared.request)
     except Exception as exc:  # demonstrations steer a prediction; without them it is still made
         state.metrics.count("demonstration_errors")
+        expected = (RegionScribeError, StoreError, DemonstrationIndexError)  # the rest is a bug: with its traceback
         log.warning("request %s task %s: predicted without demonstrations: %s: %s", payload.get("request_id"),
-                    payload.get("task_id"), type(exc).__name__, exc, exc_info=not isinstance(exc, RegionScribeError))
+                    payload.get("task_id"), type(exc).__name__, exc, exc_info=not isinstance(exc, expected))
         return
     if shown is not None:
         prepared.demonstration_seconds = time.perf_counter() - started

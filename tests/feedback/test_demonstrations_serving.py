@@ -345,3 +345,21 @@ def test_the_rebuild_command(store, store_url, fake_ls, ls, tmp_path, settings_e
     status = cli("status", "--project", str(p))
     assert status["projects"][str(p)] == {"accepted": 4, "versions": {"tiny-untrained-0": {"tokens": 4,
                                                                                           "retired": 0}}}
+
+
+def test_a_lookup_that_fails_leaves_the_prediction_as_it_was(worker, store, fake_ls, ls, caplog):
+    """The store unreachable from the worker: the box is described without demonstrations, with a warning."""
+    config = ProjectConfig.parse(ls.XML)
+    p = ls.new_id()
+    tasks = [ls.new_id() for _ in range(2)]
+    refs = annotate(store, fake_ls, ls, p, tasks)
+    refresh(worker.describer, worker.fetcher, store, p, max_pixels=10 ** 8)
+    payload = _payload(config, p, tasks[0], refs[tasks[0]])
+    [shown] = describe_payloads([payload])
+    assert shown["regions"][0]["demonstrations"]
+    forget_indexes()
+    worker.settings = worker.settings.replace(store_url="postgresql://nobody@127.0.0.1:1/nothing")
+    [answer] = describe_payloads([payload])
+    assert not answer.get("error") and answer["regions"][0]["caption"] is not None
+    assert "demonstrations" not in answer["regions"][0]
+    assert any("predicted without demonstrations: StoreError" in r.getMessage() for r in caplog.records)
