@@ -36,14 +36,15 @@ _TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer 
 
 
 def _ids(tok, kind: str, text: str) -> list[int]:
-    """conv.question_ids (kind "question") or conv.answer_ids (kind "answer"), remembered per tokenizer: every pass
-    asks the same prompts and candidates again."""
+    """conv.question_ids (kind "question"), conv.answer_ids (kind "answer") or the text's own tokens (kind "block"),
+    remembered per tokenizer: every pass asks the same prompts and candidates again."""
     memo = _TOKENS.setdefault(tok, {})
     key = (kind, text)
     if key not in memo:
         if len(memo) >= 4096:  # free questions (`ask`) can be anything
             memo.clear()
-        memo[key] = conv.question_ids(tok, text, first=True) if kind == "question" else conv.answer_ids(tok, text)
+        memo[key] = (conv.question_ids(tok, text, first=True) if kind == "question" else
+                     conv.answer_ids(tok, text) if kind == "answer" else tok(text, add_special_tokens=False)["input_ids"])
     return memo[key]
 
 
@@ -57,6 +58,7 @@ class Question:
     # the region tokens of the demonstrations written at the start of `text` (model/demonstrations.py), [d, hidden]:
     # they fill its first `<bbox>` placeholders, then come the regions'
     shown: torch.Tensor | None = None
+    block: str = ""  # their text (model/demonstrations.py's block), which `text` starts with
 
 
 @dataclass
@@ -148,7 +150,8 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
     emb = m.embed(ids, None, region_rows)
-    context = _prompting(m, ids, [(i, 0, len(r) - 1, encs[owners[i][0]], region_rows[i]) for i, r in enumerate(rows)])
+    context = _prompting(m, ids, [(i, 0, len(r) - 1, encs[owners[i][0]], region_rows[i], _shown(questions, owners[i]))
+                                  for i, r in enumerate(rows)])
     with m.prompts(context):
         state, logits = extend(m.lm, prefix.select(torch.tensor(slots, dtype=torch.long, device=device)), emb,
                                lengths)
@@ -177,17 +180,37 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
 
 
 def _prompting(m: RegionScribeModel, ids: torch.Tensor,
-               questions: list[tuple[int, int, int, EncodedImage, torch.Tensor]]) -> Prompting | None:
+               questions: list[tuple[int, int, int, EncodedImage, torch.Tensor, int]]) -> Prompting | None:
     """VPG-C's view of one LM call (model/vpgc.py), when the model has it on: per question (row, first and last
-    column of its tokens in `ids`, its image's encoding, its region tokens), its region tokens are prompted from its
-    last token with its image's tokens and its region tokens as memory."""
+    column of its tokens in `ids`, its image's encoding, its region tokens, how many of the `<bbox>` in those columns
+    are demonstrations'), its own region tokens are prompted from its last token with its image's tokens and all its
+    region tokens as memory."""
     if not m.prompting_on:
         return None
     groups = []
-    for row, start, end, enc, tokens in questions:
+    for row, start, end, enc, tokens, skip in questions:
         image = enc.features.image_tokens
-        groups.append((row, start, end, torch.cat(([image[0]] if image is not None else []) + [tokens])))
+        groups.append((row, start, end, torch.cat(([image[0]] if image is not None else []) + [tokens]), skip))
     return prompting(ids, m.ids.bbox, groups)
+
+
+def _shown(questions: list[list[Question]], owner: tuple[int, int]) -> int:
+    q = questions[owner[0]][owner[1]]
+    return 0 if q.shown is None else len(q.shown)
+
+
+def _block_length(tok, ids: list[int], q: Question) -> int:
+    """How many of a question's first tokens are its demonstrations' block (0 without, or where the block's own
+    tokens are not where the question's start)."""
+    if q.shown is None or not q.block:
+        return 0
+    block = _ids(tok, "block", q.block)
+    return len(block) if ids[: len(block)] == block else 0
+
+
+def _words(head: tuple) -> tuple[int, ...]:
+    """An opening's token ids (a demonstration block's key holds two markers before them)."""
+    return head[2:] if head and head[0] == "shown" else head
 
 
 def _stop_when(tok, stop: str | None):
@@ -228,9 +251,23 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
     per_row: list[list[int]] = [[] for _ in encodings]  # question indices (into rows) of each row
     for i, (k, _) in enumerate(owners):
         per_row[row_of[id(encs[k])]].append(i)
-    cut = [r.index(m.ids.bbox) if m.ids.bbox in r else 0 for r in rows]
-    opening = [tuple(r[: c]) for r, c in zip(rows, cut)]
-    openings: list[dict[tuple[int, ...], int]] = [{} for _ in encodings]  # per row: opening -> its branch
+    # a question's opening: its words before its first <bbox>, or with demonstrations their block (one branch for
+    # every question of a region with the same demonstrations; keyed by their tokens too, and not kept)
+    cut, opening, rest_regions = [], [], []
+    block_regions: dict[tuple, torch.Tensor] = {}
+    for i, r in enumerate(rows):
+        q = questions[owners[i][0]][owners[i][1]]
+        n = _block_length(tok, r, q)
+        if n:
+            cut.append(n)
+            opening.append(("shown", id(q.shown), *r[:n]))
+            block_regions[opening[-1]] = q.shown.to(region_rows[i].dtype)
+            rest_regions.append(region_rows[i][len(q.shown):])
+        else:
+            cut.append(r.index(m.ids.bbox) if m.ids.bbox in r else 0)
+            opening.append(tuple(r[: cut[-1]]))
+            rest_regions.append(region_rows[i])
+    openings: list[dict[tuple, int]] = [{} for _ in encodings]  # per row: opening -> its branch
     kept: list[list] = [[] for _ in encodings]  # per row: (branch, keys and values) of openings seen before
     fresh: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in encodings]  # per row: (branch, opening)
     for r, mine in enumerate(per_row):
@@ -238,13 +275,13 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
             head = opening[i]
             if head and head not in openings[r]:
                 b = openings[r][head] = tree.branch(r)
-                if head in encodings[r].heads:
+                if head not in block_regions and head in encodings[r].heads:
                     kept[r].append((b, encodings[r].heads[head]))
                 else:
                     fresh[r].append((b, head))
     gen = [i for i in range(len(owners)) if i not in candidates]
     ranked = list(candidates)
-    width = max(sum(len(h) for _, h in fresh[r]) + sum(len(rows[i]) - cut[i] for i in mine)
+    width = max(sum(len(_words(h)) for _, h in fresh[r]) + sum(len(rows[i]) - cut[i] for i in mine)
                 for r, mine in enumerate(per_row))
     generating = [sum(1 for i in mine if i not in candidates) for mine in per_row]
     tree.reserve(tree.owner.shape[1] + max(sum(kv[0][0].shape[1] for _, kv in row) for row in kept) + width
@@ -256,10 +293,14 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
     named, ends, regions, branch_of = [], [(0, 0)] * len(rows), [], [0] * len(rows)
     for r, mine in enumerate(per_row):
         col, names = 0, []
+        found = []  # the row's region tokens in the order of its <bbox>: demonstration blocks, then questions
         for b, head in fresh[r]:  # a fresh opening's tokens come before the questions that continue it
-            ids[r, col: col + len(head)] = torch.tensor(head)
-            names += [b] * len(head)
-            col += len(head)
+            words = _words(head)
+            ids[r, col: col + len(words)] = torch.tensor(words)
+            names += [b] * len(words)
+            col += len(words)
+            if head in block_regions:
+                found.append(block_regions[head])
         for i in mine:
             branch_of[i] = tree.branch(r, openings[r][opening[i]] if opening[i] else branches.ROOT)
             rest = rows[i][cut[i]:]
@@ -268,10 +309,11 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
             col += len(rest)
             ends[i] = (r, col - 1)
         named.append(names)
-        regions.append(torch.cat([region_rows[i] for i in mine]))
+        regions.append(torch.cat(found + [rest_regions[i] for i in mine]))
     keep = sorted({c for _, c in ends})
     ids = ids.to(m.device)
-    context = _prompting(m, ids, [(r, c - (len(rows[i]) - cut[i]) + 1, c, encs[owners[i][0]], region_rows[i])
+    context = _prompting(m, ids, [(r, c - (len(rows[i]) - cut[i]) + 1, c, encs[owners[i][0]], region_rows[i],
+                                   0 if len(rest_regions[i]) < len(region_rows[i]) else _shown(questions, owners[i]))
                                   for i, (r, c) in enumerate(ends)])
     with m.prompts(context):
         logits = branches.feed(m.lm, tree, m.embed(ids, None, regions), named, keep)
@@ -279,6 +321,8 @@ def _answer_in_branches(m: RegionScribeModel, encs: list[EncodedImage], active: 
     for r, made in enumerate(fresh):
         heads = encodings[r].heads
         for b, head in made:
+            if head in block_regions:
+                continue
             while len(heads) >= MAX_HEADS:
                 heads.pop(next(iter(heads)))
             heads[head] = branches.taken(tree, r, b)

@@ -287,13 +287,13 @@ class RegionDescriber:
         for r in targets:
             text, tokens = shown[r] if shown and shown[r] else ("", None)
             if asks.caption:
-                qs.append(Question("caption", [r], text + CAPTION_PROMPT, shown=tokens))
+                qs.append(Question("caption", [r], text + CAPTION_PROMPT, shown=tokens, block=text))
             if asks.detailed:
-                qs.append(Question("detailed", [r], text + DETAILED_PROMPT, shown=tokens))
+                qs.append(Question("detailed", [r], text + DETAILED_PROMPT, shown=tokens, block=text))
             for name, values in asks.attributes.items():
                 if values:
                     qs.append(Question("attribute", [r], text + ATTRIBUTE_PROMPT.format(name=name), list(values),
-                                       name, shown=tokens))
+                                       name, shown=tokens, block=text))
         if len(boxes) > 1 and (asks.relation_labels or asks.relation_text):
             for r in targets:
                 partners = self._partners(r, boxes)  # among all the boxes, described or not

@@ -251,7 +251,7 @@ class RegionScribeModel(nn.Module):
             answered = labels != IGNORE
             ends = (answered.int().argmax(1) - 1).tolist()
             groups = [(b, 0, e, torch.cat(([feats.image_tokens[b]] if feats.image_tokens is not None else [])
-                                          + [regions[b]]))
+                                          + [regions[b]]), demo_counts[b] if demo_counts else 0)
                       for b, e in enumerate(ends) if answered[b].any()]
             context = prompting(input_ids, self.ids.bbox, groups)
         with self.prompts(context):

@@ -7,7 +7,7 @@ instruction asks the image and region features again, and what it reads is added
     prompting(ids, bbox_id, groups)                     a Prompting from token ids
 
 Cheetah (models.md §5) adds 32 query tokens to a frozen Q-Former at layer 16 of Vicuna and writes the result over the
-image's 32 positions. Here every region token of a question gets its own query (the instruction's state plus the
+image's 32 positions. Here every region token of a question (not its demonstrations') gets its own query (the instruction's state plus the
 token's own), which reads the question's memory (its image's tokens and its region tokens, demonstrations' included)
 by attention; the output projection starts at zero, so a model with VPG-C starts exactly as the model without. It is
 hooked on the LM's decoder layer (a forward pre-hook that changes that layer's input), never patched into it, and acts
@@ -36,12 +36,14 @@ class Prompting:
 
 
 def prompting(ids: torch.Tensor, bbox_id: int,
-              groups: list[tuple[int, int, int, torch.Tensor]]) -> Prompting | None:
-    """`groups`: per instruction (row, its first column, its last column, its memory [M, hidden]); the region tokens
-    prompted are the `<bbox>` positions between the first and the last column. None when there are none."""
+              groups: list[tuple[int, int, int, torch.Tensor, int]]) -> Prompting | None:
+    """`groups`: per instruction (row, its first column, its last column, its memory [M, hidden], how many of its
+    `<bbox>` are demonstrations'); the region tokens prompted are the other `<bbox>` positions between the first and
+    the last column (a demonstration's token is read, as memory, not prompted: several questions may share it).
+    None when there are none."""
     rows, cols, group, ends, memories = [], [], [], [], []
-    for g, (row, start, end, memory) in enumerate(groups):
-        at = (ids[row, start: end + 1] == bbox_id).nonzero().flatten() + start
+    for row, start, end, memory, skip in groups:
+        at = (ids[row, start: end + 1] == bbox_id).nonzero().flatten()[skip:] + start
         if not len(at) or not len(memory):
             continue
         rows.append(torch.full_like(at, row))
