@@ -13,7 +13,9 @@ A question with demonstrations reads
     regionD2 <bbox>: ...
     Give a short description of region1 <bbox>.
 
-and its `<bbox>` placeholders take, in order, the demonstrations' region tokens and then the question's own.
+and its `<bbox>` placeholders take, in order, the demonstrations' region tokens and then the question's own. The
+describer takes a box's demonstrations nearest first (as a lookup returns them) and writes the nearest last, next to
+the question; training episodes are written in the same order.
 """
 from __future__ import annotations
 

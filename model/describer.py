@@ -114,7 +114,8 @@ class RegionDescriber:
         relations from them to their nearest boxes); every box still counts as a partner. The other boxes come back
         as empty RegionDescriptions. None: describe every box. `masks`: None, or per box None or a boolean (H, W)
         mask inside that box (MaskError otherwise). `demonstrations`: None, or per box a list of Demonstrations
-        (model/demonstrations.py) written before that box's caption and attribute questions."""
+        (model/demonstrations.py), nearest first as a lookup returns them, written before that box's caption and
+        attribute questions with the nearest last."""
         asks = asks or Asks()
         with self._lock:  # one model, one call at a time (a worker is single-threaded anyway)
             image = image if isinstance(image, Image.Image) else load_image(image)
@@ -277,8 +278,9 @@ class RegionDescriber:
                     raise DemonstrationError(f"box {b}: a demonstration's token has shape {tuple(t.shape)}; this "
                                              f"model's region tokens are ({hidden},) finite numbers")
                 tokens.append(t)
-            text = demonstration_block([(d.caption, d.attributes) for d in demos])
-            out.append((text, torch.stack(tokens).to(self.model.device)))
+            # nearest first as given; written nearest last, next to the question (as training wrote them)
+            text = demonstration_block([(d.caption, d.attributes) for d in demos[::-1]])
+            out.append((text, torch.stack(tokens[::-1]).to(self.model.device)))
         return out
 
     def _questions(self, targets: list[int], boxes: list[Box], asks: Asks,

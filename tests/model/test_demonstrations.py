@@ -65,7 +65,7 @@ def _loglik(model, answer: str) -> float:
 def _check_ranking_matches_training(model, branched: bool):
     d = RegionDescriber(model, "t")
     token = d.region_tokens(SHOWN, [SBOX])[0]
-    demos = [Demonstration(token, c, a) for c, a in ANSWERS]
+    demos = [Demonstration(token, c, a) for c, a in ANSWERS][::-1]  # nearest first: written nearest last
     asks = Asks(caption=False, attributes={"shape": ["dax", "circle"]})
     with mock.patch.object(branches, "supported", lambda lm, longest: branched):
         got = dict(d.describe(QUERY, [QBOX], asks, demonstrations=[demos]).regions[0].attributes["shape"])

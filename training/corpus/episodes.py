@@ -30,6 +30,9 @@ FIELDS = ("size", "color", "texture", "shape")
 DEFAULT_STYLE = (FIELDS, " ", "a ")
 _SEPARATORS = (", ", " ", " / ", " - ", "; ")
 _LEADS = ("", "a ", "the ", "one ")
+# the share of episodes that rename a concept (the others show a caption style): copying a made-up word of several
+# tokens from the nearest demonstration is what the tiny LM learns slowest
+NAME_SHARE = 0.65
 
 
 def nonsense_name(rng: random.Random) -> str:
@@ -102,32 +105,32 @@ def answers_of(convention: Convention, obj: SceneObject, rng: random.Random | No
                attributes: tuple[str, ...] = tuple(ATTRIBUTES)) -> tuple[str, dict[str, str]]:
     """What a project's annotators accepted for an object: its caption and attribute values (with `rng`, a random
     subset of the attributes, as projects ask different ones; the renamed one mostly among them)."""
-    shown = [a for a in attributes if rng is None or rng.random() < (0.8 if a == convention.attribute else 0.5)]
+    shown = [a for a in attributes if rng is None or rng.random() < (0.5 if convention.attribute and
+                                                                      a != convention.attribute else 0.8)]
     return convention.caption(obj), {a: convention.answer(obj, a) for a in shown}
 
 
 def _pick(rng: random.Random, query: SceneObject, pool: list[tuple[Scene, SceneObject]], k: int,
           convention: Convention) -> list[tuple[Scene, SceneObject]]:
     """k demonstrations from the pool: half the time the most alike (shared attributes, as a nearest-neighbour lookup
-    of region tokens would find), otherwise at random; one at least of the renamed concept when the query is one."""
+    of region tokens would find), otherwise at random; one at least of the renamed concept when the query is one.
+    In prompt order, as the describer writes a lookup's answer: the most alike last, next to the question."""
+    alike = {id(o): sum(getattr(o, a) == getattr(query, a) for a in ATTRIBUTES) + rng.random() for _, o in pool}
     if rng.random() < 0.5:
-        ranked = sorted(pool, key=lambda so: -(sum(getattr(so[1], a) == getattr(query, a) for a in ATTRIBUTES)
-                                               + rng.random()))
-        chosen = ranked[:k]
+        chosen = sorted(pool, key=lambda so: -alike[id(so[1])])[:k]
     else:
         chosen = rng.sample(pool, min(k, len(pool)))
     if convention.shows(query) and not any(convention.shows(o) for _, o in chosen):
         same = [so for so in pool if convention.shows(so[1])]
         if same:
             chosen[rng.randrange(len(chosen))] = rng.choice(same)
-    rng.shuffle(chosen)
-    return chosen
+    return sorted(chosen, key=lambda so: alike[id(so[1])])
 
 
 def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 6, 8)) -> Sample:
     """One training episode: a project's convention, a query region on one image, k demonstrations on others, and
     one question (the caption, or an attribute) whose answer follows the convention."""
-    convention = project(rng, rng.choice(("name", "style")))
+    convention = project(rng, "name" if rng.random() < NAME_SHARE else "style")
     named = convention.attribute is not None
     query_scene = scene_with(rng, convention, "train", f"episode-{key}") if named else \
         render_scene(rng, scene_id=f"episode-{key}")
