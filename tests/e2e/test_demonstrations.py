@@ -15,11 +15,12 @@ Label Studio as PNG files; a backend of this module's own serves it with DEMONST
    until the store has a token of the served model version for each, and `regionscribe demonstrations status` says
    so. No training run is queued and the served model version stays the same.
 3. The held-out tasks are predicted again, the same way: most stars are now answered with the word (the measured
-   rates are printed), every other shape keeps its base name, and each prediction names the demonstrations it was
-   shown: 4 per box, accepted regions of other tasks only (also when the predicted task has accepted regions of its
-   own).
+   rates are printed), no other shape is answered with the word and they keep their base names, and each
+   prediction names the demonstrations it was shown: 4 per box, accepted regions of other tasks only (also when the
+   predicted task has accepted regions of its own).
 
-The checkpoint is the conftest's (E2E_MODEL_DIR, else the embedded default). The backend has its own Redis database
+The checkpoint is the conftest's (E2E_MODEL_DIR, else the embedded default); one not trained to read demonstrations
+fails step 3 (no star gets the word). The backend has its own Redis database
 and its own store, so the other e2e backends' projects and jobs never mix with it.
 """
 from __future__ import annotations
@@ -46,8 +47,9 @@ HELD_OUT_STARS = 8  # predicted tasks with a star
 HELD_OUT_WITHOUT = 2  # predicted tasks without one
 IMAGE_SIZE = 128  # make_scenes' default, square
 TOKENS_TIMEOUT = 120.0  # s for the worker to compute the accepted regions' tokens
-# What the second round must show. Measured with the checkpoint the lead trained for demonstrations (runs/demo1):
-# see the module's report lines ([e2e] demonstrations: ...), printed on every run.
+# What the second round must show (11 stars and 21 other objects are predicted), below the issue's goal for
+# benchmarks/demonstrations.py (the word for >= 85% of the stars at k=4) with a margin for this small sample. Every
+# run prints the measured rates ([e2e] demonstrations: before: ... / after ...).
 MIN_WORD_RATE = 0.6  # stars answered with the word, after
 MIN_BASE_RATE_AFTER = 0.75  # other shapes answered with their own base name, after
 
@@ -113,7 +115,8 @@ def region_results(rid: str, obj, answers: tuple[str, dict] | None = None) -> li
     common = {"id": rid, "to_name": "image", "original_width": IMAGE_SIZE, "original_height": IMAGE_SIZE,
               "image_rotation": 0}
     box = geometry(obj)
-    items = [{**common, "from_name": "bbox", "type": "rectanglelabels", "value": {**box, "rectanglelabels": ["Object"]}}]
+    items = [{**common, "from_name": "bbox", "type": "rectanglelabels",
+              "value": {**box, "rectanglelabels": ["Object"]}}]
     if answers is not None:
         caption, values = answers
         items.append({**common, "from_name": "caption", "type": "textarea", "value": {**box, "text": [caption]}})
