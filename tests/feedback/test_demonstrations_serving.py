@@ -5,9 +5,7 @@ them, and the answer and the prediction record them; a project without accepted 
 service-level test goes through /webhook, the worker's jobs and /predict."""
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 import uuid
 
 import numpy as np
