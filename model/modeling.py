@@ -127,9 +127,7 @@ class RegionScribeModel(nn.Module):
     def prompts(self, context: Prompting | None):
         """A block in which the LM's calls prompt the region tokens `context` names, when the model has a VPG-C
         switched on; otherwise a block that changes nothing."""
-        if self.vpgc is None or not self.config.use_vpgc:
-            return contextlib.nullcontext()
-        return self.vpgc.prompts(context)
+        return self.vpgc.prompts(context) if self.prompting_on else contextlib.nullcontext()
 
     @property
     def prompting_on(self) -> bool:
