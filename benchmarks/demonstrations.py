@@ -36,7 +36,7 @@ from regionscribe.model.demonstrations import Demonstration  # noqa: E402
 from regionscribe.model.describer import RegionDescriber  # noqa: E402
 from regionscribe.training.corpus import ATTRIBUTES, BASE_VALUES, SHAPES, WITHHELD_SHAPE, make_scenes  # noqa: E402
 from regionscribe.training.corpus.episodes import (  # noqa: E402
-    Convention, answers_of, caption_styles, nonsense_name, style_split,
+    Convention, answers_of, caption_styles, nonsense_name,
 )
 
 SEED = 19
@@ -65,14 +65,12 @@ def _nearest(unit: np.ndarray, query: np.ndarray, k: int) -> list[int]:
     return list(np.argsort(-(unit @ q), kind="stable")[:k])
 
 
-def _project(describer, convention, pool_scenes, query_scenes, ks, wanted) -> dict[int, dict[str, list]]:
+def _project(describer, convention, pool_scenes, query_scenes, ks) -> dict[int, dict[str, list]]:
     tokens, unit, answers = _pool(describer, pool_scenes, convention)
     asks = _asks(convention)
     out = {k: {"hits": [], "caption": [], "other": [], "exact": [], "seconds": []} for k in ks}
     for s in query_scenes:
         for i, obj in enumerate(s.objects):
-            if not wanted(obj):
-                continue
             for k in ks:
                 describer._cache.clear()  # every k meets the image first time, as a new task would
                 t0 = time.perf_counter()
@@ -111,17 +109,16 @@ def run(describer: RegionDescriber, ks: list[int], projects: int, pool_scenes: i
     rng = random.Random(f"{SEED}:projects")
     novel = make_scenes("novel", projects * (pool_scenes + query_scenes), seed=SEED)
     test = make_scenes("test", projects * (pool_scenes + query_scenes), seed=SEED)
-    held_out = [s for s in caption_styles() if style_split(s) == "held_out"]
+    held_out = caption_styles("held_out")
     names, styles = [], []
     step = pool_scenes + query_scenes
     for p in range(projects):
         convention = Convention("shape", WITHHELD_SHAPE, nonsense_name(rng))
         chunk = novel[p * step:(p + 1) * step]
-        names.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks, lambda o: True))
+        names.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks))
         convention = Convention(style=rng.choice(held_out))
         chunk = test[p * step:(p + 1) * step]
-        styles.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks,
-                               lambda o: True))
+        styles.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks))
     names_m, styles_m = _merge(names), _merge(styles)
     out = {}
     for k in ks:

@@ -56,8 +56,9 @@ def clean(text: str) -> str:
 def line(n: int, caption: str | None, attributes: dict[str, str] | Sequence[tuple[str, str]]) -> str:
     """`regionD{n} <bbox>: caption; name: value; ...` (without its line break)."""
     items = attributes.items() if isinstance(attributes, dict) else attributes
-    parts = ([clean(caption)] if caption and clean(caption) else []) + \
-        [f"{clean(k)}: {clean(v)}" for k, v in items if clean(k) and clean(v)]
+    caption = clean(caption) if caption else ""
+    pairs = [(clean(k), clean(v)) for k, v in items]
+    parts = ([caption] if caption else []) + [f"{k}: {v}" for k, v in pairs if k and v]
     if not parts:
         raise DemonstrationError(f"demonstration {n} has neither a caption nor an attribute value")
     return DEMONSTRATION_REGION.format(n=n) + ": " + "; ".join(parts)

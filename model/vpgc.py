@@ -7,9 +7,9 @@ instruction asks the image and region features again, and what it reads is added
     prompting(ids, bbox_id, groups)                     a Prompting from token ids
 
 Cheetah (models.md §5) adds 32 query tokens to a frozen Q-Former at layer 16 of Vicuna and writes the result over the
-image's 32 positions. Here every region token of a question (not its demonstrations') gets its own query (the instruction's state plus the
-token's own), which reads the question's memory (its image's tokens and its region tokens, demonstrations' included)
-by attention; the output projection starts at zero, so a model with VPG-C starts exactly as the model without. It is
+image's 32 positions. Here every region token of a question (not its demonstrations') gets its own query (the
+instruction's state plus the token's own), which reads the question's memory (its image's tokens and its region
+tokens, demonstrations' included) by attention; the output projection starts at zero, so a model with VPG-C starts exactly as the model without. It is
 hooked on the LM's decoder layer (a forward pre-hook that changes that layer's input), never patched into it, and acts
 only while a Prompting is set: on the pass over a question's own tokens, not while decoding its answer.
 """

@@ -15,6 +15,7 @@ import itertools
 import random
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from regionscribe.model.conversation import Sample, Turn
 from regionscribe.model.demonstrations import DemoRegion, block
@@ -41,11 +42,15 @@ def nonsense_name(rng: random.Random) -> str:
     return word + (rng.choice(_CONSONANTS) if rng.random() < 0.5 else "")
 
 
-def caption_styles() -> list[tuple[tuple[str, ...], str, str]]:
-    """Every caption style: 2-4 of the fields in any order, a separator and a lead word; not the default one."""
+@lru_cache(maxsize=None)
+def caption_styles(split: str | None = None) -> tuple[tuple[tuple[str, ...], str, str], ...]:
+    """Every caption style: 2-4 of the fields in any order, a separator and a lead word; not the default one. With
+    `split`, those of that split (`style_split`). Computed once: every style episode draws from them."""
+    if split is not None:
+        return tuple(s for s in caption_styles() if style_split(s) == split)
     styles = [(order, sep, lead) for n in (2, 3, 4) for order in itertools.permutations(FIELDS, n)
               for sep in _SEPARATORS for lead in _LEADS]
-    return [s for s in styles if s != DEFAULT_STYLE]
+    return tuple(s for s in styles if s != DEFAULT_STYLE)
 
 
 def style_split(style: tuple[tuple[str, ...], str, str]) -> str:
@@ -86,7 +91,7 @@ def project(rng: random.Random, kind: str, split: str = "train", value: str | No
             value = withheld if rng.random() < 0.5 else rng.choice(BASE_VALUES[attribute])
         return Convention(attribute, value, nonsense_name(rng))
     if kind == "style":
-        return Convention(style=rng.choice([s for s in caption_styles() if style_split(s) == split]))
+        return Convention(style=rng.choice(caption_styles(split)))
     raise ValueError(f"unknown convention kind {kind!r}: 'name' or 'style'")
 
 
