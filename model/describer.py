@@ -118,12 +118,8 @@ class RegionDescriber:
         attribute questions with the nearest last."""
         asks = asks or Asks()
         with self._lock:  # one model, one call at a time (a worker is single-threaded anyway)
-            image = image if isinstance(image, Image.Image) else load_image(image)
-            w, h = image.size
-            boxes = check_boxes(boxes, w, h)
-            grids = self._mask_grids(masks, boxes, w, h)
+            image, boxes, grids, norm = self._regions(image, boxes, masks)
             targets = self._targets(only, len(boxes))
-            norm = normalise_boxes(boxes, w, h).to(self.model.device)
             questions = self._questions(targets, boxes, asks, self._shown(demonstrations, len(boxes)))
             timings = {"encode": 0.0, "answer": 0.0}
             if naive:
@@ -170,15 +166,11 @@ class RegionDescriber:
                 if r.extra:
                     continue
                 try:
-                    image = r.image if isinstance(r.image, Image.Image) else load_image(r.image)
-                    w, h = image.size
-                    boxes = check_boxes(r.boxes, w, h)
-                    grids = self._mask_grids(r.masks, boxes, w, h)
+                    image, boxes, grids, norm = self._regions(r.image, r.boxes, r.masks)
                     asks = r.asks or Asks()
                     questions = self._questions(self._targets(r.only, len(boxes)), boxes, asks,
                                                 self._shown(r.demonstrations, len(boxes)))
-                    batch.append((i, image, r.image_key, boxes, normalise_boxes(boxes, w, h).to(self.model.device),
-                                  questions, asks, grids))
+                    batch.append((i, image, r.image_key, boxes, norm, questions, asks, grids))
                 except RegionScribeError as exc:
                     out[i] = exc
             if not batch:
@@ -205,11 +197,7 @@ class RegionDescriber:
         `describe`.
         """
         with self._lock:
-            image = image if isinstance(image, Image.Image) else load_image(image)
-            w, h = image.size
-            boxes = check_boxes(boxes, w, h)
-            grids = self._mask_grids(masks, boxes, w, h)
-            norm = normalise_boxes(boxes, w, h).to(self.model.device)
+            image, boxes, grids, norm = self._regions(image, boxes, masks)
             qs = []
             for text, regions, candidates in questions:
                 if text.count(BBOX) != len(regions):
@@ -220,6 +208,16 @@ class RegionDescriber:
             enc, _ = self._encode_cached(image, image_key)
             answers = self._answer(enc, norm, qs, max_new_tokens=48, grids=grids)
             return [sorted(a, key=lambda kv: -kv[1]) if q.candidates else a for q, a in zip(qs, answers)]
+
+    def _regions(self, image: Image.Image | bytes, boxes: list[Box], masks: Sequence | None
+                 ) -> tuple[Image.Image, list[Box], list[torch.Tensor | None] | None, torch.Tensor]:
+        """A call's image decoded, its boxes checked (clamped), its masks checked as grids (None when no box has
+        one) and its boxes normalised on the model's device."""
+        image = image if isinstance(image, Image.Image) else load_image(image)
+        w, h = image.size
+        boxes = check_boxes(boxes, w, h)
+        grids = self._mask_grids(masks, boxes, w, h)
+        return image, boxes, grids, normalise_boxes(boxes, w, h).to(self.model.device)
 
     def _mask_grids(self, masks: Sequence | None, boxes: list[Box], w: int, h: int) -> list[torch.Tensor | None] | None:
         """Checked masks as the region encoder's grids (None when no region has one)."""
@@ -246,12 +244,8 @@ class RegionDescriber:
         if not self.model.uses_region_features:
             raise DemonstrationError("region tokens need region features (region_format 'features')")
         with self._lock:
-            image = image if isinstance(image, Image.Image) else load_image(image)
-            w, h = image.size
-            boxes = check_boxes(boxes, w, h)
-            grids = self._mask_grids(masks, boxes, w, h)
+            image, boxes, grids, norm = self._regions(image, boxes, masks)
             enc, _ = self._encode_cached(image, image_key)
-            norm = normalise_boxes(boxes, w, h).to(self.model.device)
             tokens = self.model.region_tokens(enc.features, [norm], None if grids is None else [grids])[0]
             return tokens.float().cpu().numpy()
 
