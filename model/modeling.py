@@ -230,18 +230,18 @@ class RegionScribeModel(nn.Module):
         Demonstrations (model/demonstrations.py): `demo_pixel_values` [D, 3, s, s] with one [1, 4] box each in
         `demo_boxes`, `demo_counts[b]` of them for row b in order; their images go through the tower in the same
         pass, and their tokens fill the row's first `<bbox>` placeholders."""
-        n = pixel_values.shape[0]
-        if demo_pixel_values is not None:
-            pixel_values = torch.cat([pixel_values, demo_pixel_values.to(pixel_values.dtype)])
-        feats = self.encode_images(pixel_values)
-        if demo_pixel_values is not None:
-            everything, feats = feats, feats.select(torch.arange(n, device=pixel_values.device))
-            shown = self.region_tokens(everything.select(torch.arange(n, pixel_values.shape[0],
-                                                                      device=pixel_values.device)), demo_boxes)
-        regions = self.region_tokens(feats, boxes, masks)
-        if demo_pixel_values is not None:
+        if demo_pixel_values is None:
+            feats = self.encode_images(pixel_values)
+            regions = self.region_tokens(feats, boxes, masks)
+        else:  # one pass of the tower over the rows' images and the demonstrations' images
+            n = pixel_values.shape[0]
+            both = self.encode_images(torch.cat([pixel_values, demo_pixel_values.to(pixel_values.dtype)]))
+            index = torch.arange(n + len(demo_pixel_values), device=pixel_values.device)
+            feats = both.select(index[:n])
+            shown = self.region_tokens(both.select(index[n:]), demo_boxes)
             starts = [sum(demo_counts[:b]) for b in range(n)]
-            regions = [torch.cat([*shown[s: s + c], r]) for s, c, r in zip(starts, demo_counts, regions)]
+            regions = [torch.cat([*shown[s: s + c], r])
+                       for s, c, r in zip(starts, demo_counts, self.region_tokens(feats, boxes, masks))]
         emb = self.embed(input_ids, feats.image_tokens, regions)
         extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         context = None
