@@ -106,6 +106,8 @@ class TrainConfig:
         for name in ("mask_share", "overlap_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)!r}")
+        if not 0.0 <= self.demonstration_replay < 1.0:  # checked here, before anything is loaded or built
+            raise ValueError(f"demonstration replay must be at least 0 and below 1, not {self.demonstration_replay!r}")
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
         if self.init and fixed:  # refused before anything is loaded or built
             raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
@@ -168,8 +170,7 @@ def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
 def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
           progress: bool = True, metadata: dict[str, Any] | None = None) -> TrainResult:
     """Run the phases (stage 0 for a from-scratch tower, stage 1, the drills, stage 2, the demonstration episodes,
-    VPG-C) and save an HF-shaped
-    checkpoint (plus loss_curve.png, history.json and the data reports) to cfg.out.
+    VPG-C) and save an HF-shaped checkpoint (plus loss_curve.png, history.json and the data reports) to cfg.out.
 
     Data per stage: the caller's iterable, else cfg.stage{1,2}_data's dataset mixture, else fresh samples from the
     synthetic corpus. Either stage may be skipped with steps=0 (and no epochs). Under `accelerate launch` every
@@ -199,7 +200,8 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if cfg.lora:
         model.config.lora = model.config.lora or cfg.lora
     world = process_state().num_processes
-    phases = ["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))] + ["stage2", "demonstrations", "vpgc"]
+    phases = (["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))]
+              + ["stage2", "demonstrations", "vpgc"])
     if saved is not None and saved["phase"] not in phases:
         raise ValueError(f"--resume: the saved state is of phase {saved['phase']!r}, which this run does not have "
                          f"({', '.join(phases)}): resume with the same options")

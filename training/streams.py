@@ -47,9 +47,7 @@ def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float =
 def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0) -> Iterator:
     """Endless demonstration episodes (corpus.episodes: a project's own name or caption style, readable only from
     the demonstrations), with a `replay` share of ordinary stage-2 samples so that a question without
-    demonstrations is answered as before."""
-    if not 0.0 <= replay < 1.0:
-        raise ValueError(f"demonstration replay must be at least 0 and below 1, not {replay!r}")
+    demonstrations is answered as before. `replay` is below 1 (TrainConfig checks it)."""
     ordinary = synthetic_stream(2, seed + 11, mask_share=mask_share)
     rng = random.Random(f"{seed}:episodes")
     k = 0

@@ -132,3 +132,10 @@ def test_bad_demonstrations_get_clear_errors(untrained):
     a = d.describe(QUERY, [QBOX], Asks(max_new_tokens=4), demonstrations=[[]])
     b = d.describe(QUERY, [QBOX], Asks(max_new_tokens=4))
     assert a.regions[0].caption == b.regions[0].caption
+
+
+def test_a_replay_share_of_one_or_more_is_refused_before_anything_is_built():
+    from regionscribe.training.stages import TrainConfig
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="demonstration replay must be at least 0 and below 1"):
+            TrainConfig(demonstration_replay=bad)
