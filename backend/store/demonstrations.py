@@ -194,16 +194,15 @@ class DemonstrationsMixin:
         in order)."""
         if not annotation_ids:
             return 0
-        marks = ", ".join("?" * len(annotation_ids))
-        rows = tx.all("SELECT id, project_id, task_id, region_id, model_version, annotation_id, content_digest FROM "
-                      f"demonstrations WHERE annotation_id IN ({marks}) AND token IS NOT NULL", annotation_ids)
+        select = ("SELECT id, project_id, task_id, region_id, model_version, annotation_id, content_digest FROM "
+                  f"demonstrations WHERE annotation_id IN ({', '.join('?' * len(annotation_ids))}) AND token IS NOT "
+                  "NULL")
+        rows = tx.all(select, annotation_ids)
         projects = sorted({int(row["project_id"]) for row in rows})
         for pid in projects:
             self._lock_project(tx, pid)
         if tx.dialect == "postgresql" and projects:  # re-read under the locks: a worker may have written meanwhile
-            rows = tx.all("SELECT id, project_id, task_id, region_id, model_version, annotation_id, content_digest "
-                          f"FROM demonstrations WHERE annotation_id IN ({marks}) AND token IS NOT NULL",
-                          annotation_ids)
+            rows = tx.all(select, annotation_ids)
         for pid in projects:
             self._retire_rows(tx, pid, [row for row in rows if int(row["project_id"]) == pid])
         return len(rows)
