@@ -38,12 +38,10 @@ def enqueue_refresh(connection, settings, project_id: int, task_ids: list[int] |
                     after_seq: int = 0) -> str:
     """Put a refresh job on the inference queue (`after_seq` > 0: the next chunk of a whole project's); returns its
     id."""
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
     from regionscribe.backend.core.logs import current_request_id
+    from regionscribe.backend.inference.submit import inference_queue
 
-    queue = Queue(settings.inference_queue, connection=connection, serializer=JSONSerializer)
+    queue = inference_queue(connection, settings)
     what = f"tasks {', '.join(map(str, task_ids))}" if task_ids is not None else "every accepted region"
     job = queue.enqueue_call(refresh_demonstrations_job, args=(int(project_id), task_ids, int(after_seq)),
                              job_id=f"rs-demonstrations-{uuid.uuid4().hex}", timeout=REFRESH_TIMEOUT,

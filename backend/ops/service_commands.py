@@ -87,7 +87,8 @@ def sync_command(args: argparse.Namespace) -> int:
         print("regionscribe sync: error: set LABEL_STUDIO_URL (Label Studio's base URL) and LABEL_STUDIO_API_KEY (a "
               "personal access token: Account & Settings) so the backend can read the annotations", file=sys.stderr)
         return 2
-    connection = _redis_or_none(settings)
+    connection = _redis_or_none(settings, "sync", "the store is still synced; images and the retraining policy wait "
+                                                  "for the next event")
     from tqdm import tqdm
 
     bar = tqdm(unit=" tasks", desc="sync", file=sys.stderr, disable=args.quiet or args.json)
@@ -122,7 +123,8 @@ def demonstrations_command(args: argparse.Namespace) -> int:
     from regionscribe.backend.store import Store, StoreError
 
     settings = get_settings()
-    connection = _redis_or_none(settings, "demonstrations")
+    connection = _redis_or_none(settings, "demonstrations", "the model is the one MODEL_DIR names (or the embedded "
+                                                            "default), not a version the registry announced")
     try:
         with Store.open(args.store) as store:
             if args.action == "status":
@@ -164,9 +166,10 @@ def demonstrations_command(args: argparse.Namespace) -> int:
     return 1 if any(c["errors"] for c in result["projects"].values()) else 0
 
 
-def _redis_or_none(settings, command: str = "sync"):
+def _redis_or_none(settings, command: str, without: str):
     """Redis when REDIS_URL is set and answers (sync: to queue image fetches and ask the retraining policy;
-    demonstrations: to read the model version the registry announced), else None."""
+    demonstrations: to read the model version the registry announced), else None, saying so: `without` is what
+    `regionscribe <command>` does without it."""
     if not settings.redis_url:
         return None
     import redis
@@ -177,12 +180,7 @@ def _redis_or_none(settings, command: str = "sync"):
     try:
         connection.ping()
     except redis.RedisError as exc:
-        if command == "sync":
-            print(f"regionscribe sync: Redis unreachable ({type(exc).__name__}): the store is still synced; images "
-                  "and the retraining policy wait for the next event", file=sys.stderr)
-        else:
-            print(f"regionscribe {command}: Redis unreachable ({type(exc).__name__}): the model is the one MODEL_DIR "
-                  "names (or the embedded default), not a version the registry announced", file=sys.stderr)
+        print(f"regionscribe {command}: Redis unreachable ({type(exc).__name__}): {without}", file=sys.stderr)
         return None
     return connection
 

@@ -30,12 +30,12 @@ from regionscribe.backend.store.records import (AcceptedRegion, DemonstrationInp
 
 # a live region `r` of annotation `a` that is the newest answer for its task and region id (no other live region
 # with the same ids has a later annotation version, or the same version and a higher annotation id)
-_ACCEPTED = "r.deleted = 0 AND r.was_cancelled = 0 AND r.has_content = 1"
+_LIVE = "{r}.deleted = 0 AND {r}.was_cancelled = 0 AND {r}.has_content = 1"  # an accepted region, aliased {r}
+_ACCEPTED = _LIVE.format(r="r")
 _NEWEST = (
     "NOT EXISTS (SELECT 1 FROM regions n JOIN annotations na ON na.annotation_id = n.annotation_id WHERE "
-    "n.task_id = r.task_id AND n.region_id = r.region_id AND n.project_id = r.project_id AND n.deleted = 0 AND "
-    "n.was_cancelled = 0 AND n.has_content = 1 AND "
-    "(COALESCE(na.version_us, 0), n.annotation_id) > (COALESCE(a.version_us, 0), r.annotation_id))")
+    f"n.task_id = r.task_id AND n.region_id = r.region_id AND n.project_id = r.project_id AND {_LIVE.format(r='n')} "
+    "AND (COALESCE(na.version_us, 0), n.annotation_id) > (COALESCE(a.version_us, 0), r.annotation_id))")
 
 
 class DemonstrationsMixin:
@@ -96,8 +96,7 @@ class DemonstrationsMixin:
     def demonstration_projects(self) -> list[int]:
         """The projects that have accepted regions (whose tokens a new model version needs)."""
         rows = self._run(lambda tx: tx.all(
-            "SELECT DISTINCT project_id FROM regions WHERE deleted = 0 AND was_cancelled = 0 AND has_content = 1 "
-            "ORDER BY project_id"), write=False)
+            f"SELECT DISTINCT project_id FROM regions r WHERE {_ACCEPTED} ORDER BY project_id"), write=False)
         return [int(r["project_id"]) for r in rows]
 
     def demonstration_counts(self, project_id: int | None = None) -> dict[int, dict]:
@@ -107,9 +106,8 @@ class DemonstrationsMixin:
 
         def read(tx: _Cursorish) -> dict[int, dict]:
             out: dict[int, dict] = {}
-            for row in tx.all("SELECT project_id, COUNT(*) AS n FROM regions WHERE deleted = 0 AND was_cancelled = 0 "
-                              "AND has_content = 1" + (" AND project_id = ?" if params else "")
-                              + " GROUP BY project_id", params):
+            for row in tx.all(f"SELECT project_id, COUNT(*) AS n FROM regions r WHERE {_ACCEPTED}"
+                              + (" AND project_id = ?" if params else "") + " GROUP BY project_id", params):
                 out.setdefault(int(row["project_id"]), {"accepted": 0, "versions": {}})["accepted"] = int(row["n"])
             for row in tx.all("SELECT project_id, model_version, SUM(CASE WHEN token IS NULL THEN 0 ELSE 1 END) AS "
                               "tokens, SUM(CASE WHEN token IS NULL THEN 1 ELSE 0 END) AS retired FROM demonstrations "
@@ -136,14 +134,11 @@ class DemonstrationsMixin:
             now = time.time()
             written = skipped = 0
             for item in items:
-                newest = tx.one(
-                    "SELECT r.annotation_id, r.content_digest FROM regions r JOIN annotations a ON "
-                    "a.annotation_id = r.annotation_id WHERE r.task_id = ? AND r.region_id = ? AND r.project_id = ? "
-                    "AND r.deleted = 0 AND r.was_cancelled = 0 AND r.has_content = 1 "
-                    "ORDER BY COALESCE(a.version_us, 0) DESC, r.annotation_id DESC LIMIT 1",
-                    (int(item.task_id), item.region_id, pid))
-                if newest is None or int(newest["annotation_id"]) != int(item.annotation_id) \
-                        or newest["content_digest"] != item.content_digest:
+                if tx.scalar(
+                        "SELECT 1 FROM regions r JOIN annotations a ON a.annotation_id = r.annotation_id WHERE "
+                        "r.task_id = ? AND r.region_id = ? AND r.project_id = ? AND r.annotation_id = ? AND "
+                        f"r.content_digest = ? AND {_ACCEPTED} AND {_NEWEST}",
+                        (int(item.task_id), item.region_id, pid, int(item.annotation_id), item.content_digest)) is None:
                     skipped += 1
                     continue
                 self._replace_row(tx, pid, int(item.task_id), item.region_id, version, int(item.annotation_id),
@@ -199,16 +194,15 @@ class DemonstrationsMixin:
         in order)."""
         if not annotation_ids:
             return 0
-        marks = ", ".join("?" * len(annotation_ids))
-        rows = tx.all("SELECT id, project_id, task_id, region_id, model_version, annotation_id, content_digest FROM "
-                      f"demonstrations WHERE annotation_id IN ({marks}) AND token IS NOT NULL", annotation_ids)
+        select = ("SELECT id, project_id, task_id, region_id, model_version, annotation_id, content_digest FROM "
+                  f"demonstrations WHERE annotation_id IN ({', '.join('?' * len(annotation_ids))}) AND token IS NOT "
+                  "NULL")
+        rows = tx.all(select, annotation_ids)
         projects = sorted({int(row["project_id"]) for row in rows})
         for pid in projects:
             self._lock_project(tx, pid)
         if tx.dialect == "postgresql" and projects:  # re-read under the locks: a worker may have written meanwhile
-            rows = tx.all("SELECT id, project_id, task_id, region_id, model_version, annotation_id, content_digest "
-                          f"FROM demonstrations WHERE annotation_id IN ({marks}) AND token IS NOT NULL",
-                          annotation_ids)
+            rows = tx.all(select, annotation_ids)
         for pid in projects:
             self._retire_rows(tx, pid, [row for row in rows if int(row["project_id"]) == pid])
         return len(rows)
