@@ -1,6 +1,6 @@
 """The commands that run and look after the service: `regionscribe versions`, `report`, `run`, `serve`, `worker`,
-`doctor`, `export`, `sync` and `demonstrations`, each a function running it and one adding its options (regionscribe.backend.ops.cli
-holds the table of every command)."""
+`doctor`, `export`, `sync` and `demonstrations`, each a function running it and one adding its options
+(regionscribe.backend.ops.cli holds the table of every command)."""
 from __future__ import annotations
 
 import argparse
