@@ -228,3 +228,40 @@ def test_vocabulary_holds_every_concept():
         assert word in text, word
     for template in C.CAPTION_TEMPLATES:
         assert template.format(r="region1 <bbox>") in C.vocabulary_text()
+
+
+def test_loose_boxes_are_drawn_round_the_object_without_changing_the_conversations(train_scenes):
+    """`loose_share` moves each side of a box region by its own draw from LOOSE_SIDES (as a hand draws a box), keeps
+    it in the image, leaves masked regions and the questions alone, and is deterministic; 0 changes nothing."""
+    from regionscribe.training.corpus.samples import LOOSE_SIDES
+
+    scenes = train_scenes[:20]
+    tight = list(C.iter_samples(scenes, 2, seed=5, mask_share=0.3))
+    assert _turns(list(C.iter_samples(scenes, 2, seed=5, mask_share=0.3, loose_share=0.0))) == _turns(tight)
+    loose = list(C.iter_samples(scenes, 2, seed=5, mask_share=0.3, loose_share=1.0))
+    assert _turns(loose) == _turns(tight)
+    assert [s.boxes for s in loose] == [s.boxes for s in C.iter_samples(scenes, 2, seed=5, mask_share=0.3,
+                                                                       loose_share=1.0)]
+    moved = 0
+    for scene, t, s in zip(scenes, tight, loose):
+        w_img, h_img = scene.image_size
+        for (a1, b1, a2, b2), (x1, y1, x2, y2), mask in zip(t.boxes, s.boxes, s.masks):
+            if mask is not None:
+                assert (x1, y1, x2, y2) == (a1, b1, a2, b2)  # a mask keeps its object's box
+                continue
+            w, h = a2 - a1, b2 - b1
+            lo, hi = LOOSE_SIDES
+            assert 0 <= x1 and 0 <= y1 and x2 <= w_img and y2 <= h_img
+            assert a1 - hi * w - 1e-6 <= x1 <= a1 - lo * w + 1e-6 and a2 + lo * w - 1e-6 <= x2 <= a2 + hi * w + 1e-6
+            assert b1 - hi * h - 1e-6 <= y1 <= b1 - lo * h + 1e-6 and b2 + lo * h - 1e-6 <= y2 <= b2 + hi * h + 1e-6
+            moved += (x1, y1, x2, y2) != (a1, b1, a2, b2)
+    assert moved > 20
+    drill = list(C.relation_samples(scenes, ("horizontal",), seed=0, loose_share=1.0))
+    assert drill and [s.turns[0].answer for s in drill] == \
+        [s.turns[0].answer for s in C.relation_samples(scenes, ("horizontal",), seed=0)]
+    with pytest.raises(ValueError, match="loose_share must be between 0 and 1"):
+        next(C.iter_samples(scenes, 2, loose_share=-0.1))
+    from regionscribe.training.stages import TrainConfig
+
+    with pytest.raises(ValueError, match="loose_share must be between 0 and 1"):
+        TrainConfig(loose_share=2.0)

@@ -77,6 +77,8 @@ class TrainConfig:
     mask_share: float = 0.0
     # the share of stage-2 and drill scenes drawn as two heavily overlapping objects (corpus.render_overlapping_pair)
     overlap_share: float = 0.0
+    # the share of stage-2 and drill box regions drawn loosely, as by hand (corpus.with_loose_boxes), not tight
+    loose_share: float = 0.0
     # demonstration episodes (corpus.episodes), after stage 2: the LM learns to read a project's accepted regions
     # written before the question (model/demonstrations.py), with `demonstration_replay` of the ordinary stage-2 mix
     demonstrations: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=3e-4))
@@ -103,7 +105,7 @@ class TrainConfig:
             raise ValueError("--vision and --lm go together (a tower and an LM from local HF folders)")
         if self.vision and self.init:
             raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
-        for name in ("mask_share", "overlap_share"):
+        for name in ("mask_share", "overlap_share", "loose_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)!r}")
         if not 0.0 <= self.demonstration_replay < 1.0:  # checked here, before anything is loaded or built
@@ -244,14 +246,14 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
             continue
         sc = StageConfig(steps=steps, lr=cfg.drill_lr, batch_size=cfg.drill_batch, warmup=0.0)
         stream = relation_stream(tuple(axes), cfg.seed + 2, balance=cfg.drill_balance, mask_share=cfg.mask_share,
-                                 overlap_share=cfg.overlap_share)
+                                 overlap_share=cfg.overlap_share, loose_share=cfg.loose_share)
         history[f"drill{k + 1}"] = phase(f"drill{k + 1}", 2, sc, stream, f"drill {'/'.join(axes)}")
     history.setdefault("stage2", [])
     s2 = cfg.stage2
     if s2.steps or s2.epochs:
         data, s2 = stage_data(2, s2, stage2_data, cfg.stage2_data,
                               lambda: synthetic_stream(2, cfg.seed + 1, mask_share=cfg.mask_share,
-                                                       overlap_share=cfg.overlap_share))
+                                                       overlap_share=cfg.overlap_share, loose_share=cfg.loose_share))
         if cfg.lora and not cfg.adapter_base:
             import warnings
 

@@ -32,15 +32,16 @@ def with_overlapping_pairs(scenes: list, share: float, key: str) -> list:
 
 
 def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float = 0.0,
-                     overlap_share: float = 0.0) -> Iterator:
+                     overlap_share: float = 0.0, loose_share: float = 0.0) -> Iterator:
     """Endless fresh training samples from the synthetic corpus' train split (never val/test/novel scenes);
     `mask_share` of the regions come with their object's visible mask (corpus.with_masks), `overlap_share` of the
-    scenes are heavily overlapping pairs (`with_overlapping_pairs`)."""
+    scenes are heavily overlapping pairs (`with_overlapping_pairs`), `loose_share` of the box regions are drawn
+    loosely (corpus.with_loose_boxes)."""
     k = 0
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + k)
         scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:{stage}:{k}")
-        yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share)
+        yield from iter_samples(scenes, stage, seed=seed * 7919 + k, mask_share=mask_share, loose_share=loose_share)
         k += 1
 
 
@@ -60,7 +61,7 @@ def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0) -> I
 
 
 def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 32, balance: bool = False,
-                    mask_share: float = 0.0, overlap_share: float = 0.0) -> Iterator:
+                    mask_share: float = 0.0, overlap_share: float = 0.0, loose_share: float = 0.0) -> Iterator:
     """Endless single-turn relation questions on `axes` from the train split, shuffled across `chunk` scenes.
 
     balance: per axis, keep only as many questions with the more common answer as there are with the other one.
@@ -73,7 +74,8 @@ def relation_stream(axes: tuple[str, ...] | list[str], seed: int, chunk: int = 3
     while True:
         scenes = make_scenes("train", chunk, seed=seed * 1_000_003 + 700_000 + k)
         scenes = with_overlapping_pairs(scenes, overlap_share, f"{seed}:drill:{k}")
-        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share))
+        samples = list(relation_samples(scenes, axes, seed=seed * 7919 + k, mask_share=mask_share,
+                                        loose_share=loose_share))
         random.Random(f"{seed}:{k}").shuffle(samples)
         if balance:
             counts = Counter((s.turns[0].key, s.turns[0].answer) for s in samples)

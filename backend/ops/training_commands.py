@@ -63,7 +63,7 @@ def train_command(args: argparse.Namespace) -> int:
             run=RunOptions(grad_accum=args.grad_accum, mixed_precision="bf16" if args.bf16 else "no",
                            gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
                            state_dir=args.state_dir, resume=args.resume),
-            mask_share=args.mask_share, overlap_share=args.overlap_share,
+            mask_share=args.mask_share, overlap_share=args.overlap_share, loose_share=args.loose_share,
             demonstrations=StageConfig(steps=args.demonstration_steps, lr=args.demonstration_lr,
                                        batch_size=args.batch_size),
             demonstration_replay=args.demonstration_replay,
@@ -216,6 +216,9 @@ def train_options(p: argparse.ArgumentParser) -> None:
                         "(mask pooling) instead of the box alone, 0-1")
     p.add_argument("--overlap-share", type=float, default=0.0,
                    help="share of the stage-2 and drill scenes drawn as two heavily overlapping objects, 0-1")
+    p.add_argument("--loose-share", type=float, default=0.0,
+                   help="share of the stage-2 and drill box regions drawn loosely, as by hand (each side from 5%% "
+                        "inside to 30%% outside the object), instead of tight, 0-1")
     p.add_argument("--demonstration-steps", type=int, default=0,
                    help="after stage 2, steps on demonstration episodes (a project's own names and caption style "
                         "shown by accepted regions before the question; DEMONSTRATIONS=k serves them)")

@@ -171,10 +171,10 @@ def _stage2_sample(scene: Scene, rng: random.Random, n_turns: tuple[int, int]) -
     return Sample(scene.image, reg.boxes, _with_prefix(turns), scene.scene_id)
 
 
-def _check_share(mask_share: float) -> float:
-    if not 0.0 <= mask_share <= 1.0:
-        raise ValueError(f"mask_share must be between 0 and 1, not {mask_share!r}")
-    return float(mask_share)
+def _check_share(share: float, name: str = "mask_share") -> float:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, not {share!r}")
+    return float(share)
 
 
 def with_masks(sample: Sample, scene: Scene, mask_share: float, seed: int | str) -> Sample:
@@ -188,20 +188,49 @@ def with_masks(sample: Sample, scene: Scene, mask_share: float, seed: int | str)
     return sample
 
 
+# how far a hand-drawn box's side lies from the object's edge, as a share of the object's width or height: a little
+# inside to well outside (the eval's loose boxes are 0.25 on every side: training.evaluation.caption_agreement)
+LOOSE_SIDES = (-0.05, 0.3)
+
+
+def with_loose_boxes(sample: Sample, scene: Scene, share: float, seed: int | str) -> Sample:
+    """The sample with each box region (not a masked one) drawn loosely, as an annotator's hand draws it, with
+    probability `share`: every side moved by its own draw from LOOSE_SIDES of the object's size, kept in the image.
+    Its own random stream (seed, scene_id), so the conversation does not change; 0 leaves the sample as it is."""
+    if not share:
+        return sample
+    rng = random.Random(f"{seed}:loose:{scene.scene_id}")
+    width, height = scene.image_size
+    boxes = []
+    for box, mask in zip(sample.boxes, sample.masks):
+        if mask is None and rng.random() < share:
+            x1, y1, x2, y2 = box
+            w, h = x2 - x1, y2 - y1
+            x1, x2 = x1 - rng.uniform(*LOOSE_SIDES) * w, x2 + rng.uniform(*LOOSE_SIDES) * w
+            y1, y2 = y1 - rng.uniform(*LOOSE_SIDES) * h, y2 + rng.uniform(*LOOSE_SIDES) * h
+            box = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
+        boxes.append(box)
+    sample.boxes = boxes
+    return sample
+
+
 def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[int, int] = (3, 6),
-                 mask_share: float = 0.0) -> Iterator[Sample]:
+                 mask_share: float = 0.0, loose_share: float = 0.0) -> Iterator[Sample]:
     """One conversation per scene. Stage 1: one region→phrase turn per object, in random order. Stage 2: a
     multi-turn conversation of `turns` (inclusive range) turns mixing captions, detailed captions, attributes,
     relations (axis, yes/no, text) and multi-region reasoning. Each scene's conversation depends only on
     (seed, stage, scene_id). `mask_share`: the chance that a region comes with its object's visible mask
-    (`with_masks`); 0 (all boxes) leaves the samples exactly as without masks."""
+    (`with_masks`); 0 (all boxes) leaves the samples exactly as without masks. `loose_share`: the chance that a box
+    region is drawn loosely (`with_loose_boxes`); 0 keeps the corpus' tight boxes."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, not {stage!r}")
     _check_share(mask_share)
+    _check_share(loose_share, "loose_share")
     for scene in scenes:
         rng = random.Random(f"{seed}:{stage}:{scene.scene_id}")
         sample = _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
-        yield with_masks(sample, scene, mask_share, f"{seed}:{stage}")
+        sample = with_masks(sample, scene, mask_share, f"{seed}:{stage}")
+        yield with_loose_boxes(sample, scene, loose_share, f"{seed}:{stage}")
 
 
 def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -213,12 +242,14 @@ def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], seed: int = 0,
-                     mask_share: float = 0.0) -> Iterator[Sample]:
+                     mask_share: float = 0.0, loose_share: float = 0.0) -> Iterator[Sample]:
     """Single-turn relation questions only (the relation drills of regionscribe.training.streams): per scene every
     ordered pair and every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order.
-    `mask_share` as in `iter_samples` (per question: the same region may be a box in one and a mask in another)."""
+    `mask_share` and `loose_share` as in `iter_samples` (per question: the same region may be a box in one and a mask
+    in another)."""
     check_axes(axes)
     _check_share(mask_share)
+    _check_share(loose_share, "loose_share")
     for scene in scenes:
         rng = random.Random(f"{seed}:drill:{scene.scene_id}")
         out = []
@@ -234,6 +265,8 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
         rng.shuffle(out)
         if mask_share:
             out = [with_masks(sample, scene, mask_share, f"{seed}:drill:{k}") for k, sample in enumerate(out)]
+        if loose_share:
+            out = [with_loose_boxes(sample, scene, loose_share, f"{seed}:drill:{k}") for k, sample in enumerate(out)]
         yield from out
 
 
