@@ -64,8 +64,9 @@ lock:
 	$(PIP_COMPILE) -c $(LOCK_VENV)/floor.txt --extra dev -o requirements-dev.lock pyproject.toml
 	$(PIP_COMPILE) -o scripts/labelstudio.lock scripts/labelstudio.in
 
-# How the embedded default (model/default/) was produced, about 100 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
-# two stages, then five continuations with relation drills. See README "The embedded default".
+# How the embedded default (model/default/) was produced, about 170 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
+# two stages, five continuations with relation drills, then five with masks, overlapping pairs and loose boxes.
+# See README "The embedded default".
 RS := $(VENV)/bin/regionscribe train --save-dtype float16 --stage0-steps 0 --stage1-steps 0 --stage2-lr 3e-4 \
 	--stage2-steps 300
 TWO_STAGES := --seed 0 --stage0-steps 0 --stage1-steps 50 --stage2-steps 2200 --save-dtype float16 --eval-scenes 200
@@ -81,8 +82,18 @@ train-default: $(STAMP)
 		--drill overlap:400 --drill all:300 --drill-balance --eval-scenes 200
 	$(RS) --init runs/v5-drill3 --out runs/v5 --seed 3 --version tiny-default-v5 \
 		--drill color:600 --drill all:300 --drill-balance --eval-scenes 200
-	$(RS) --init runs/v5 --out model/default --seed 4 --version tiny-default-v6 \
+	$(RS) --init runs/v5 --out runs/v6 --seed 4 --version tiny-default-v6 \
 		--drill color,overlap:600 --drill all:300 --drill-balance --eval-scenes 200
+	$(RS) --init runs/v6 --out runs/v7 --seed 5 --version tiny-default-v7 \
+		--drill color,overlap,size:600 --drill all:300 --drill-balance --mask-share 0.5 --overlap-share 0.3
+	$(RS) --init runs/v7 --out runs/v8 --seed 6 --version tiny-default-v8 --stage2-steps 400 \
+		--drill size,overlap,color:400 --drill all:400 --drill-balance --mask-share 0.6 --overlap-share 0.5
+	$(RS) --init runs/v8 --out runs/v9 --seed 7 --version tiny-default-v9 \
+		--drill color,overlap,size:600 --drill all:300 --drill-balance --mask-share 0.3 --overlap-share 0.2
+	$(RS) --init runs/v9 --out runs/v10 --seed 8 --version tiny-default-v10 --stage2-steps 400 \
+		--drill color,overlap:300 --drill all:300 --drill-balance --mask-share 0.3 --overlap-share 0.2 --loose-share 0.4
+	$(RS) --init runs/v10 --out model/default --seed 9 --version tiny-default-v11 --stage2-lr 2e-4 --stage2-steps 400 \
+		--mask-share 0.3 --overlap-share 0.2 --loose-share 0.2 --eval-scenes 200
 
 # PVIT's comparison: the same tower and the same two stages with the boxes written as text (needs runs/v5-stage0)
 train-baseline: $(STAMP)
