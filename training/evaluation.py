@@ -69,13 +69,6 @@ def evaluate_samples(describer: RegionDescriber, samples: Iterable, progress: bo
     return out
 
 
-def _grown(box: tuple, margin: float, size: tuple[int, int]) -> tuple:
-    """`box` grown by `margin` of its width and height on every side, clamped to the image (a hand-drawn box)."""
-    x1, y1, x2, y2 = box
-    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
-    return (max(0.0, x1 - dx), max(0.0, y1 - dy), min(float(size[0]), x2 + dx), min(float(size[1]), y2 + dy))
-
-
 def caption_agreement(describer: RegionDescriber, scenes: list, progress: bool = False,
                       margin: float = 0.0) -> dict[str, Any]:
     """Every object of `scenes` described as the backend describes a box (one describe() call per image, with a
@@ -86,6 +79,7 @@ def caption_agreement(describer: RegionDescriber, scenes: list, progress: bool =
     from tqdm import tqdm
 
     from regionscribe.training.corpus import ATTRIBUTE_VALUES, caption_text
+    from regionscribe.training.corpus.samples import grown
     from regionscribe.training.caption_metrics import caption_scores
 
     asks = Asks(caption=True, attributes={a: list(ATTRIBUTE_VALUES[a]) for a in AGREEMENT_ATTRIBUTES})
@@ -98,7 +92,7 @@ def caption_agreement(describer: RegionDescriber, scenes: list, progress: bool =
             captions: dict[str, list[str]] = {}
             agreeing = right = 0
             for scene in tqdm(scenes, desc=f"agreement{suffix}", disable=not progress, dynamic_ncols=True):
-                boxes = [_grown(o.box, margin, scene.image_size) for o in scene.objects]
+                boxes = [grown(o.box, (margin,) * 4, scene.image_size) for o in scene.objects]
                 got = describer.describe(scene.image, boxes, asks, image_key=f"eval:{scene.scene_id}")
                 for k, (obj, region) in enumerate(zip(scene.objects, got.regions)):
                     captions[f"{scene.scene_id}:{k}"] = [region.caption or ""]

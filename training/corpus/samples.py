@@ -193,6 +193,16 @@ def with_masks(sample: Sample, scene: Scene, mask_share: float, seed: int | str)
 LOOSE_SIDES = (-0.05, 0.3)
 
 
+def grown(box: tuple, sides: tuple[float, float, float, float], size: tuple[int, int]) -> tuple:
+    """`box` with its left, top, right and bottom sides moved out by those shares of its width and height (inward for
+    a negative share), clamped to an image of `size` (a hand-drawn box)."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    left, top, right, bottom = sides
+    return (max(0.0, x1 - left * w), max(0.0, y1 - top * h), min(float(size[0]), x2 + right * w),
+            min(float(size[1]), y2 + bottom * h))
+
+
 def with_loose_boxes(sample: Sample, scene: Scene, share: float, seed: int | str) -> Sample:
     """The sample with each box region (not a masked one) drawn loosely, as an annotator's hand draws it, with
     probability `share`: every side moved by its own draw from LOOSE_SIDES of the object's size, kept in the image.
@@ -200,18 +210,20 @@ def with_loose_boxes(sample: Sample, scene: Scene, share: float, seed: int | str
     if not share:
         return sample
     rng = random.Random(f"{seed}:loose:{scene.scene_id}")
-    width, height = scene.image_size
     boxes = []
     for box, mask in zip(sample.boxes, sample.masks):
         if mask is None and rng.random() < share:
-            x1, y1, x2, y2 = box
-            w, h = x2 - x1, y2 - y1
-            x1, x2 = x1 - rng.uniform(*LOOSE_SIDES) * w, x2 + rng.uniform(*LOOSE_SIDES) * w
-            y1, y2 = y1 - rng.uniform(*LOOSE_SIDES) * h, y2 + rng.uniform(*LOOSE_SIDES) * h
-            box = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
+            left, right, top, bottom = (rng.uniform(*LOOSE_SIDES) for _ in range(4))
+            box = grown(box, (left, top, right, bottom), scene.image_size)
         boxes.append(box)
     sample.boxes = boxes
     return sample
+
+
+def _as_drawn(sample: Sample, scene: Scene, mask_share: float, loose_share: float, seed: str) -> Sample:
+    """The sample's regions as annotators draw them: masks first (`with_masks`, matched by the object's box), then
+    loose boxes for the regions left as boxes (`with_loose_boxes`); both shares 0 leave it as it is."""
+    return with_loose_boxes(with_masks(sample, scene, mask_share, seed), scene, loose_share, seed)
 
 
 def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[int, int] = (3, 6),
@@ -229,8 +241,7 @@ def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[in
     for scene in scenes:
         rng = random.Random(f"{seed}:{stage}:{scene.scene_id}")
         sample = _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
-        sample = with_masks(sample, scene, mask_share, f"{seed}:{stage}")
-        yield with_loose_boxes(sample, scene, loose_share, f"{seed}:{stage}")
+        yield _as_drawn(sample, scene, mask_share, loose_share, f"{seed}:{stage}")
 
 
 def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -263,11 +274,8 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
                         out.append(Sample(scene.image, [a.box, b.box],
                                           [Turn(q, label, "relation", RELATION_AXES[axis], axis)], scene.scene_id))
         rng.shuffle(out)
-        if mask_share:
-            out = [with_masks(sample, scene, mask_share, f"{seed}:drill:{k}") for k, sample in enumerate(out)]
-        if loose_share:
-            out = [with_loose_boxes(sample, scene, loose_share, f"{seed}:drill:{k}") for k, sample in enumerate(out)]
-        yield from out
+        yield from (_as_drawn(sample, scene, mask_share, loose_share, f"{seed}:drill:{k}")
+                    for k, sample in enumerate(out))
 
 
 def eval_samples(scenes: list[Scene]) -> Iterator[Sample]:
