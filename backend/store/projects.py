@@ -11,8 +11,13 @@ class ProjectsMixin:
     """Projects (uses `Database._run`, `AnnotationsMixin._event` and `_set_outcome`)."""
 
     def _project(self, tx: _Cursorish, project_id: int, label_config: str | None = None) -> None:
-        tx.execute("INSERT INTO projects (project_id, created_at) VALUES (?, ?) ON CONFLICT (project_id) DO NOTHING",
-                   (project_id, time.time()))
+        """Make sure the project's row exists (and holds `label_config`, when given). A plain read first: on
+        PostgreSQL an INSERT .. ON CONFLICT waits for any transaction that is updating the row (every applied
+        annotation moves the project's change counter), so a webhook would queue behind the project's writers
+        even when the row is there, which it nearly always is."""
+        if tx.one("SELECT 1 AS found FROM projects WHERE project_id = ?", (project_id,)) is None:
+            tx.execute("INSERT INTO projects (project_id, created_at) VALUES (?, ?) ON CONFLICT (project_id) DO "
+                       "NOTHING", (project_id, time.time()))
         if label_config:
             tx.execute("UPDATE projects SET label_config = ?, label_config_at = ? WHERE project_id = ? AND "
                        "(label_config IS NULL OR label_config <> ?)", (label_config, time.time(), project_id,
