@@ -13,8 +13,9 @@
     regionscribe doctor  checks Redis, the store, the registry, the model, workers and Label Studio; exit 1 on a FAIL
     regionscribe export  curated region-text datasets from the feedback store (conversations, vg, coco, hf)
     regionscribe sync    bring the feedback store in line with Label Studio (annotations the webhook missed)
-    regionscribe demonstrations rebuild|status  region tokens of accepted regions (DEMONSTRATIONS): compute the
-                         missing ones with the served model (--project N, --force), or count them
+    regionscribe demonstrations rebuild|status|prune  region tokens of accepted regions (DEMONSTRATIONS): compute
+                         the missing ones with the served model (--project N, --force), count them, or delete those of
+                         versions no worker serves
     regionscribe convert gpt4roi  GPT4RoI's released checkpoint (or delta + LLaMA-7B) -> a regionscribe checkpoint
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "sync": ("bring the feedback store in line with Label Studio (annotations the webhook missed: backend down, 401, "
              "timeout)", service.sync_options, service.sync_command),
     "demonstrations": ("the region tokens of accepted regions, for DEMONSTRATIONS: rebuild them (--project N, "
-                       "--force) or show their status", service.demonstrations_options,
+                       "--force), show their status, or prune the versions no worker serves", service.demonstrations_options,
                        service.demonstrations_command),
     "data": ("read public region-text datasets or exports as training conversations and report what was kept and "
              "skipped", training.data_options, training.data_command),

@@ -127,11 +127,11 @@ def demonstrations_command(args: argparse.Namespace) -> int:
                                                             "default), not a version the registry announced")
     try:
         with Store.open(args.store) as store:
+            if args.action == "prune":
+                return _prune_demonstrations(args, store, connection, settings)
             if args.action == "status":
                 served = read_model_version(connection, settings)
-                counts = store.demonstration_counts(args.project[0] if args.project and len(args.project) == 1
-                                                    else None)
-                counts = {p: c for p, c in counts.items() if not args.project or p in args.project}
+                counts = store.demonstration_counts(args.project)
                 if args.json:
                     print(json.dumps({"served_model_version": served, "demonstrations": settings.demonstrations,
                                       "projects": {str(p): c for p, c in sorted(counts.items())}}, indent=2))
@@ -164,6 +164,42 @@ def demonstrations_command(args: argparse.Namespace) -> int:
                   f"written, {c['skipped']} changed meanwhile, {c['without_answer']} without caption or attribute, "
                   f"{c['errors']} errors (see the log), {c['retired']} stale rows retired")
     return 1 if any(c["errors"] for c in result["projects"].values()) else 0
+
+
+def _prune_demonstrations(args: argparse.Namespace, store, connection, settings) -> int:
+    """`regionscribe demonstrations prune`: delete the rows of the model versions no worker serves. What is served
+    comes from Redis (the version announced last, and each live worker's own, which differ while workers switch):
+    without it the command cannot tell what to keep, unless --keep names it."""
+    from regionscribe.backend.core.liveness import MODEL_VERSION_KEY, live_workers
+
+    served: set[str] = set()
+    if connection is not None:
+        import redis
+
+        try:
+            value = connection.get(MODEL_VERSION_KEY)
+            served |= {value.decode()} if value else set()
+            served |= {w["model_version"] for w in live_workers(connection, settings.inference_queue)
+                       if w.get("model_version")}
+        except redis.RedisError as exc:
+            print(f"regionscribe demonstrations prune: Redis: {exc}", file=sys.stderr)
+            served = set()
+    keep = sorted(set(args.keep or []) | served)
+    if not keep:
+        print("regionscribe demonstrations prune: error: no worker has announced the version it serves (Redis "
+              "unreachable, or no worker started yet), so nothing can be pruned safely; name the versions to keep "
+              "with --keep VERSION", file=sys.stderr)
+        return 2
+    pruned = store.prune_demonstrations(keep, project_ids=args.project)
+    if args.json:
+        print(json.dumps({"kept": keep, "projects": {str(p): v for p, v in sorted(pruned.items())}}, indent=2))
+        return 0
+    print(f"kept {', '.join(f'{v} (served)' if v in served else v for v in keep)}")
+    if not pruned:
+        print("no rows of other versions")
+    for p, versions in sorted(pruned.items()):
+        print(f"project {p}: " + ", ".join(f"{v}: {n} rows deleted" for v, n in sorted(versions.items())))
+    return 0
 
 
 def _redis_or_none(settings, command: str, without: str):
@@ -259,13 +295,16 @@ def sync_options(p: argparse.ArgumentParser) -> None:
 
 def demonstrations_options(p: argparse.ArgumentParser) -> None:
     """`regionscribe demonstrations`'s options."""
-    p.add_argument("action", choices=["rebuild", "status"],
+    p.add_argument("action", choices=["rebuild", "status", "prune"],
                    help="rebuild: compute, in this process with the model the workers serve, the region tokens the "
                         "accepted regions lack (what the workers' refresh jobs do); status: accepted regions and "
-                        "tokens per project and model version")
+                        "tokens per project and model version; prune: delete the tokens of every version but the "
+                        "one the workers serve (and --keep)")
     p.add_argument("--project", type=int, action="append",
                    help="project id (repeatable; default: every project with accepted regions)")
     p.add_argument("--force", action="store_true", help="rebuild: recompute every accepted region's token")
+    p.add_argument("--keep", action="append", metavar="VERSION",
+                   help="prune: a model version to keep besides the served one (repeatable)")
     p.add_argument("--store", default=None, metavar="URL", help="store URL (default: STORE_URL/DATABASE_URL/DATA_DIR)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

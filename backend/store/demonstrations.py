@@ -99,15 +99,19 @@ class DemonstrationsMixin:
             f"SELECT DISTINCT project_id FROM regions r WHERE {_ACCEPTED} ORDER BY project_id"), write=False)
         return [int(r["project_id"]) for r in rows]
 
-    def demonstration_counts(self, project_id: int | None = None) -> dict[int, dict]:
-        """Per project: {"accepted": accepted regions (live, with content; every answer), "versions": {model version:
-        {"tokens": current rows, "retired": retired rows}}}."""
-        where, params = ("WHERE project_id = ?", [int(project_id)]) if project_id is not None else ("", [])
+    def demonstration_counts(self, project_ids: Iterable[int] | None = None) -> dict[int, dict]:
+        """Per project (of `project_ids` only, when given): {"accepted": accepted regions (live, with content; every
+        answer), "versions": {model version: {"tokens": current rows, "retired": retired rows}}}."""
+        params = sorted({int(p) for p in project_ids}) if project_ids is not None else []
+        if project_ids is not None and not params:
+            return {}
+        only = f"project_id IN ({', '.join('?' * len(params))})" if params else ""
+        where = f"WHERE {only}" if only else ""
 
         def read(tx: _Cursorish) -> dict[int, dict]:
             out: dict[int, dict] = {}
             for row in tx.all(f"SELECT project_id, COUNT(*) AS n FROM regions r WHERE {_ACCEPTED}"
-                              + (" AND project_id = ?" if params else "") + " GROUP BY project_id", params):
+                              + (f" AND {only}" if only else "") + " GROUP BY project_id", params):
                 out.setdefault(int(row["project_id"]), {"accepted": 0, "versions": {}})["accepted"] = int(row["n"])
             for row in tx.all("SELECT project_id, model_version, SUM(CASE WHEN token IS NULL THEN 0 ELSE 1 END) AS "
                               "tokens, SUM(CASE WHEN token IS NULL THEN 1 ELSE 0 END) AS retired FROM demonstrations "
@@ -120,6 +124,36 @@ class DemonstrationsMixin:
         return self._run(read, write=False)
 
     # ------------------------------------------------------------------------------------------------ writing
+
+    def prune_demonstrations(self, keep_versions: Iterable[str], project_ids: Iterable[int] | None = None
+                             ) -> dict[int, dict[str, int]]:
+        """Delete the rows (tokens and retired rows) of every model version but `keep_versions`, in every project or
+        in `project_ids`: a promotion leaves the previous version's tokens behind, one row per accepted region.
+        An index of a deleted version is not told (no retired row is left for it): prune only versions no worker
+        serves. Returns {project: {model version: rows deleted}}."""
+        keep = sorted({str(v) for v in keep_versions})
+        if not keep:
+            raise ValueError("keep_versions is empty: name at least the version the workers serve")
+        projects = sorted({int(p) for p in project_ids}) if project_ids is not None else None
+        not_kept = f"model_version NOT IN ({', '.join('?' * len(keep))})"
+
+        def write(tx: _Cursorish) -> dict[int, dict[str, int]]:
+            found = sorted(int(row["project_id"]) for row in tx.all(
+                f"SELECT DISTINCT project_id FROM demonstrations WHERE {not_kept}", keep))
+            out: dict[int, dict[str, int]] = {}
+            for pid in found:  # in order, like every writer of a project's rows (ids commit in order)
+                if projects is not None and pid not in projects:
+                    continue
+                self._lock_project(tx, pid)
+                counts = {row["model_version"]: int(row["n"]) for row in tx.all(
+                    f"SELECT model_version, COUNT(*) AS n FROM demonstrations WHERE project_id = ? AND {not_kept} "
+                    "GROUP BY model_version", [pid, *keep])}
+                tx.execute(f"DELETE FROM demonstrations WHERE project_id = ? AND {not_kept}", [pid, *keep])
+                if counts:
+                    out[pid] = counts
+            return out
+
+        return self._run(write)
 
     def write_demonstrations(self, project_id: int, model_version: str,
                              items: list[DemonstrationInput]) -> dict[str, int]:

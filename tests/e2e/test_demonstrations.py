@@ -296,7 +296,7 @@ def wait_for_tokens(backend, project_id: int, regions: int) -> dict:
     deadline = time.monotonic() + TOKENS_TIMEOUT
     counts: dict = {}
     while time.monotonic() < deadline:
-        counts = store.demonstration_counts(project_id).get(project_id, {})
+        counts = store.demonstration_counts([project_id]).get(project_id, {})
         tokens = counts.get("versions", {}).get(backend.model_version, {}).get("tokens", 0)
         if counts.get("accepted") == regions and tokens == regions:
             return counts

@@ -22,6 +22,7 @@ from regionscribe.backend.inference.demonstrations import refresh
 from regionscribe.backend.inference.submit import make_payload
 from regionscribe.backend.labelstudio.fetcher import ImageFetcher
 from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
+from regionscribe.backend.store import DemonstrationInput
 from regionscribe.model.images import load_image
 
 COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 200, 20), (120, 40, 160)]
@@ -326,12 +327,12 @@ def test_the_rebuild_command(store, store_url, fake_ls, ls, tmp_path, settings_e
     env = {**settings_env(make_settings(redis_url=None)), "REDIS_URL": ""}
     root = Path(__file__).resolve().parents[2]
 
-    def cli(*args):
+    def cli(*args, returncode=0):
         done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "demonstrations", *args,
                                "--store", store_url, "--json"], env=env, cwd=root, capture_output=True, text=True,
                               timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout)
+        assert done.returncode == returncode, done.stderr[-3000:]
+        return json.loads(done.stdout) if returncode == 0 else done.stderr
 
     out = cli("rebuild", "--project", str(p), "--quiet")
     assert out["model_version"] == "tiny-untrained-0"
@@ -343,6 +344,55 @@ def test_the_rebuild_command(store, store_url, fake_ls, ls, tmp_path, settings_e
     status = cli("status", "--project", str(p))
     assert status["projects"][str(p)] == {"accepted": 4, "versions": {"tiny-untrained-0": {"tokens": 4,
                                                                                           "retired": 0}}}
+
+    # an older version's tokens (left by the version served before a promotion): prune deletes them
+    old = [DemonstrationInput(task_id=m.record.task_id, region_id=m.record.region_id,
+                              annotation_id=m.record.annotation_id, content_digest=m.content_digest,
+                              token=np.ones(8, np.float32).tobytes(), caption=m.record.caption, attributes={})
+           for m in store.accepted_regions(p, "tiny-old")]
+    assert store.write_demonstrations(p, "tiny-old", old) == {"written": 4, "skipped": 0}
+    refused = cli("prune", returncode=2)  # no Redis: which version the workers serve is unknown
+    assert "name the versions to keep with --keep" in refused
+    assert set(store.demonstration_counts([p])[p]["versions"]) == {"tiny-old", "tiny-untrained-0"}
+    assert cli("prune", "--keep", "tiny-untrained-0") == {"kept": ["tiny-untrained-0"],
+                                                          "projects": {str(p): {"tiny-old": 4}}}
+    assert cli("status", "--project", str(p))["projects"][str(p)] == status["projects"][str(p)]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_prune_keeps_every_version_a_worker_serves(store, store_url, fake_ls, ls, own_redis, settings_env,
+                                                   make_settings):
+    """While workers switch to a promoted version, the announced version and each live worker's are kept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import redis
+
+    from regionscribe.backend.core.keys import MODEL_VERSION_KEY, WORKER_KEY
+
+    p = ls.new_id()
+    annotate(store, fake_ls, ls, p, [ls.new_id()])
+    for version in ("v-old", "v-serving", "v-announced"):
+        items = [DemonstrationInput(task_id=m.record.task_id, region_id=m.record.region_id,
+                                    annotation_id=m.record.annotation_id, content_digest=m.content_digest,
+                                    token=np.ones(8, np.float32).tobytes(), caption=m.record.caption, attributes={})
+                 for m in store.accepted_regions(p, version)]
+        assert store.write_demonstrations(p, version, items)["written"] == 2
+    settings = make_settings(redis_url=own_redis.url)
+    connection = redis.Redis.from_url(own_redis.url)
+    connection.set(MODEL_VERSION_KEY, "v-announced")
+    connection.set(WORKER_KEY.format(name="w1"), json.dumps({"model_version": "v-serving", "state": "ready",
+                                                             "queues": [settings.inference_queue]}), ex=60)
+    connection.set(WORKER_KEY.format(name="w2"), json.dumps({"model_version": "v-old", "state": "ready",
+                                                             "queues": ["training"]}), ex=60)  # serves no prediction
+    done = subprocess.run([sys.executable, "-m", "regionscribe.backend.ops.cli", "demonstrations", "prune", "--store",
+                           store_url], env=settings_env(settings), cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kept v-announced (served), v-serving (served)" in done.stdout
+    assert f"project {p}: v-old: 2 rows deleted" in done.stdout
+    assert set(store.demonstration_counts([p])[p]["versions"]) == {"v-announced", "v-serving"}
 
 
 def test_a_lookup_that_fails_leaves_the_prediction_as_it_was(worker, store, fake_ls, ls, caplog):

@@ -6,6 +6,7 @@ are per model version."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from regionscribe.backend.core.settings import Settings
 from regionscribe.backend.feedback.events import handle_event
@@ -74,7 +75,7 @@ def test_written_tokens_come_back_in_id_order_and_are_no_longer_missing(store, l
     assert store.accepted_regions(p, V1) == []  # nothing left to compute
     assert compute(store, p, V1) == {"written": 0, "skipped": 0}
     assert store.demonstrations_since(p, V1, after_id=rows[-1].id) == []
-    assert store.demonstration_counts(p)[p] == {"accepted": 2, "versions": {V1: {"tokens": 2, "retired": 0}}}
+    assert store.demonstration_counts([p])[p] == {"accepted": 2, "versions": {V1: {"tokens": 2, "retired": 0}}}
 
 
 def test_an_updated_answer_replaces_its_row_with_a_new_id(store, ls):
@@ -119,7 +120,7 @@ def test_deleted_and_removed_regions_disappear(store, ls):
     apply(store, ls.annotation_event(p, t1, a1, ls.region("a", caption="one"), action="ANNOTATION_UPDATED", updated=3,
                                      cancelled=True))
     assert live_rows(store, p, V1) == {}
-    counts = store.demonstration_counts(p)[p]
+    counts = store.demonstration_counts([p])[p]
     assert counts["versions"][V1] == {"tokens": 0, "retired": 3}
 
 
@@ -170,6 +171,28 @@ def test_rows_are_per_model_version(store, ls):
     assert live_rows(store, p, V2)[(t, "r")].token == token(2)
     other = ls.new_id()
     assert store.demonstrations_since(other, V1) == []  # and per project
+
+
+def test_pruning_deletes_the_versions_no_longer_served_and_keeps_the_rest(store, ls):
+    p, q, t, u, a, b = (ls.new_id() for _ in range(6))
+    apply(store, ls.annotation_event(p, t, a, ls.region("r", caption="a red square") + ls.region("s", x=50,
+                                     caption="a blue circle")))
+    apply(store, ls.annotation_event(q, u, b, ls.region("r", caption="a green star")))
+    for project in (p, q):
+        compute(store, project, V1, seed=1)
+        compute(store, project, V2, seed=2)
+    apply(store, ls.deleted_event(p, [a]))  # p's V1 and V2 rows retired (token NULL): retired rows go too
+    compute(store, q, "tiny-v3", seed=3)
+    assert store.prune_demonstrations([V2], project_ids=[q]) == {q: {V1: 1, "tiny-v3": 1}}  # only q's
+    assert store.demonstration_counts([p])[p]["versions"] == {V1: {"tokens": 0, "retired": 2},
+                                                            V2: {"tokens": 0, "retired": 2}}
+    assert store.prune_demonstrations([V2]) == {p: {V1: 2}}
+    assert store.prune_demonstrations([V2]) == {}  # nothing left to prune
+    assert set(store.demonstration_counts([p, q])[q]["versions"]) == {V2}
+    assert live_rows(store, q, V2)[(u, "r")].token == token(2)  # the kept version is untouched
+    assert store.demonstrations_since(q, V1) == []
+    with pytest.raises(ValueError, match="keep_versions is empty"):
+        store.prune_demonstrations([])
 
 
 def test_stale_rows_are_retired_by_the_safety_net(store, ls):
