@@ -11,7 +11,9 @@ written, then the retraining policy asked.
 
 Steps 3 and 4 need Redis; when it is down the records are still written and the answer is still 201. The image is
 fetched later by the sweep, and the policy evaluates again on the next event (the pending count and a START_TRAINING
-request live in the store).
+request live in the store). After a Redis call fails, the answer says `"queue": "unavailable"`, and the web process
+skips its own Redis work for that event (the demonstrations' refresh): a Redis that hangs costs its short timeout
+once, not once per step.
 
 An annotation's `result` is read by regionscribe.backend.labelstudio.results (read_annotation_regions) with the project's labeling
 config (`resolve_config`: the payload's `project.label_config`, else the config last saved in the store, else the one
@@ -39,6 +41,7 @@ CREATED, UPDATED, DELETED, START_TRAINING = (
     "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
 KNOWN_ACTIONS = (CREATED, UPDATED, DELETED, START_TRAINING)
 MAX_ID = 2 ** 63 - 1  # ids are stored as 64-bit signed integers (BIGINT)
+UNAVAILABLE = "unavailable"  # an answer's "queue" when a Redis call failed during the event
 
 
 class BadEvent(ValueError):
@@ -224,6 +227,7 @@ def handle_event(settings: Settings, payload: dict, store: Store | None = None,
     # ANNOTATION_CREATED / ANNOTATION_UPDATED: validate the shape before touching anything
     parse_annotation(payload, None)
     store = store or Store.shared(settings)
+    had_queue = connection is not None
     config, xml_to_save, redis_failed = resolve_config(payload, project_id, store, connection)
     if redis_failed:
         connection = None
@@ -236,6 +240,8 @@ def handle_event(settings: Settings, payload: dict, store: Store | None = None,
         answer["image"] = image
     if outcome.get("outcome") == "applied":
         answer["training"] = evaluate_policy(settings, store, connection, project_id)
+    if had_queue and (connection is None or answer.get("training", {}).get("queue") == UNAVAILABLE):
+        answer["queue"] = UNAVAILABLE  # the caller's own Redis work is skipped too (regionscribe.backend.web)
     return answer
 
 
@@ -251,7 +257,8 @@ def evaluate_policy(settings: Settings, store: Store, connection: redis.Redis | 
         return Policy(settings, store, connection).evaluate(project_id)
     except (redis.RedisError, PolicyBusy) as exc:
         log.warning("training policy not evaluated for project %s: %s", project_id, exc)
-        return {"evaluated": False, "detail": f"queue unavailable ({type(exc).__name__}); kept for the next event"}
+        return {"evaluated": False, "detail": f"queue unavailable ({type(exc).__name__}); kept for the next event",
+                **({"queue": UNAVAILABLE} if isinstance(exc, redis.RedisError) else {})}
 
 
 def replay(origin: Store, target: Store, after_id: int = 0) -> int:

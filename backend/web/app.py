@@ -59,7 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     connection = redis_connection(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=5) \
         if settings.redis_url else None
     probe = fast_redis(settings.redis_url)  # /health's: answers within Label Studio's 1 s even when Redis hangs
-    metrics = Metrics(connection)
+    # the counters every request and webhook adds to: fire-and-forget, so on the short timeouts too (with the jobs'
+    # 5 s, a Redis that hangs held each /webhook for seconds); GET /metrics reads them on the jobs' connection
+    metrics = Metrics(probe)
     app.extensions["regionscribe"] = {"settings": settings, "redis": connection, "metrics": metrics}
 
     def model(label_config: str | None, project: str | None = None) -> RegionScribeBackend:
@@ -199,7 +201,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         """Annotation events → the feedback store, written before the answer (201); START_TRAINING → the
         retraining policy; other actions → 200 "Unknown event". A malformed payload gets 400 and writes nothing;
         a store that cannot be reached gets 503 (Label Studio logs the failure)."""
-        from regionscribe.backend.feedback.events import BadEvent
+        from regionscribe.backend.feedback.events import UNAVAILABLE, BadEvent
         from regionscribe.backend.store import StoreError
 
         data = _json_body()
@@ -208,6 +210,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             return jsonify({"error": "bad request", "detail": "'action' is missing"}), 400
         try:
             body = model(None).fit(action, data)
+            g.redis_down = body.get("queue") == UNAVAILABLE  # a Redis call failed: no more of them for this request
         except BadEvent as exc:
             return jsonify({"error": "bad request", "detail": str(exc)}), 400
         except StoreError as exc:
@@ -239,7 +242,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             return Response("# REDIS_URL is not set: no metrics\n", 503, mimetype="text/plain")
         try:
             gauges = _gauges(connection, settings)
-            text = metrics.render(gauges)
+            text = Metrics(connection).render(gauges)
         except redis.RedisError as exc:
             return Response(f"# Redis unreachable: {type(exc).__name__}\n", 503, mimetype="text/plain")
         return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

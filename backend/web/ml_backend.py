@@ -232,17 +232,18 @@ class RegionScribeBackend:
         slow happens here: images are cached by the ingest queue, training runs on the training queue.
         Raises regionscribe.backend.feedback.events.BadEvent for a malformed payload; returns {"status": "Unknown event"} for actions
         the feedback loop does not use."""
-        from regionscribe.backend.feedback.events import handle_event
+        from regionscribe.backend.feedback.events import UNAVAILABLE, handle_event
 
         annotation = data.get("annotation") if isinstance(data, dict) else None
         task = data.get("task") if isinstance(data, dict) else None
         log.info("webhook %s (task %s, annotation %s)", event, (task or {}).get("id") if isinstance(task, dict) else None,
                  (annotation or {}).get("id") if isinstance(annotation, dict) else None)
-        self.metrics.count("webhooks", action=str(event)[:64])
         payload = data if data.get("action") == event else {**data, "action": event}
         answer = handle_event(self.settings, payload, store=self._store)
-        if self.settings.demonstrations > 0:
-            self._queue_demonstrations(payload, answer)
+        if answer.get("queue") != UNAVAILABLE:  # a Redis call failed during the event: no more of them
+            self.metrics.count("webhooks", action=str(event)[:64])
+            if self.settings.demonstrations > 0:
+                self._queue_demonstrations(payload, answer)
         return answer
 
     def _queue_demonstrations(self, payload: dict, answer: dict) -> None:

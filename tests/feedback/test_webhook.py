@@ -117,6 +117,41 @@ def test_ingest_worker_caches_the_image_by_content_hash(make_settings, serve, sp
     worker.stop()
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_hanging_redis_is_asked_once_per_event_with_demonstrations(make_settings, serve, own_redis, ls,
+                                                                     monkeypatch):
+    """DEMONSTRATIONS=k: the web process queues the demonstrations' refresh after the event is stored. A Redis that
+    accepts connections but never answers (SIGSTOP) fails the event's first Redis call; the refresh is not tried
+    again after it (each try costs the short timeouts), and the answer says the queue is unavailable."""
+    from regionscribe.backend.inference import demonstration_jobs
+
+    queued = []
+    real = demonstration_jobs.enqueue_refresh
+    monkeypatch.setattr(demonstration_jobs, "enqueue_refresh",
+                        lambda connection, settings, project, tasks, *a: queued.append((project, tasks)) or real(
+                            connection, settings, project, tasks, *a))
+    settings = make_settings(redis_url=own_redis.url, demonstrations=4, retrain_after=1)
+    server = serve(settings)
+    p, t = ls.new_id(), ls.new_id()
+    first = post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("before", caption="x")))
+    assert first.status_code == 201 and "queue" not in first.json() and queued == [(p, [t])]
+    own_redis.freeze()
+    try:
+        started = time.perf_counter()
+        response = post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("during", caption="hung")))
+        elapsed = time.perf_counter() - started
+    finally:
+        own_redis.thaw()
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["queue"] == "unavailable" and body["training"]["evaluated"] is False, body
+    assert queued == [(p, [t])], queued  # the refresh was not tried against the hung Redis
+    print(f"\nanswered in {elapsed * 1000:.0f} ms with Redis hung")
+    assert {r.region_id for r in Store.shared(settings).records(p)} == {"before", "during"}
+    after = post(server, ls.annotation_event(p, t, ls.new_id(), ls.region("after", caption="y")))
+    assert after.status_code == 201 and "queue" not in after.json() and queued == [(p, [t]), (p, [t])]
+
+
 def test_redis_down_still_stores_and_the_sweep_fetches_later(make_settings, serve, own_redis, fake_ls, ls):
     from regionscribe.backend.feedback.image_cache import fetch_missing_images
 
