@@ -121,7 +121,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--annotations", type=int, default=300)
-    ap.add_argument("--postgres", default=None, help="a PostgreSQL URL to run on as well (a schema is made and dropped)")
+    ap.add_argument("--postgres", default=None,
+                    help="a PostgreSQL URL to run on as well (a schema is made and dropped)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     events, final = flood(args.annotations, args.events, [f"/data/upload/{PROJECT}/scene-{i}.png" for i in range(24)],

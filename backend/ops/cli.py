@@ -47,8 +47,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "sync": ("bring the feedback store in line with Label Studio (annotations the webhook missed: backend down, 401, "
              "timeout)", service.sync_options, service.sync_command),
     "demonstrations": ("the region tokens of accepted regions, for DEMONSTRATIONS: rebuild them (--project N, "
-                       "--force), show their status, or prune the versions no worker serves", service.demonstrations_options,
-                       service.demonstrations_command),
+                       "--force), show their status, or prune the versions no worker serves",
+                       service.demonstrations_options, service.demonstrations_command),
     "data": ("read public region-text datasets or exports as training conversations and report what was kept and "
              "skipped", training.data_options, training.data_command),
     "convert": ("convert a released checkpoint into a regionscribe checkpoint", training.convert_options,
