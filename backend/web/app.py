@@ -138,12 +138,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         data = _json_body()
         project = _project_id(data.get("project"))
         schema = data.get("schema") if isinstance(data.get("schema"), str) else None
-        if schema and project and connection is not None:
+        # on the short timeouts, and nothing more asked of Redis once a call failed: Label Studio gives /setup 3 s
+        if schema and project and probe is not None:
             try:
-                connection.set(PROJECT_CONFIG_KEY.format(project=project), schema, ex=30 * 24 * 3600)
-            except redis.RedisError:
-                pass
-        answer = model(schema, project).setup()
+                probe.set(PROJECT_CONFIG_KEY.format(project=project), schema, ex=30 * 24 * 3600)
+            except redis.RedisError as exc:
+                g.redis_down = True
+                log.warning("project %s: labeling config not saved in Redis (%s)", project, type(exc).__name__)
+        answer = RegionScribeBackend(settings, None if g.get("redis_down") else probe, schema, project=project,
+                                     metrics=metrics, request_id=g.get("request_id")).setup()
         if project:
             _connected(int(project), request.url_root)
         return jsonify(answer)
@@ -154,13 +157,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         if settings.basic_auth_enabled and not settings.label_studio_api_enabled:
             warn_unfixable(settings, project, backend_url)
         client = fast_redis(settings.redis_url)  # short timeouts: /setup stays well inside Label Studio's 3 s
-        if client is None:
+        if client is None or g.get("redis_down"):
             return
         try:
             remember_connection(client, project, backend_url)
             if settings.label_studio_api_enabled:
                 schedule_check(client, settings, project, backend_url)
         except redis.RedisError as exc:
+            g.redis_down = True
             log.warning("project %s: connection not remembered, webhook not checked (Redis: %s)", project,
                         type(exc).__name__)
 

@@ -1,6 +1,7 @@
 """Redis going away under a running app, and coming back on the same port: /health answers 503 within Label Studio's
-1 s limit while Redis is down (killed, or hung), /predict answers a deliberate 503, and both recover once Redis is
-back, without restarting the app, and without a failed request when Redis restarts between two requests."""
+1 s limit while Redis is down (killed, or hung), /setup within its 3 s when Redis hangs, /predict answers a deliberate
+503, and they recover once Redis is back, without restarting the app, and without a failed request when Redis
+restarts between two requests."""
 from __future__ import annotations
 
 import time
@@ -97,3 +98,29 @@ def test_health_answers_in_time_when_redis_hangs(client, private_redis):
         private_redis.thaw()
     response, _ = timed_health(client)
     assert response.status_code == 200
+
+
+def test_setup_answers_in_time_when_redis_hangs(client, private_redis):
+    """/setup (Label Studio gives it 3 s) with a Redis that accepts connections but never answers: the config is not
+    saved and the project not remembered, but the answer comes within the short timeouts, with the checkpoint's own
+    version; once Redis is back, /setup saves the config again."""
+    from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
+
+    body = {"project": "7.1714564800", "schema": XML}
+    assert client.post("/setup", json=body).status_code == 200
+    private_redis.freeze()
+    try:
+        started = time.perf_counter()
+        response = client.post("/setup", json=body)
+        seconds = time.perf_counter() - started
+    finally:
+        private_redis.thaw()
+    print(f"\n/setup answered in {seconds * 1000:.0f} ms with Redis hung")
+    assert response.status_code == 200 and seconds < 3.0 / 2, seconds
+    assert response.get_json()["model_version"] == "tiny-untrained-0"
+    import redis
+
+    connection = redis.Redis.from_url(private_redis.url)
+    connection.delete(PROJECT_CONFIG_KEY.format(project=7))
+    assert client.post("/setup", json=body).status_code == 200
+    assert connection.get(PROJECT_CONFIG_KEY.format(project=7)).decode() == XML
