@@ -104,6 +104,8 @@ def test_setup_answers_in_time_when_redis_hangs(client, private_redis):
     """/setup (Label Studio gives it 3 s) with a Redis that accepts connections but never answers: the config is not
     saved and the project not remembered, but the answer comes within the short timeouts, with the checkpoint's own
     version; once Redis is back, /setup saves the config again."""
+    import redis
+
     from regionscribe.backend.core.keys import PROJECT_CONFIG_KEY
 
     body = {"project": "7.1714564800", "schema": XML}
@@ -118,8 +120,6 @@ def test_setup_answers_in_time_when_redis_hangs(client, private_redis):
     print(f"\n/setup answered in {seconds * 1000:.0f} ms with Redis hung")
     assert response.status_code == 200 and seconds < 3.0 / 2, seconds
     assert response.get_json()["model_version"] == "tiny-untrained-0"
-    import redis
-
     connection = redis.Redis.from_url(private_redis.url)
     connection.delete(PROJECT_CONFIG_KEY.format(project=7))
     assert client.post("/setup", json=body).status_code == 200
