@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from regionscribe.backend.labelstudio.shapes import LABEL_KEYS, REGION_TAGS, Shape, ShapeError
+from regionscribe.backend.labelstudio.shapes import LABEL_KEYS, REGION_TAGS, Shape, ShapeError, positive_int
 
 if TYPE_CHECKING:
     from regionscribe.backend.labelstudio.labeling_config import ProjectConfig
@@ -107,7 +107,7 @@ def regions_from_results(config: ProjectConfig, results: list) -> list[Region]:
             continue
         value = item.get("value") if isinstance(item.get("value"), dict) else {}
         labels = tuple(label_values(type_, value))
-        ow, oh = _int_or_none(item.get("original_width")), _int_or_none(item.get("original_height"))
+        ow, oh = positive_int(item.get("original_width")), positive_int(item.get("original_height"))
         common = dict(id=rid, from_name=item["from_name"], type=type_, labels=labels, original_width=ow,
                       original_height=oh, image_rotation=_finite_or_zero(item.get("image_rotation")),
                       source=item, filled=rid in filled_ids)

@@ -35,6 +35,7 @@ LABEL_KEYS = {"rectanglelabels", "polygonlabels", "ellipselabels", "brushlabels"
 KEYPOINT_BOX = 0.04  # a keypoint's box: this share of the image's shorter side, centred on the point
 ELLIPSE_VERTICES = 72  # an ellipse is rasterised as a polygon of this many vertices
 MAX_BRUSH_PIXELS = 64_000_000  # a brush RLE may claim at most this many pixels (the default MAX_IMAGE_PIXELS)
+MAX_PERCENT_GRID = 8_000  # a polygon's or ellipse's percent box is rasterised on at most this many pixels a side
 MAX_POLYGON_POINTS = 5_000  # the self-intersection check is quadratic: ~1-3 s at this size
 
 
@@ -119,7 +120,7 @@ class Shape:
             raise ShapeError("the brush mask has no `rle` list")
         if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in rle):
             raise ShapeError("the brush RLE is not a list of byte values (0..255)")
-        width, height = _positive_int(item.get("original_width")), _positive_int(item.get("original_height"))
+        width, height = positive_int(item.get("original_width")), positive_int(item.get("original_height"))
         shape = cls(kind, rle=tuple(rle), rle_width=width, rle_height=height)
         values = shape.rle_values
         if values > 4 * MAX_BRUSH_PIXELS or values % 4:
@@ -271,7 +272,10 @@ class Shape:
                 raise ShapeError("the brush result has no original_width/original_height: its RLE cannot be read")
             w, h = self.rle_width, self.rle_height
         else:
-            w, h = width or 1000, height or 1000
+            w, h = positive_int(width) or 1000, positive_int(height) or 1000
+            if max(w, h) > MAX_PERCENT_GRID:  # percent units need no finer grid (and the size is told, not seen)
+                scale = MAX_PERCENT_GRID / max(w, h)  # the aspect kept, but never under 100 px a side (1%)
+                w, h = max(min(w, 100), round(w * scale)), max(min(h, 100), round(h * scale))
         x1, y1, x2, y2 = self.pixel_box(w, h)
         return x1 / w * 100.0, y1 / h * 100.0, (x2 - x1) / w * 100.0, (y2 - y1) / h * 100.0
 
@@ -316,7 +320,8 @@ def _brush():
     return brush
 
 
-def _positive_int(value) -> int | None:
+def positive_int(value) -> int | None:
+    """An image size as Label Studio sends it (original_width/height): a positive integer, else None."""
     try:
         v = int(value)
     except (TypeError, ValueError, OverflowError):

@@ -162,6 +162,21 @@ def test_every_region_tool_is_read_and_broken_shapes_keep_their_place():
     assert by_id["p"].geometry == {"points": [[10.0, 10.0], [50.0, 10.0], [30.0, 60.0]], "closed": True}
 
 
+@pytest.mark.parametrize("told", [-1, 0, "wide", 10 ** 9])
+def test_a_polygon_with_an_image_size_that_cannot_be_is_still_read(told):
+    """original_width as no image has it (found by tests/service/test_fuzz.py: -1 made PIL refuse the canvas, a 500):
+    the size is not kept and the box comes out as without one; a huge one is rasterised on a smaller grid."""
+    config = ProjectConfig.parse(SEGMENTS)
+    polygon = {"id": "p", "type": "polygonlabels", "from_name": "outline", "to_name": "image", "original_height": 64,
+               "value": {"points": [[10, 10], [50, 10], [30, 60]], "polygonlabels": ["Object"]}}
+    [region] = config.regions_from_results([{**polygon, "original_width": told}])
+    [plain] = config.regions_from_results([{**polygon, "original_width": 96}])
+    assert region.error is None and region.original_width == (told if told == 10 ** 9 else None)
+    for r in (region, plain):  # the outline's extent, to a pixel of the grid it was rasterised on (64 px: 1.6%)
+        assert abs(r.x - 10) < 1.6 and abs(r.x + r.width - 50) < 1.6, r
+        assert abs(r.y - 10) < 1.6 and abs(r.y + r.height - 60) < 1.6, r
+
+
 def test_worker_errors_become_region_errors_and_the_rest_is_filled():
     config = ProjectConfig.parse(SEGMENTS)
     results = [{"id": i, "type": "polygonlabels", "from_name": "outline", "to_name": "image",
