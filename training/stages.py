@@ -34,7 +34,7 @@ import torch
 from regionscribe.model.config import ModelConfig, preset as make_preset
 from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.modeling import RegionScribeModel, load_adapter_version
-from regionscribe.training.corpus import vocabulary_text
+from regionscribe.training.corpus import check_share, vocabulary_text
 from regionscribe.training.phases import StageConfig, pretrain_vision, run_stage
 from regionscribe.training.streams import data_mixture, demonstration_stream, relation_stream, synthetic_stream
 from regionscribe.training.trainer import RunOptions, is_main_process, process_state, resume_point
@@ -106,8 +106,7 @@ class TrainConfig:
         if self.vision and self.init:
             raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
         for name in ("mask_share", "overlap_share", "loose_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)!r}")
+            check_share(getattr(self, name), name)
         if not 0.0 <= self.demonstration_replay < 1.0:  # checked here, before anything is loaded or built
             raise ValueError(f"demonstration replay must be at least 0 and below 1, not {self.demonstration_replay!r}")
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from regionscribe.training.corpus import (
-    RELATION_AXES, check_axes, iter_samples, make_scenes, relation_samples, render_overlapping_pair,
+    RELATION_AXES, check_axes, check_share, iter_samples, make_scenes, relation_samples, render_overlapping_pair,
 )
 from regionscribe.training.corpus.episodes import episode
 from regionscribe.training.mixture import Mixture
@@ -21,9 +21,7 @@ def with_overlapping_pairs(scenes: list, share: float, key: str) -> list:
     from `key`), in a shuffled order: occluders for masks to leave out."""
     if not share:
         return scenes
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"overlap_share must be between 0 and 1, not {share!r}")
-    n = round(share * len(scenes))
+    n = round(check_share(share, "overlap_share") * len(scenes))
     pairs = [render_overlapping_pair(random.Random(f"{key}:pair:{i}"), scene_id=f"train-pair-{key}-{i}")
              for i in range(n)]
     out = scenes[:len(scenes) - n] + pairs

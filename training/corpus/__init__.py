@@ -27,7 +27,7 @@ from regionscribe.training.corpus.concepts import (
     WITHHELD_COLOR_RGB, WITHHELD_SHAPE,
 )
 from regionscribe.training.corpus.samples import (
-    TURN_KINDS, check_axes, eval_samples, iter_samples, relation_samples, with_masks,
+    TURN_KINDS, check_axes, check_share, eval_samples, iter_samples, relation_samples, with_masks,
 )
 from regionscribe.training.corpus.scenes import (
     Box, Scene, SceneObject, make_scenes, position_name, relations, render_overlapping_pair, render_scene, size_class,
@@ -46,7 +46,7 @@ __all__ = [
     "MAX_REGIONS", "SceneObject", "Scene", "Turn", "Sample", "render_scene", "make_scenes", "size_class",
     "visible_masks", "render_overlapping_pair", "with_masks",
     "position_name", "relations", "phrase_text", "caption_text", "detailed_text", "relation_text",
-    "iter_samples", "check_axes", "relation_samples", "eval_samples", "vocabulary_text",
+    "iter_samples", "check_axes", "check_share", "relation_samples", "eval_samples", "vocabulary_text",
     "Box", "TURN_KINDS", "PHRASE_TEMPLATES", "CAPTION_TEMPLATES", "DETAILED_TEMPLATES", "ATTRIBUTE_TEMPLATES",
     "RELATION_TEMPLATES", "YESNO_TEMPLATE", "RELATION_TEXT_TEMPLATES", "WHICH_TEMPLATES", "COUNT_TEMPLATES",
     "EXTREME_TEMPLATES",

@@ -171,7 +171,8 @@ def _stage2_sample(scene: Scene, rng: random.Random, n_turns: tuple[int, int]) -
     return Sample(scene.image, reg.boxes, _with_prefix(turns), scene.scene_id)
 
 
-def _check_share(share: float, name: str = "mask_share") -> float:
+def check_share(share: float, name: str) -> float:
+    """A share of samples, scenes or regions (`name` says which, for the error): 0-1, else ValueError."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, not {share!r}")
     return float(share)
@@ -236,8 +237,8 @@ def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[in
     region is drawn loosely (`with_loose_boxes`); 0 keeps the corpus' tight boxes."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, not {stage!r}")
-    _check_share(mask_share)
-    _check_share(loose_share, "loose_share")
+    check_share(mask_share, "mask_share")
+    check_share(loose_share, "loose_share")
     for scene in scenes:
         rng = random.Random(f"{seed}:{stage}:{scene.scene_id}")
         sample = _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
@@ -259,8 +260,8 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
     `mask_share` and `loose_share` as in `iter_samples` (per question: the same region may be a box in one and a mask
     in another)."""
     check_axes(axes)
-    _check_share(mask_share)
-    _check_share(loose_share, "loose_share")
+    check_share(mask_share, "mask_share")
+    check_share(loose_share, "loose_share")
     for scene in scenes:
         rng = random.Random(f"{seed}:drill:{scene.scene_id}")
         out = []
