@@ -64,9 +64,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = Metrics(probe)
     app.extensions["regionscribe"] = {"settings": settings, "redis": connection, "metrics": metrics}
 
-    def model(label_config: str | None, project: str | None = None) -> RegionScribeBackend:
-        return RegionScribeBackend(settings, connection, label_config, project=project, metrics=metrics,
-                                 request_id=g.get("request_id"))
+    def model(label_config: str | None, project: str | None = None, redis_client=connection) -> RegionScribeBackend:
+        return RegionScribeBackend(settings, redis_client, label_config, project=project, metrics=metrics,
+                                   request_id=g.get("request_id"))
 
     # ------------------------------------------------------------------------------------------- around requests
 
@@ -145,8 +145,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             except redis.RedisError as exc:
                 g.redis_down = True
                 log.warning("project %s: labeling config not saved in Redis (%s)", project, type(exc).__name__)
-        answer = RegionScribeBackend(settings, None if g.get("redis_down") else probe, schema, project=project,
-                                     metrics=metrics, request_id=g.get("request_id")).setup()
+        answer = model(schema, project, redis_client=None if g.get("redis_down") else probe).setup()
         if project:
             _connected(int(project), request.url_root)
         return jsonify(answer)
