@@ -92,6 +92,35 @@ def annotation_event(action: str, task: int, annotation: int, image: str, result
     }
 
 
+def send_webhooks(base: str, events: list[dict], ms: list[float], bad: list[str]) -> None:
+    """One webhook client: `events` posted to `base`/webhook in turn on one session; each answer's time (ms) goes to
+    `ms`, each non-2xx answer or failed request to `bad`."""
+    with requests.Session() as session:
+        for event in events:
+            started = time.perf_counter()
+            try:
+                response = session.post(f"{base}/webhook", json=event, timeout=30)
+                if not 200 <= response.status_code < 300:
+                    bad.append(f"HTTP {response.status_code}: {response.text[:200]}")
+            except requests.RequestException as exc:
+                bad.append(f"{type(exc).__name__}: {exc}")
+            ms.append(1000 * (time.perf_counter() - started))
+
+
+def send_flood(base: str, events: list[dict], clients: int) -> tuple[list[float], list[str]]:
+    """`events` spread over `clients` concurrent webhook clients (`send_webhooks`), until all are sent: (every
+    answer's time in ms, every non-2xx answer or failed request)."""
+    ms: list[float] = []
+    bad: list[str] = []
+    senders = [threading.Thread(target=send_webhooks, args=(base, events[c::clients], ms, bad))
+               for c in range(clients)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join()
+    return ms, bad
+
+
 def seed_annotations(scenes, paths) -> tuple[list[dict], dict]:
     """Corrected annotations the training run takes (annotation ids 1..len(scenes)), and their final state."""
     from regionscribe.training.corpus import caption_text
@@ -199,8 +228,6 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
         stop = threading.Event()
         predictions: list[float] = []
         prediction_errors: list[str] = []
-        webhook_ms: list[float] = []
-        webhook_bad: list[str] = []
 
         def annotator(c: int) -> None:
             s = requests.Session()
@@ -220,18 +247,6 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
                  else predictions.append(1000 * (time.perf_counter() - t)))
                 k += 1
 
-        def webhook_client(mine: list[dict]) -> None:
-            s = requests.Session()
-            for e in mine:
-                t = time.perf_counter()
-                try:
-                    r = s.post(f"{base}/webhook", json=e, timeout=30)
-                    if not 200 <= r.status_code < 300:
-                        webhook_bad.append(f"HTTP {r.status_code}: {r.text[:200]}")
-                except requests.RequestException as exc:
-                    webhook_bad.append(f"{type(exc).__name__}: {exc}")
-                webhook_ms.append(1000 * (time.perf_counter() - t))
-
         probe_out = work / "health.json"
         prober = subprocess.Popen([py, "-c", PROBE, base, str(probe_out)], env=env, cwd=ROOT)
         background = [threading.Thread(target=annotator, args=(c,)) for c in range(annotators)]
@@ -239,11 +254,7 @@ def run(events: int = 1000, clients: int = 16, annotators: int = 16, annotations
             t.start()
         time.sleep(1.0)  # the annotators are drawing when the flood starts
         flood_started = time.monotonic()
-        senders = [threading.Thread(target=webhook_client, args=(flood_events[c::clients],)) for c in range(clients)]
-        for t in senders:
-            t.start()
-        for t in senders:
-            t.join()
+        webhook_ms, webhook_bad = send_flood(base, flood_events, clients)
         flood_seconds = time.monotonic() - flood_started
         running_after_flood = store.open_training_run(PROJECT) is not None
         time.sleep(1.0)

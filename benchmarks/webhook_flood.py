@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import requests  # noqa: E402
-from everything_at_once import PROJECT, flood, pct  # noqa: E402
+from everything_at_once import PROJECT, flood, pct, send_flood  # noqa: E402
 
 from regionscribe.backend.ops.runner import _stop, find_redis_server, free_port, start_redis, wait_ready  # noqa: E402
 
@@ -78,34 +76,15 @@ def one_pass(store_kind: str, postgres: str | None, events: list[dict], final: d
     try:
         if not wait_ready(base, [web], timeout=120, workers=0):
             raise RuntimeError(f"the web server did not become healthy; see {work / 'web.log'}")
-        seconds: list[float] = []
-        bad: list[str] = []
-
-        def client(mine: list[dict]) -> None:
-            with requests.Session() as session:
-                for event in mine:
-                    started = time.perf_counter()
-                    try:
-                        response = session.post(f"{base}/webhook", json=event, timeout=30)
-                        if not 200 <= response.status_code < 300:
-                            bad.append(f"HTTP {response.status_code}: {response.text[:200]}")
-                    except requests.RequestException as exc:
-                        bad.append(f"{type(exc).__name__}: {exc}")
-                    seconds.append(time.perf_counter() - started)
-
         started = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(events[c::clients],)) for c in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        ms, bad = send_flood(base, events, clients)
         wall = time.perf_counter() - started
         store = Store.open(store_url, images_dir=work / "images")
         live = {(r.annotation_id, r.region_id): r.caption for r in store.records(PROJECT)}
-        return {"clients": clients, "events": len(seconds), "non_2xx": len(bad), "first_bad": bad[:3],
-                "store_exact": live == final, "seconds": round(wall, 2), "per_s": round(len(seconds) / wall, 1),
-                "p50_ms": round(1000 * statistics.median(seconds), 1), "p99_ms": round(1000 * pct(seconds, 0.99), 1),
-                "max_ms": round(1000 * max(seconds), 1), "over_1s": sum(s >= 1.0 for s in seconds)}
+        return {"clients": clients, "events": len(ms), "non_2xx": len(bad), "first_bad": bad[:3],
+                "store_exact": live == final, "seconds": round(wall, 2), "per_s": round(len(ms) / wall, 1),
+                "p50_ms": round(statistics.median(ms), 1), "p99_ms": round(pct(ms, 0.99), 1),
+                "max_ms": round(max(ms), 1), "over_1s": sum(m >= 1000.0 for m in ms)}
     finally:
         if store is not None:
             store.close()
