@@ -123,6 +123,9 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
     if grids is not None and any(grids[k] is not None for k in active):
         masks = [grids[k] if grids[k] is not None else [None] * len(norms[k]) for k in active]
     regions = m.region_tokens(features, [norms[k] for k in active], masks)
+    # a question about two or more regions sees their boxes unless the config says masks (config.relation_regions)
+    paired = regions if masks is None or m.config.relation_regions == "mask" else \
+        m.region_tokens(features, [norms[k] for k in active], None)
     rows, region_rows, slots, owners = [], [], [], []
     for slot, k in enumerate(active):
         for j, q in enumerate(questions[k]):
@@ -131,8 +134,8 @@ def answer_many(model: RegionScribeModel, encs: list[EncodedImage], norms: list[
                 for r in q.regions:
                     text = text.replace(BBOX, conv.box_as_text(norms[k][r].tolist()), 1)
             rows.append(_ids(tok, "question", text))
-            mine = (regions[slot][q.regions] if m.uses_region_features
-                    else regions[slot].new_zeros(0, regions[slot].shape[1]))
+            tokens = paired[slot] if len(q.regions) > 1 else regions[slot]
+            mine = tokens[q.regions] if m.uses_region_features else tokens.new_zeros(0, tokens.shape[1])
             region_rows.append(mine if q.shown is None else torch.cat([q.shown.to(mine.dtype), mine]))
             slots.append(slot)
             owners.append((k, j))

@@ -16,6 +16,7 @@ so train and test tokenisations are identical by construction.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -120,6 +121,14 @@ def question_ids(tokenizer, question: str, first: bool) -> list[int]:
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
     return _tok(tokenizer, " " + answer) + [tokenizer.eos_token_id]
+
+
+def in_relations(questions: Sequence[str], skip: int = 0) -> list[bool]:
+    """Per `<bbox>` of a conversation, after the first `skip` (a demonstration's: model/demonstrations.py), whether
+    it stands in a question about two or more regions (config.relation_regions)."""
+    owners = [t for t, q in enumerate(questions) for _ in range(q.count(BBOX))][skip:]
+    counts = Counter(owners)
+    return [counts[t] > 1 for t in owners]
 
 
 def encode(tokenizer, turns: Sequence[tuple[str, str | None]], n_image_tokens: int, n_boxes: int,

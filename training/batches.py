@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from regionscribe.model.conversation import IGNORE, box_as_text, encode
+from regionscribe.model.conversation import IGNORE, box_as_text, encode, in_relations
 from regionscribe.model.errors import DemonstrationError
 from regionscribe.model.images import check_boxes, check_masks
 from regionscribe.model.tensors import mask_grid, normalise_boxes, pixel_values
@@ -26,6 +26,9 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
     norm = normalise_boxes(boxes, w, h) if boxes else torch.zeros(0, 4)
     masks = check_masks(getattr(sample, "masks", None) or None, boxes, w, h)
     shown = list(getattr(sample, "demonstrations", None) or [])
+    if cfg.relation_regions == "box" and any(m is not None for m in masks):  # as answer_many serves them
+        paired = in_relations([t.question for t in sample.turns], len(shown))
+        masks = [None if p else m for m, p in zip(masks, paired)]
     if shown and not model.uses_region_features:
         raise DemonstrationError("demonstrations need region features (region_format 'features'), not boxes as text")
     text_boxes = None if model.uses_region_features else [box_as_text(b) for b in norm.tolist()]

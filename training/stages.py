@@ -42,7 +42,7 @@ from regionscribe.training.trainer import RunOptions, is_main_process, process_s
 
 # model settings that select a code path over the same parameters, so they can be changed on a loaded checkpoint:
 # e.g. the coordinates-as-text baseline trained on the very stage-0 tower of a region-feature default
-RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling", "use_vpgc")
+RUNTIME_SWITCHES = ("region_format", "use_image_tokens", "mask_pooling", "relation_regions", "use_vpgc")
 
 
 @dataclass
@@ -73,7 +73,8 @@ class TrainConfig:
     drill_batch: int = 16
     drill_balance: bool = False  # balance each axis' answers in the drills (see relation_stream)
     # the share of regions that stage 2 and the drills give as their object's visible mask instead of the box alone, so
-    # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes
+    # the region encoder learns mask pooling (model/region_encoder.py); stage 0 and stage 1 stay on boxes, and so do
+    # questions about two or more regions unless the model's relation_regions is "mask"
     mask_share: float = 0.0
     # the share of stage-2 and drill scenes drawn as two heavily overlapping objects (corpus.render_overlapping_pair)
     overlap_share: float = 0.0

@@ -35,6 +35,8 @@ def train_command(args: argparse.Namespace) -> int:
         overrides["match_embedding_scale"] = True
     if args.mask_pooling:
         overrides["mask_pooling"] = args.mask_pooling
+    if args.relation_regions:
+        overrides["relation_regions"] = args.relation_regions
     if args.no_vpgc:
         overrides["use_vpgc"] = False
     lora = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "target_modules": ["q_proj", "v_proj"]} if args.lora_r else None
@@ -187,7 +189,7 @@ def convert_command(args: argparse.Namespace) -> int:
 
 def train_options(p: argparse.ArgumentParser) -> None:
     """`regionscribe train`'s options."""
-    from regionscribe.model.config import MASK_POOLINGS, POSITION_ENCODINGS
+    from regionscribe.model.config import MASK_POOLINGS, POSITION_ENCODINGS, RELATION_REGIONS
 
     p.add_argument("--out", default="runs/tiny", help="checkpoint folder to write")
     p.add_argument("--preset", default="tiny")
@@ -233,6 +235,8 @@ def train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-vpgc", action="store_true", help="switch the checkpoint's VPG-C off (it stays in the file)")
     p.add_argument("--mask-pooling", choices=MASK_POOLINGS, default=None,
                    help="how a mask weights the RoI bins (filled: the rest holds the mask's mean; weighted: zero)")
+    p.add_argument("--relation-regions", choices=RELATION_REGIONS, default=None,
+                   help="what a question about two or more regions sees of a masked region (default box: its box)")
     p.add_argument("--visual-lr-scale", type=float, default=0.05,
                    help="learning-rate factor of region encoder and projector in stages 1-2")
     p.add_argument("--lora-r", type=int, default=0, help="stage 2 with LoRA adapters of this rank (0: full)")

@@ -1,4 +1,6 @@
 """Mask-aware region features: regions given as a box plus a boolean mask (issue 21, item 2)."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,8 @@ from PIL import Image
 
 from regionscribe.training.annotation_samples import AnnotatedImage, RegionAnnotation, training_samples
 from regionscribe.model.asks import Asks
-from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn
+from regionscribe.model.config import ModelConfig
+from regionscribe.model.conversation import IMAGE_PREFIX, Sample, Turn, in_relations
 from regionscribe.training.batches import batches, collate, encode_sample
 from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.errors import MaskError, PlaceholderError
@@ -121,6 +124,51 @@ def test_describe_and_ask_take_masks(describer):
     got, want = naive.regions[0].attributes["color"], out.regions[0].attributes["color"]
     assert [v for v, _ in got] == [v for v, _ in want]
     assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-4)
+
+
+def _relation_and_colour(describer, masks):
+    return describer.ask(_image(), BOXES, [
+        ("Is region1 <bbox> bigger than region2 <bbox>?", [0, 1], ["yes", "no"]),
+        ("What is the color of region1 <bbox>?", [0], ["red", "blue"]),
+    ], masks=masks)
+
+
+def test_a_relation_question_sees_the_boxes_unless_the_config_says_masks(describer):
+    masks = [_disc(BOXES[0]), _disc(BOXES[1]), None]
+    plain_relation, plain_colour = _relation_and_colour(describer, None)
+    relation, colour = _relation_and_colour(describer, masks)
+    assert describer.model.config.relation_regions == "box"
+    assert dict(relation) == pytest.approx(dict(plain_relation), abs=1e-6)  # the boxes' tokens
+    assert dict(colour) != pytest.approx(dict(plain_colour), abs=1e-6)  # the region's own question: its mask
+    describer.model.config.relation_regions = "mask"
+    try:
+        masked_relation, masked_colour = _relation_and_colour(describer, masks)
+    finally:
+        describer.model.config.relation_regions = "box"
+    assert dict(masked_relation) != pytest.approx(dict(plain_relation), abs=1e-6)
+    assert dict(masked_colour) == pytest.approx(dict(colour), abs=1e-6)
+    with pytest.raises(ValueError, match="relation_regions must be one of"):
+        ModelConfig.from_dict({**describer.model.config.to_dict(), "relation_regions": "both"})
+
+
+def test_training_gives_relation_questions_the_boxes_as_serving_does(untrained):
+    disc0, disc1 = _disc(BOXES[0]), _disc(BOXES[1])
+    turns = [Turn(IMAGE_PREFIX + "Describe region1 <bbox>.", "x", "caption"),
+             Turn("Is region1 <bbox> left of region2 <bbox>?", "yes", "yesno"),
+             Turn("What colour is region1 <bbox>?", "red", "attribute")]
+    sample = Sample(_image(), [BOXES[0], BOXES[0], BOXES[1], BOXES[1]], turns, "img", [disc0, disc0, disc1, disc1])
+    grid = partial(mask_grid, size=untrained.config.image_size)
+    got = encode_sample(untrained, sample)["masks"]
+    assert [m is None for m in got] == [False, True, True, False]
+    assert torch.equal(got[0], grid(disc0)) and torch.equal(got[3], grid(disc1))
+    untrained.config.relation_regions = "mask"
+    try:
+        assert all(m is not None for m in encode_sample(untrained, sample)["masks"])
+    finally:
+        untrained.config.relation_regions = "box"
+    # a demonstration's placeholders come first and are not the question's own
+    assert in_relations(["Answers: regionD1 <bbox>: x\nDescribe region1 <bbox>.", "Is region1 <bbox> left of "
+                         "region2 <bbox>?"], skip=1) == [False, True, True]
 
 
 def test_check_masks_passes_boxes_and_masks_through():

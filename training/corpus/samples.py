@@ -258,7 +258,8 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
     """Single-turn relation questions only (the relation drills of regionscribe.training.streams): per scene every
     ordered pair and every unambiguous axis among `axes`, with paraphrased templates, in a shuffled order.
     `mask_share` and `loose_share` as in `iter_samples` (per question: the same region may be a box in one and a mask
-    in another)."""
+    in another; a model whose `relation_regions` is "box", the default, reads these masked regions as their boxes:
+    training/batches.py)."""
     check_axes(axes)
     check_share(mask_share, "mask_share")
     check_share(loose_share, "loose_share")
