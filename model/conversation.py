@@ -16,6 +16,7 @@ so train and test tokenisations are identical by construction.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -25,9 +26,14 @@ import numpy as np
 from PIL import Image
 
 from regionscribe.model.errors import PlaceholderError
-from regionscribe.model.prompts import BBOX, IM_END, IM_PATCH, IM_START, IMAGE, IMAGE_PREFIX, SYSTEM
+from regionscribe.model.prompts import (
+    BBOX, DEMONSTRATION_REGION, IM_END, IM_PATCH, IM_START, IMAGE, IMAGE_PREFIX, SYSTEM,
+)
 
 IGNORE = -100
+# a demonstration's line in a question (model/demonstrations.py): its number, and its answer with the line break
+_SHOWN_ANSWER = re.compile("^" + re.escape(DEMONSTRATION_REGION).replace(re.escape("{n}"), "([0-9]+)") + ":( [^\n]*\n)",
+                           re.M)
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Sample:
     scene_id: str
     masks: list[np.ndarray | None] = field(default_factory=list)
     demonstrations: list = field(default_factory=list)  # DemoRegion
+    # train on the demonstrations' answers too, each after the first (`encode`'s shown_answers): episodes do
+    learn_shown: bool = False
 
     def __post_init__(self) -> None:
         n = sum(turn.question.count(BBOX) for turn in self.turns)
@@ -123,6 +131,18 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
     return _tok(tokenizer, " " + answer) + [tokenizer.eos_token_id]
 
 
+def shown_answer_labels(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """A question's tokens, and labels that are the tokens of its demonstrations' answers after the first one
+    (`regionD2 <bbox>: <answer>` onwards, the line break included) and IGNORE elsewhere: each such answer is
+    predicted from the lines before it, the way the question's own answer is meant to be read off them. Tokenised
+    as one text, as inference does; a token is labelled when it lies inside an answer."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [m.span(2) for m in _SHOWN_ANSWER.finditer(text) if int(m.group(1)) > 1]
+    labels = [i if any(a <= s and e <= b for a, b in spans) else IGNORE
+              for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])]
+    return list(enc["input_ids"]), labels
+
+
 def in_relations(questions: Sequence[str], skip: int = 0) -> list[bool]:
     """Per `<bbox>` of a conversation, after the first `skip` (a demonstration's: model/demonstrations.py), whether
     it stands in a question about two or more regions (config.relation_regions)."""
@@ -132,12 +152,14 @@ def in_relations(questions: Sequence[str], skip: int = 0) -> list[bool]:
 
 
 def encode(tokenizer, turns: Sequence[tuple[str, str | None]], n_image_tokens: int, n_boxes: int,
-           boxes_text: list[str] | None = None, system: str = SYSTEM) -> Encoded:
+           boxes_text: list[str] | None = None, system: str = SYSTEM, shown_answers: bool = False) -> Encoded:
     """Token ids and labels for a conversation. The last answer may be None (a prompt for generation).
 
     The first question must start with IMAGE_PREFIX. `n_boxes` is the number of boxes supplied with the
     conversation; a different placeholder count raises PlaceholderError. With `boxes_text` (the
-    coordinates-as-text baseline) each `<bbox>` is replaced by that box's coordinates as text.
+    coordinates-as-text baseline) each `<bbox>` is replaced by that box's coordinates as text. `shown_answers`:
+    the answers of the demonstration lines in the first question, after the first line, are labels too
+    (`shown_answer_labels`); the ids are the same either way.
     """
     if not turns or not turns[0][0].startswith(IMAGE_PREFIX):
         raise ValueError(f"the first question must start with {IMAGE_PREFIX!r}")
@@ -151,9 +173,13 @@ def encode(tokenizer, turns: Sequence[tuple[str, str | None]], n_image_tokens: i
             raise ValueError(f"{IMAGE} may only appear once, at the start of the first question")
         q, n = _expand(question, 0, boxes_text, seen)
         seen += n
-        human = question_ids(tokenizer, q, first=t == 0)
+        if shown_answers and t == 0:
+            human, shown = shown_answer_labels(tokenizer, q + "\n### Assistant:")
+        else:
+            human = question_ids(tokenizer, q, first=t == 0)
+            shown = [IGNORE] * len(human)
         ids += human
-        labels += [IGNORE] * len(human)
+        labels += shown
         if answer is None:
             if t != len(turns) - 1:
                 raise ValueError("only the last turn may leave its answer open")

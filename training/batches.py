@@ -33,7 +33,8 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
         raise DemonstrationError("demonstrations need region features (region_format 'features'), not boxes as text")
     text_boxes = None if model.uses_region_features else [box_as_text(b) for b in norm.tolist()]
     enc = encode(model.tokenizer, [(t.question, t.answer) for t in sample.turns], model.n_image_tokens,
-                 len(shown) + len(boxes), boxes_text=text_boxes, system=model.system)
+                 len(shown) + len(boxes), boxes_text=text_boxes, system=model.system,
+                 shown_answers=bool(shown) and getattr(sample, "learn_shown", False))
     if len(enc.input_ids) > cfg.max_length:
         raise ValueError(f"sample of {len(enc.input_ids)} tokens exceeds max_length {cfg.max_length}")
     return {

@@ -50,3 +50,20 @@ def test_prompt_is_a_prefix_of_the_training_sequence(tokenizer):
 def test_first_question_must_carry_the_image(tokenizer):
     with pytest.raises(ValueError, match="must start with"):
         encode(tokenizer, [(f"What is region1 {BBOX}?", "x")], n_image_tokens=4, n_boxes=1)
+
+
+def test_demonstrations_answers_after_the_first_are_labels_when_asked(tokenizer):
+    """An episode learns from every demonstrated answer after the first (each read off the lines before it), and the
+    tokens stay those inference sees."""
+    shown = [("a large dovek", "shape: dovek"), ("a small red circle", "shape: circle"), ("a small dovek", "shape: dovek")]
+    block = "Answers accepted in this project:\n" + "".join(
+        f"regionD{n} {BBOX}: {c}; {a}\n" for n, (c, a) in enumerate(shown, 1))
+    turns = [(IMAGE_PREFIX + block + f"What is the shape of region1 {BBOX}?", "dovek")]
+    plain = encode(tokenizer, turns, n_image_tokens=4, n_boxes=4)
+    enc = encode(tokenizer, turns, n_image_tokens=4, n_boxes=4, shown_answers=True)
+    assert enc.input_ids == plain.input_ids
+    target = [t for t in enc.labels if t != IGNORE]
+    eos = tokenizer.eos_token
+    assert tokenizer.decode(target) == "".join(f" {c}; {a}\n" for c, a in shown[1:]) + f" dovek{eos}"
+    assert all(lab in (IGNORE, tok) for lab, tok in zip(enc.labels, enc.input_ids))
+    assert tokenizer.decode([t for t in plain.labels if t != IGNORE]) == f" dovek{eos}"

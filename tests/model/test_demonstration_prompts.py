@@ -139,3 +139,22 @@ def test_a_replay_share_of_one_or_more_is_refused_before_anything_is_built():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="demonstration replay must be at least 0 and below 1"):
             TrainConfig(demonstration_replay=bad)
+
+
+def test_an_episode_learns_from_its_demonstrations_answers_too(untrained):
+    """training/corpus/episodes.py: every demonstrated answer after the first is a target as well as the question's
+    own answer, so each episode holds several chances to read a convention off the lines before it."""
+    import random
+
+    from regionscribe.model.conversation import IGNORE
+    from regionscribe.training.corpus.episodes import episode
+
+    tok = untrained.tokenizer
+    for key in range(6):
+        sample = episode(random.Random(key), str(key))
+        assert sample.learn_shown
+        labels = encode_sample(untrained, sample)["labels"].tolist()
+        target = tok.decode([t for t in labels if t != IGNORE], skip_special_tokens=True)
+        lines = sample.turns[0].question.split("\n")
+        shown = [line.split(": ", 1)[1] for line in lines if line.startswith("regionD")]
+        assert target == "".join(f" {a}\n" for a in shown[1:]) + f" {sample.turns[0].answer}"

@@ -154,5 +154,5 @@ def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 
                     key=attribute)
     turn.question = IMAGE_PREFIX + text + turn.question
     return Sample(query_scene.image, [query.box], [turn], query_scene.scene_id,
-                  demonstrations=[DemoRegion(s.image, o.box) for s, o in chosen])
+                  demonstrations=[DemoRegion(s.image, o.box) for s, o in chosen], learn_shown=True)
 
