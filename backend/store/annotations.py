@@ -69,7 +69,8 @@ class AnnotationsMixin:
                           label_config: str | None = None, source: str = "webhook") -> dict:
         """Apply one ANNOTATION_CREATED/UPDATED in one transaction. Returns what happened:
         {"outcome": "applied" | "stale" | "tombstoned", "event_id", "regions", "changed_regions", "removed_regions",
-        "images_missing": [(image_ref, task_id)]}.
+        "images_missing": [(image_ref, task_id)], "tasks": [[project_id, task_id]]} ("tasks" as delete_annotations
+        gives it: the task whose accepted regions this may have changed).
 
         `source` is the path the annotation came by: "webhook" (Label Studio's webhook) or "sync" (regionscribe.backend.feedback.sync,
         reading Label Studio's API). Both go through this one path, so a sync and a webhook delivering the same
@@ -86,7 +87,7 @@ class AnnotationsMixin:
             now = time.time()
             event_id, _ = self._event(tx, action, payload, a.project_id, a.annotation_id, source)
             result = {"event_id": event_id, "regions": 0, "changed_regions": 0, "removed_regions": 0,
-                      "images_missing": []}
+                      "images_missing": [], "tasks": [[a.project_id, a.task_id]]}
             # lock the annotation's row (PostgreSQL: FOR UPDATE; SQLite: the whole database is locked)
             tx.execute("INSERT INTO annotations (annotation_id, project_id, task_id, stored_at) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (annotation_id) DO NOTHING", (a.annotation_id, a.project_id, a.task_id, now))

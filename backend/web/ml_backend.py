@@ -243,26 +243,19 @@ class RegionScribeBackend:
         if answer.get("queue") != UNAVAILABLE:  # a Redis call failed during the event: no more of them
             self.metrics.count("webhooks", action=str(event)[:64])
             if self.settings.demonstrations > 0:
-                self._queue_demonstrations(payload, answer)
+                self._queue_demonstrations(answer)
         return answer
 
-    def _queue_demonstrations(self, payload: dict, answer: dict) -> None:
+    def _queue_demonstrations(self, answer: dict) -> None:
         """DEMONSTRATIONS: an annotation stored (or deleted) changes its task's accepted regions; queue the job that
         computes their region tokens on the inference workers (regionscribe.backend.inference.demonstration_jobs).
         Never fails the webhook: a job lost here is made up by the workers' own refresh of the project."""
         from regionscribe.backend.core.connections import fast_redis
-        from regionscribe.backend.feedback.events import DELETED, BadEvent, parse_annotation
         from regionscribe.backend.inference.demonstration_jobs import enqueue_refresh
 
         result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
         tasks: dict[int, set[int]] = {}
-        if result.get("outcome") == "applied":
-            try:
-                parsed = parse_annotation(payload, None)
-            except BadEvent:
-                return
-            tasks[parsed.project_id] = {parsed.task_id}
-        elif payload.get("action") == DELETED:
+        if result.get("outcome") in ("applied", "deleted"):  # the store names the tasks it changed
             for project_id, task_id in result.get("tasks") or []:
                 tasks.setdefault(int(project_id), set()).add(int(task_id))
         connection = fast_redis(self.settings.redis_url)
