@@ -84,6 +84,9 @@ class TrainConfig:
     # written before the question (model/demonstrations.py), with `demonstration_replay` of the ordinary stage-2 mix
     demonstrations: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=3e-4))
     demonstration_replay: float = 0.3
+    # and a share of text-only copy drills (corpus.episodes.copy_drill): copying made-up words, which the tiny LM
+    # never learned in a pretraining of its own
+    demonstration_copy: float = 0.0
     # VPG-C (model/vpgc.py), last: a fresh one (unless the checkpoint has one) trained alone on the same episodes,
     # the LM and the visual side frozen (Cheetah)
     vpgc: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=1e-3))
@@ -110,6 +113,9 @@ class TrainConfig:
             check_share(getattr(self, name), name)
         if not 0.0 <= self.demonstration_replay < 1.0:  # checked here, before anything is loaded or built
             raise ValueError(f"demonstration replay must be at least 0 and below 1, not {self.demonstration_replay!r}")
+        if not 0.0 <= self.demonstration_copy < 1.0 - self.demonstration_replay:
+            raise ValueError(f"the demonstration copy share must be at least 0 and leave room for episodes beside "
+                             f"the replay ({self.demonstration_replay!r}), not {self.demonstration_copy!r}")
         fixed = sorted(set(self.model_overrides) - set(RUNTIME_SWITCHES))
         if self.init and fixed:  # refused before anything is loaded or built
             raise ValueError(f"{', '.join(fixed)} change the model's parameters and cannot be applied to an --init "
@@ -268,7 +274,9 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
             model.lm = model.lm.merge_and_unload()
             model.config.lora = None
     if cfg.demonstrations.steps and "demonstrations" not in skip:
-        stream = demonstration_stream(cfg.seed + 5, cfg.demonstration_replay, mask_share=cfg.mask_share)
+        stream = demonstration_stream(cfg.seed + 5, cfg.demonstration_replay, mask_share=cfg.mask_share,
+                                      copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
+                                      loose_share=cfg.loose_share)
         # the visual side stays as it is: the tokens a project's accepted regions were stored with stay comparable,
         # and the step costs a third (the demonstrations' images go through the region encoder without gradients)
         history["demonstrations"] = phase("demonstrations", 2, cfg.demonstrations, stream, "demonstrations",
@@ -277,7 +285,9 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if model.vpgc is None:
             model.add_vpgc(cfg.vpgc_layer, cfg.vpgc_dim)
         model.config.use_vpgc = True
-        stream = demonstration_stream(cfg.seed + 6, cfg.demonstration_replay, mask_share=cfg.mask_share)
+        stream = demonstration_stream(cfg.seed + 6, cfg.demonstration_replay, mask_share=cfg.mask_share,
+                                      copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
+                                      loose_share=cfg.loose_share)
         history["vpgc"] = phase("vpgc", 2, cfg.vpgc, stream, "VPG-C", vpgc_only=True)
     seconds = time.time() - start
     out = Path(cfg.out)

@@ -12,7 +12,7 @@ from typing import Iterator
 from regionscribe.training.corpus import (
     RELATION_AXES, check_axes, check_share, iter_samples, make_scenes, relation_samples, render_overlapping_pair,
 )
-from regionscribe.training.corpus.episodes import episode
+from regionscribe.training.corpus.episodes import copy_drill, episode
 from regionscribe.training.mixture import Mixture
 
 
@@ -43,16 +43,23 @@ def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float =
         k += 1
 
 
-def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0) -> Iterator:
+def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0, copy: float = 0.0,
+                         overlap_share: float = 0.0, loose_share: float = 0.0) -> Iterator:
     """Endless demonstration episodes (corpus.episodes: a project's own name or caption style, readable only from
     the demonstrations), with a `replay` share of ordinary stage-2 samples so that a question without
-    demonstrations is answered as before. `replay` is below 1 (TrainConfig checks it)."""
-    ordinary = synthetic_stream(2, seed + 11, mask_share=mask_share)
+    demonstrations is answered as before (drawn with the run's mask, overlap and loose shares), and a `copy` share of text-only copy drills (corpus.episodes.copy_drill).
+    `replay + copy` is below 1 (TrainConfig checks it)."""
+    ordinary = synthetic_stream(2, seed + 11, mask_share=mask_share, overlap_share=overlap_share,
+                                loose_share=loose_share)
     rng = random.Random(f"{seed}:episodes")
     k = 0
     while True:
-        if rng.random() < replay:
+        draw = rng.random()
+        if draw < replay:
             yield next(ordinary)
+        elif draw < replay + copy:
+            yield copy_drill(random.Random(f"{seed}:copy:{k}"), f"{seed}-{k}")
+            k += 1
         else:
             yield episode(random.Random(f"{seed}:episode:{k}"), f"{seed}-{k}")
             k += 1

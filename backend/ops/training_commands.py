@@ -68,7 +68,7 @@ def train_command(args: argparse.Namespace) -> int:
             mask_share=args.mask_share, overlap_share=args.overlap_share, loose_share=args.loose_share,
             demonstrations=StageConfig(steps=args.demonstration_steps, lr=args.demonstration_lr,
                                        batch_size=args.batch_size),
-            demonstration_replay=args.demonstration_replay,
+            demonstration_replay=args.demonstration_replay, demonstration_copy=args.demonstration_copy,
             vpgc=StageConfig(steps=args.vpgc_steps, lr=args.vpgc_lr, batch_size=args.batch_size),
             vpgc_layer=args.vpgc_layer,
         )
@@ -227,6 +227,8 @@ def train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demonstration-lr", type=float, default=3e-4)
     p.add_argument("--demonstration-replay", type=float, default=0.3,
                    help="share of ordinary stage-2 samples among the demonstration episodes, 0-1")
+    p.add_argument("--demonstration-copy", type=float, default=0.0,
+                   help="share of text-only copy drills (made-up words copied and recalled) among them, 0-1")
     p.add_argument("--vpgc-steps", type=int, default=0,
                    help="last, steps training VPG-C alone (an instruction-guided visual prompt at the region tokens, "
                         "Cheetah) on the demonstration episodes, the LM frozen")

@@ -3,6 +3,7 @@
 The decisive check: the log-likelihoods the describer ranks candidates by, with demonstrations given as stored
 region tokens, equal the training loss on the same conversation with the demonstrations given as images and boxes
 (so the block's text, the placeholders' order and VPG-C's positions are the same on both sides)."""
+import itertools
 import math
 from unittest import mock
 
@@ -139,6 +140,10 @@ def test_a_replay_share_of_one_or_more_is_refused_before_anything_is_built():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="demonstration replay must be at least 0 and below 1"):
             TrainConfig(demonstration_replay=bad)
+    for replay, copy in ((0.3, 0.7), (0.0, -0.1), (0.5, 0.6)):
+        with pytest.raises(ValueError, match="copy share must be at least 0 and leave room for episodes"):
+            TrainConfig(demonstration_replay=replay, demonstration_copy=copy)
+    TrainConfig(demonstration_replay=0.2, demonstration_copy=0.4)
 
 
 def test_an_episode_learns_from_its_demonstrations_answers_too(untrained):
@@ -158,3 +163,35 @@ def test_an_episode_learns_from_its_demonstrations_answers_too(untrained):
         lines = sample.turns[0].question.split("\n")
         shown = [line.split(": ", 1)[1] for line in lines if line.startswith("regionD")]
         assert target == "".join(f" {a}\n" for a in shown[1:]) + f" {sample.turns[0].answer}"
+
+
+def test_copy_drills_are_answered_only_by_copying_from_the_question(untrained):
+    """corpus.episodes.copy_drill: made-up words written again, or the word paired with another one; fresh words
+    every time, no regions, the answer the only target."""
+    import random
+
+    from regionscribe.model.conversation import IGNORE
+    from regionscribe.training.corpus.episodes import COPY_Q, RECALL_Q, copy_drill
+    from regionscribe.training.streams import demonstration_stream
+
+    kinds = set()
+    for key in range(40):
+        sample = copy_drill(random.Random(key), str(key))
+        [turn] = sample.turns
+        assert sample.boxes == [] and turn.question.startswith(IMAGE_PREFIX)
+        body = turn.question[len(IMAGE_PREFIX):]
+        if body.startswith(COPY_Q.format(words="")):
+            kinds.add("copy")
+            assert body == COPY_Q.format(words=turn.answer)
+        else:
+            kinds.add("recall")
+            *pairs, question = body.split("\n")
+            asked = dict(p.split(": ") for p in pairs)
+            key_word = question[len(RECALL_Q.format(key="")) - 1:-1]
+            assert question == RECALL_Q.format(key=key_word) and asked[key_word] == turn.answer
+        labels = encode_sample(untrained, sample)["labels"].tolist()
+        assert untrained.tokenizer.decode([t for t in labels if t != IGNORE], skip_special_tokens=True) == \
+            f" {turn.answer}"
+    assert kinds == {"copy", "recall"}
+    drawn = [s.turns[0].kind for s in itertools.islice(demonstration_stream(1, 0.2, copy=0.4), 200)]
+    assert 0.3 < drawn.count("copy") / 200 < 0.5

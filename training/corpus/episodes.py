@@ -17,6 +17,8 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from PIL import Image
+
 from regionscribe.model.conversation import Sample, Turn
 from regionscribe.model.demonstrations import DemoRegion, block
 from regionscribe.model.prompts import ATTRIBUTE_Q, CAPTION_Q, IMAGE_PREFIX, REGION1
@@ -130,6 +132,30 @@ def _pick(rng: random.Random, query: SceneObject, pool: list[tuple[Scene, SceneO
         if same:
             chosen[rng.randrange(len(chosen))] = rng.choice(same)
     return sorted(chosen, key=lambda so: alike[id(so[1])])
+
+
+COPY_IMAGE_SIZE = (112, 112)
+COPY_Q = "Write these words again: {words}"
+RECALL_Q = "Which word goes with {key}?"
+
+
+def copy_drill(rng: random.Random, key: str) -> Sample:
+    """A text-only drill of what reading demonstrations needs most and a language model learns in pretraining, which
+    the tiny LM never had: copying made-up words from earlier in the text (induction), and finding the word paired
+    with another one (recall). "Write these words again: kofu dax" -> "kofu dax", or lines of pairs "dax: kofu"
+    and "Which word goes with dax?" -> "kofu". The words are drawn afresh, so only copying answers; the picture is
+    blank and there are no regions."""
+    image = Image.new("RGB", COPY_IMAGE_SIZE, tuple(rng.randrange(256) for _ in range(3)))
+    words = list(dict.fromkeys(nonsense_name(rng) for _ in range(rng.randint(2, 8))))
+    if rng.random() < 0.5:
+        chosen = words[: rng.randint(1, min(5, len(words)))]
+        turn = Turn(IMAGE_PREFIX + COPY_Q.format(words=" ".join(chosen)), " ".join(chosen), "copy")
+    else:
+        pairs = list(zip(words, rng.sample(words, len(words))))
+        asked = rng.choice(pairs)
+        lines = "".join(f"{a}: {b}\n" for a, b in pairs)
+        turn = Turn(IMAGE_PREFIX + lines + RECALL_Q.format(key=asked[0]), asked[1], "copy")
+    return Sample(image, [], [turn], f"copy-{key}")
 
 
 def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 6, 8)) -> Sample:
