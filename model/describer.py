@@ -327,6 +327,13 @@ class RegionDescriber:
             self._cache.popitem(last=False)
         return enc, False
 
+    @torch.no_grad()
+    def encode_images(self, items: Sequence[tuple[Image.Image | bytes, str | None]]) -> None:
+        """Encode the images (with their cache keys, or None) not cached yet in one batch, into the cache: for a
+        caller that asks something of each image (`region_tokens`) before one `describe_many` over them all."""
+        with self._lock:
+            self._encode_many([(i if isinstance(i, Image.Image) else load_image(i), key) for i, key in items])
+
     def _encode_many(self, items: list[tuple[Image.Image, str | None]]) -> list[tuple[EncodedImage, bool]]:
         """Encodings of several images (with whether each was already there: cached, or earlier in `items`); those
         not cached go through the vision tower and the LM's prefix in one batch, then into the cache."""

@@ -61,13 +61,17 @@ def describe_payloads(payloads: list[dict]) -> list[dict]:
     for i, payload in enumerate(payloads):
         with request_context(payload.get("request_id")):
             prepared = _prepare(state, payload)
-            if not isinstance(prepared, dict) and state.settings.demonstrations > 0:
-                _demonstrate(state, payload, prepared)
         if isinstance(prepared, dict):
             answers[i] = prepared
             continue
         requests.append(prepared.request)
         owners.append((i, prepared))
+    if state.settings.demonstrations > 0 and owners:
+        # a lookup needs each box's region token, so the images go through the tower first, all together
+        state.describer.encode_images([(r.image, r.image_key) for r in requests])
+        for i, prepared in owners:
+            with request_context(payloads[i].get("request_id")):
+                _demonstrate(state, payloads[i], prepared)
     described = state.describer.describe_many(requests) if requests else []
     for (i, prepared), description in zip(owners, described):
         payload = payloads[i]

@@ -114,6 +114,28 @@ def _payload(config, project_id, task, ref, region_id="q", x=12.0, y=12.0):
                         project_id=project_id)
 
 
+def test_a_batch_of_predictions_with_demonstrations_sends_its_images_through_the_tower_together(
+        worker, store, fake_ls, ls, monkeypatch):
+    """Looking demonstrations up needs each box's region token; the worker encodes the batch's images in one pass
+    first, so neither the lookups nor describe_many encode an image alone."""
+    from regionscribe.model import describer as describer_module
+
+    config = ProjectConfig.parse(ls.XML)
+    p = ls.new_id()
+    tasks = [ls.new_id() for _ in range(5)]
+    refs = annotate(store, fake_ls, ls, p, tasks)
+    refresh(worker.describer, worker.fetcher, store, p, max_pixels=10 ** 8)
+    worker.describer._cache.clear()
+    passes = []
+    batched, alone = describer_module.encode_batch, describer_module.encode
+    monkeypatch.setattr(describer_module, "encode_batch", lambda m, images: passes.append(len(images))
+                        or batched(m, images))
+    monkeypatch.setattr(describer_module, "encode", lambda m, image: passes.append(1) or alone(m, image))
+    answers = describe_payloads([_payload(config, p, t, refs[t]) for t in tasks[:3]])
+    assert passes == [3]
+    assert all(len(a["regions"][0]["demonstrations"]) == 2 for a in answers)
+
+
 def test_a_prediction_is_shown_the_nearest_accepted_regions_of_other_tasks(worker, store, fake_ls, ls):
     describer = worker.describer
     config = ProjectConfig.parse(ls.XML)
