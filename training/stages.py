@@ -35,7 +35,7 @@ from regionscribe.model.config import ModelConfig, preset as make_preset
 from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.modeling import RegionScribeModel, load_adapter_version
 from regionscribe.training.corpus import check_share, vocabulary_text
-from regionscribe.training.phases import StageConfig, pretrain_vision, run_stage
+from regionscribe.training.phases import StageConfig, pretrain_induction, pretrain_vision, run_stage
 from regionscribe.training.streams import data_mixture, demonstration_stream, relation_stream, synthetic_stream
 from regionscribe.training.trainer import RunOptions, is_main_process, process_state, resume_point
 
@@ -66,6 +66,9 @@ class TrainConfig:
     # stage 0 (only for a vision tower built from scratch, i.e. the tiny preset): what CLIP's pretraining is to
     # GPT4RoI. The tower and region encoder learn to tell region attributes apart, then the tower is frozen.
     stage0: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3, batch_size=16))
+    # the LM's induction pretraining (training.phases.pretrain_induction), after stage 0: what a real LM's own
+    # pretraining brings and reading demonstrations needs, copying a made-up word from earlier in the text
+    induction: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=1e-3, batch_size=32))
     # relation drills, in order, between stage 1 and stage 2 (see the module docstring): (axes, steps) each, e.g.
     # [(("horizontal", "vertical"), 400), (RELATION_AXES, 300)]; every drill runs at drill_lr with batch drill_batch
     drills: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
@@ -177,8 +180,9 @@ def apply_switches(model: RegionScribeModel, overrides: dict[str, Any]) -> None:
 
 def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: Iterable | None = None,
           progress: bool = True, metadata: dict[str, Any] | None = None) -> TrainResult:
-    """Run the phases (stage 0 for a from-scratch tower, stage 1, the drills, stage 2, the demonstration episodes,
-    VPG-C) and save an HF-shaped checkpoint (plus loss_curve.png, history.json and the data reports) to cfg.out.
+    """Run the phases (stage 0 for a from-scratch tower, the LM's induction pretraining, stage 1, the drills, stage 2,
+    the demonstration episodes, VPG-C) and save an HF-shaped checkpoint (plus loss_curve.png, history.json and the
+    data reports) to cfg.out.
 
     Data per stage: the caller's iterable, else cfg.stage{1,2}_data's dataset mixture, else fresh samples from the
     synthetic corpus. Either stage may be skipped with steps=0 (and no epochs). Under `accelerate launch` every
@@ -208,7 +212,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if cfg.lora:
         model.config.lora = model.config.lora or cfg.lora
     world = process_state().num_processes
-    phases = (["stage0", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))]
+    phases = (["stage0", "induction", "stage1"] + [f"drill{k + 1}" for k in range(len(cfg.drills))]
               + ["stage2", "demonstrations", "vpgc"])
     if saved is not None and saved["phase"] not in phases:
         raise ValueError(f"--resume: the saved state is of phase {saved['phase']!r}, which this run does not have "
@@ -216,6 +220,8 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     skip = set(phases[:phases.index(saved["phase"])]) if saved else set()
     history: dict[str, list[float]] = {k: list(v) for k, v in (saved["history"] if saved else {}).items()}
     history.setdefault("stage0", [])
+    if cfg.induction.steps:
+        history.setdefault("induction", [])
     history.setdefault("stage1", [])  # in the order the phases run
     data_sources: list = []  # their .report is the last pass's skip report
 
@@ -242,6 +248,10 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
             model.to("cuda")
         history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
+    if cfg.induction.steps and not saved:  # a saved state is of a later phase: induction ran before it
+        if torch.cuda.is_available():
+            model.to("cuda")
+        history["induction"] = pretrain_induction(model, cfg.induction, cfg.seed, progress)
     s1 = cfg.stage1
     if (s1.steps or s1.epochs) and "stage1" not in skip:
         data, s1 = stage_data(1, s1, stage1_data, cfg.stage1_data, lambda: synthetic_stream(1, cfg.seed))

@@ -47,8 +47,8 @@ def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0, copy
                          overlap_share: float = 0.0, loose_share: float = 0.0) -> Iterator:
     """Endless demonstration episodes (corpus.episodes: a project's own name or caption style, readable only from
     the demonstrations), with a `replay` share of ordinary stage-2 samples so that a question without
-    demonstrations is answered as before (drawn with the run's mask, overlap and loose shares), and a `copy` share of text-only copy drills (corpus.episodes.copy_drill).
-    `replay + copy` is below 1 (TrainConfig checks it)."""
+    demonstrations is answered as before (drawn with the run's mask, overlap and loose shares), and a `copy` share of
+    text-only copy drills (corpus.episodes.copy_drill). `replay + copy` is below 1 (TrainConfig checks it)."""
     ordinary = synthetic_stream(2, seed + 11, mask_share=mask_share, overlap_share=overlap_share,
                                 loose_share=loose_share)
     rng = random.Random(f"{seed}:episodes")

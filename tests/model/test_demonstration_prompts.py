@@ -195,3 +195,54 @@ def test_copy_drills_are_answered_only_by_copying_from_the_question(untrained):
     assert kinds == {"copy", "recall"}
     drawn = [s.turns[0].kind for s in itertools.islice(demonstration_stream(1, 0.2, copy=0.4), 200)]
     assert 0.3 < drawn.count("copy") / 200 < 0.5
+
+
+def test_induction_pretraining_trains_the_lm_alone_on_text_only_copying_predicts(tokenizer):
+    """training.phases.pretrain_induction: made-up words, then the same line again (corpus.episodes.induction_text);
+    the loss on every token but the first and the padding; only the LM's parameters move."""
+    import random
+    from statistics import mean
+    from types import SimpleNamespace
+
+    from regionscribe.model.config import tiny
+    from regionscribe.training.corpus.episodes import induction_text
+    from regionscribe.training.phases import StageConfig, copied_share, induction_batch, pretrain_induction
+
+    texts = [induction_text(random.Random(key)) for key in range(20)]
+    for text in texts:
+        first, *again = text.split("\n")
+        assert 1 <= len(again) <= 3 and all(line == first for line in again) and 3 <= len(first.split()) <= 10
+    ids, mask, labels = induction_batch(tokenizer, ["kofu dax", "kofu dax\nkofu dax"], "cpu")
+    assert ids[0, 0] == tokenizer.bos_token_id and mask[0].sum() < mask[1].sum() == ids.shape[1]
+    assert (labels[:, 0] == -100).all() and (labels[0][mask[0] == 0] == -100).all()
+    assert torch.equal(labels[1, 1:], ids[1, 1:])
+
+    torch.manual_seed(0)
+    model = RegionScribeModel(tiny(), tokenizer).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = pretrain_induction(model, StageConfig(steps=30, lr=3e-3, batch_size=8), seed=0, progress=False)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("lm.") for k in changed)
+    assert mean(losses[-5:]) < mean(losses[:5]) - 1.0
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+    # copied_share scores the tokens after the first line break, line breaks left out: an LM that always predicts
+    # the true next token copies all of them, one that predicts a constant copies none
+    ids, mask, _ = induction_batch(tokenizer, texts, "cpu")
+    vocab = len(tokenizer)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, right: bool):
+            super().__init__()
+            self.right = right
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, vocab)
+            if self.right:
+                logits[:, :-1].scatter_(2, input_ids[:, 1:, None], 1.0)
+            return SimpleNamespace(logits=logits)
+
+    model.lm = Oracle(right=True)
+    assert copied_share(model, texts) == 1.0
+    model.lm = Oracle(right=False)  # always token 0, the padding
+    assert copied_share(model, texts) == 0.0

@@ -134,6 +134,13 @@ def _pick(rng: random.Random, query: SceneObject, pool: list[tuple[Scene, SceneO
     return sorted(chosen, key=lambda so: alike[id(so[1])])
 
 
+def induction_text(rng: random.Random) -> str:
+    """Text for the LM's induction pretraining (training.phases.pretrain_induction): 3-10 made-up words, then the
+    same line once to three times more. Only copying predicts the repeats."""
+    words = " ".join(nonsense_name(rng) for _ in range(rng.randint(3, 10)))
+    return "\n".join([words] * rng.randint(2, 4))
+
+
 COPY_IMAGE_SIZE = (112, 112)
 COPY_Q = "Write these words again: {words}"
 RECALL_Q = "Which word goes with {key}?"
