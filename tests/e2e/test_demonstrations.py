@@ -18,8 +18,8 @@ Label Studio as PNG files; a backend of this module's own serves it with DEMONST
    the word and they keep their base names, and each prediction names the demonstrations it was shown: 4 per box,
    accepted regions of other tasks only (also when the predicted task has accepted regions of its own). Most stars
    should now be answered with the word (the measured rates are printed); the embedded default never saw
-   demonstrations (issue 19 is open on a default that does), so the test ends as an expected failure (xfail) when fewer than MIN_WORD_RATE do, after
-   every other check has passed.
+   demonstrations (issue 19 is open on a default that does), so the test ends as an expected failure (xfail) when
+   fewer than MIN_WORD_RATE do, after every other check has passed.
 
 The checkpoint is the conftest's (E2E_MODEL_DIR, else the embedded default). The backend has its own Redis database
 and its own store, so the other e2e backends' projects and jobs never mix with it.
