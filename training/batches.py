@@ -49,14 +49,21 @@ def encode_sample(model: RegionScribeModel, sample) -> dict:
     }
 
 
+def pad(rows: Sequence[tuple[Sequence[int] | torch.Tensor, Sequence[int] | torch.Tensor]],
+        pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, labels and attention mask [B, longest] of (ids, labels) rows, padded on the right (labels IGNORE)."""
+    width = max(len(i) for i, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (i, lab) in enumerate(rows):
+        n = len(i)
+        ids[r, :n], labels[r, :n], mask[r, :n] = torch.as_tensor(i), torch.as_tensor(lab), 1
+    return ids, labels, mask
+
+
 def collate(items: Sequence[dict], pad_id: int) -> dict:
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = it["input_ids"], it["labels"], 1
+    ids, labels, mask = pad([(it["input_ids"], it["labels"]) for it in items], pad_id)
     return {
         "pixel_values": torch.stack([it["pixel_values"] for it in items]),
         "input_ids": ids,

@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 import torch
 
 from regionscribe.model.modeling import RegionScribeModel
+from regionscribe.model.conversation import IGNORE
+from regionscribe.training.batches import pad
 from regionscribe.training.corpus import BASE_VALUES, RELATION_AXES, make_scenes, relations
 from regionscribe.training.corpus.episodes import induction_text
 from regionscribe.training.trainer import RunOptions, cosine_with_warmup, fit
@@ -115,14 +117,7 @@ def induction_batch(tokenizer, texts: list[str], device) -> tuple[torch.Tensor, 
     """Token ids, attention mask and labels (every token but the first and the padding) of texts, each after BOS."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     rows = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    labels[:, 0] = -100
+    ids, labels, mask = pad([(r, [IGNORE] + r[1:]) for r in rows], tokenizer.pad_token_id)
     return ids.to(device), mask.to(device), labels.to(device)
 
 
@@ -145,8 +140,7 @@ def pretrain_induction(model: RegionScribeModel, sc: StageConfig, seed: int, pro
     opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=0.0)
     # warm-up, then a constant rate: induction forms suddenly and late, and a decaying rate put it off (a cosine from
     # 1.5e-3 copied 35% at step 600 and 42% at 700, the constant 1e-3 94% at 600 and 97% at 700)
-    warm = max(1, int(sc.warmup * sc.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = cosine_with_warmup(opt, int(sc.warmup * sc.steps), sc.steps, decay=False)
     model.lm.train()
     losses: list[float] = []
     probe = [induction_text(random.Random(f"{seed}:induction-probe:{i}")) for i in range(64)]

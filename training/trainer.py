@@ -190,10 +190,13 @@ def _save(acc, state_dir: Path, progress: dict) -> None:
     acc.wait_for_everyone()
 
 
-def cosine_with_warmup(optimizer, warmup: int, total: int):
+def cosine_with_warmup(optimizer, warmup: int, total: int, decay: bool = True):
+    """A linear warm-up over `warmup` steps, then a cosine down to 0 at `total` (or, without `decay`, constant)."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
+        if not decay:
+            return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
