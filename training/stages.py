@@ -244,13 +244,13 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         return run_stage(model, stage, sc, data, cfg.weight_decay, cfg.grad_clip, progress,
                          visual_lr_scale=cfg.visual_lr_scale, name=label, run=run, phase=name, history=history, **kw)
 
-    if cfg.stage0.steps and not cfg.init and not model.config.frozen_vision() and not saved:
-        if torch.cuda.is_available():  # stage 0 runs outside accelerate; the later stages place the model anyway
-            model.to("cuda")
+    vision_first = bool(cfg.stage0.steps and not cfg.init and not model.config.frozen_vision() and not saved)
+    induction_first = bool(cfg.induction.steps and not saved)  # a saved state is of a later phase: they ran before it
+    if (vision_first or induction_first) and torch.cuda.is_available():
+        model.to("cuda")  # they run outside accelerate; the later stages place the model anyway
+    if vision_first:
         history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
-    if cfg.induction.steps and not saved:  # a saved state is of a later phase: induction ran before it
-        if torch.cuda.is_available():
-            model.to("cuda")
+    if induction_first:
         history["induction"] = pretrain_induction(model, cfg.induction, cfg.seed, progress)
     s1 = cfg.stage1
     if (s1.steps or s1.epochs) and "stage1" not in skip:
