@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from regionscribe.model.modeling import RegionScribeModel
 from regionscribe.model.conversation import IGNORE
-from regionscribe.training.batches import pad
+from regionscribe.training.batches import collate, encode_sample, pad, to_device
 from regionscribe.training.corpus import BASE_VALUES, RELATION_AXES, make_scenes, relations
 from regionscribe.training.corpus.episodes import induction_text
 from regionscribe.training.trainer import RunOptions, cosine_with_warmup, fit
@@ -121,10 +121,16 @@ def induction_batch(tokenizer, texts: list[str], device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def pretrain_induction(model: RegionScribeModel, sc: StageConfig, seed: int, progress: bool = True) -> list[float]:
+def pretrain_induction(model: RegionScribeModel, sc: StageConfig, seed: int, progress: bool = True,
+                       keep: Iterator | None = None, keep_batch: int = 0) -> list[float]:
     """The LM alone, as plain language modelling on text that only copying predicts (corpus.episodes.induction_text:
     made-up words, then the same words again), so that it forms induction heads: look back for the earlier
     occurrence of the current token and say what came after it.
+
+    keep, keep_batch: each step also learns `keep_batch` ordinary samples drawn from `keep` (their answers' mean
+    loss added to the text's), so that an LM that already answers the corpus keeps doing so. Without them the
+    default's LM forgot the corpus in this phase (relations 38.7%, CIDEr-D 0 after 700 steps), and the episodes'
+    replay brought back its attributes and captions but not its relations.
 
     A real LM brings this from its pretraining, and reading a project's own word off the demonstrations needs it. The
     tiny preset's LM only ever learned the corpus' answers: taught on demonstration episodes or on copy drills, whose
@@ -150,6 +156,11 @@ def pretrain_induction(model: RegionScribeModel, sc: StageConfig, seed: int, pro
         ids, mask, labels = induction_batch(model.tokenizer, [induction_text(rng) for _ in range(sc.batch_size)],
                                             model.device)
         loss = model.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if keep is not None and keep_batch:
+            mb = to_device(collate([encode_sample(model, next(keep)) for _ in range(keep_batch)],
+                                   model.tokenizer.pad_token_id), model.device)
+            answers = (mb["labels"][:, 1:] != IGNORE).sum().clamp(min=1)
+            loss = loss + model(**mb, num_items_in_batch=torch.ones((), device=model.device)) / answers
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -36,7 +36,9 @@ from regionscribe.model.describer import RegionDescriber
 from regionscribe.model.modeling import RegionScribeModel, load_adapter_version
 from regionscribe.training.corpus import check_share, vocabulary_text
 from regionscribe.training.phases import StageConfig, pretrain_induction, pretrain_vision, run_stage
-from regionscribe.training.streams import data_mixture, demonstration_stream, relation_stream, synthetic_stream
+from regionscribe.training.streams import (
+    data_mixture, demonstration_stream, relation_stream, replay_stream, synthetic_stream,
+)
 from regionscribe.training.trainer import RunOptions, is_main_process, process_state, resume_point
 
 
@@ -69,6 +71,11 @@ class TrainConfig:
     # the LM's induction pretraining (training.phases.pretrain_induction), after stage 0: what a real LM's own
     # pretraining brings and reading demonstrations needs, copying a made-up word from earlier in the text
     induction: StageConfig = field(default_factory=lambda: StageConfig(steps=0, lr=1e-3, batch_size=32))
+    # and per induction step this many ordinary samples (streams.replay_stream), so that a trained LM keeps its answers
+    induction_replay: int = 0
+    # the share of balanced relation questions among the ordinary samples that the induction phase and the episodes
+    # replay (streams.replay_stream); the episodes' conversations alone did not bring back relations once forgotten
+    replay_relations: float = 0.0
     # relation drills, in order, between stage 1 and stage 2 (see the module docstring): (axes, steps) each, e.g.
     # [(("horizontal", "vertical"), 400), (RELATION_AXES, 300)]; every drill runs at drill_lr with batch drill_batch
     drills: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
@@ -112,8 +119,10 @@ class TrainConfig:
             raise ValueError("--vision and --lm go together (a tower and an LM from local HF folders)")
         if self.vision and self.init:
             raise ValueError("--vision/--lm build a new model; --init continues a checkpoint: give one or the other")
-        for name in ("mask_share", "overlap_share", "loose_share"):
+        for name in ("mask_share", "overlap_share", "loose_share", "replay_relations"):
             check_share(getattr(self, name), name)
+        if self.induction_replay < 0:
+            raise ValueError(f"induction replay is a number of samples per step, not {self.induction_replay!r}")
         if not 0.0 <= self.demonstration_replay < 1.0:  # checked here, before anything is loaded or built
             raise ValueError(f"demonstration replay must be at least 0 and below 1, not {self.demonstration_replay!r}")
         if not 0.0 <= self.demonstration_copy < 1.0 - self.demonstration_replay:
@@ -251,7 +260,10 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if vision_first:
         history["stage0"] = pretrain_vision(model, cfg.stage0, cfg.seed, progress)
     if induction_first:
-        history["induction"] = pretrain_induction(model, cfg.induction, cfg.seed, progress)
+        keep = replay_stream(cfg.seed + 4, cfg.replay_relations, mask_share=cfg.mask_share,
+                             overlap_share=cfg.overlap_share, loose_share=cfg.loose_share)
+        history["induction"] = pretrain_induction(model, cfg.induction, cfg.seed, progress, keep=keep,
+                                                  keep_batch=cfg.induction_replay)
     s1 = cfg.stage1
     if (s1.steps or s1.epochs) and "stage1" not in skip:
         data, s1 = stage_data(1, s1, stage1_data, cfg.stage1_data, lambda: synthetic_stream(1, cfg.seed))
@@ -286,7 +298,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
     if cfg.demonstrations.steps and "demonstrations" not in skip:
         stream = demonstration_stream(cfg.seed + 5, cfg.demonstration_replay, mask_share=cfg.mask_share,
                                       copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
-                                      loose_share=cfg.loose_share)
+                                      loose_share=cfg.loose_share, relations=cfg.replay_relations)
         # the visual side stays as it is: the tokens a project's accepted regions were stored with stay comparable,
         # and the step costs a third (the demonstrations' images go through the region encoder without gradients)
         history["demonstrations"] = phase("demonstrations", 2, cfg.demonstrations, stream, "demonstrations",
@@ -297,7 +309,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         model.config.use_vpgc = True
         stream = demonstration_stream(cfg.seed + 6, cfg.demonstration_replay, mask_share=cfg.mask_share,
                                       copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
-                                      loose_share=cfg.loose_share)
+                                      loose_share=cfg.loose_share, relations=cfg.replay_relations)
         history["vpgc"] = phase("vpgc", 2, cfg.vpgc, stream, "VPG-C", vpgc_only=True)
     seconds = time.time() - start
     out = Path(cfg.out)

@@ -43,14 +43,32 @@ def synthetic_stream(stage: int, seed: int, chunk: int = 64, mask_share: float =
         k += 1
 
 
+def replay_stream(seed: int, relations: float = 0.0, mask_share: float = 0.0, overlap_share: float = 0.0,
+                  loose_share: float = 0.0) -> Iterator:
+    """Ordinary samples that keep what a trained model answers while a later phase teaches it something else:
+    stage-2 conversations (`synthetic_stream`), with a `relations` share of single-turn relation questions on every
+    axis, balanced (`relation_stream`). With relations=0 exactly `synthetic_stream(2, seed, ...)`."""
+    check_share(relations, "relations")
+    drawn = dict(mask_share=mask_share, overlap_share=overlap_share, loose_share=loose_share)
+    conversations = synthetic_stream(2, seed, **drawn)
+    if not relations:
+        yield from conversations
+        return
+    questions = relation_stream(tuple(RELATION_AXES), seed + 13, balance=True, **drawn)
+    rng = random.Random(f"{seed}:replay")
+    while True:
+        yield next(questions) if rng.random() < relations else next(conversations)
+
+
 def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0, copy: float = 0.0,
-                         overlap_share: float = 0.0, loose_share: float = 0.0) -> Iterator:
+                         overlap_share: float = 0.0, loose_share: float = 0.0, relations: float = 0.0) -> Iterator:
     """Endless demonstration episodes (corpus.episodes: a project's own name or caption style, readable only from
     the demonstrations), with a `replay` share of ordinary stage-2 samples so that a question without
-    demonstrations is answered as before (drawn with the run's mask, overlap and loose shares), and a `copy` share of
-    text-only copy drills (corpus.episodes.copy_drill). `replay + copy` is below 1 (TrainConfig checks it)."""
-    ordinary = synthetic_stream(2, seed + 11, mask_share=mask_share, overlap_share=overlap_share,
-                                loose_share=loose_share)
+    demonstrations is answered as before (`replay_stream`, with its `relations` share of relation questions, drawn
+    with the run's mask, overlap and loose shares), and a `copy` share of text-only copy drills
+    (corpus.episodes.copy_drill). `replay + copy` is below 1 (TrainConfig checks it)."""
+    ordinary = replay_stream(seed + 11, relations, mask_share=mask_share, overlap_share=overlap_share,
+                             loose_share=loose_share)
     rng = random.Random(f"{seed}:episodes")
     k = 0
     while True:

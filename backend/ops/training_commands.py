@@ -55,6 +55,7 @@ def train_command(args: argparse.Namespace) -> int:
             out=args.out, preset=args.preset, init=args.init, seed=args.seed, vision=args.vision, lm=args.lm,
             stage0=StageConfig(steps=args.stage0_steps, lr=args.stage0_lr, batch_size=16),
             induction=StageConfig(steps=args.induction_steps, lr=args.induction_lr, batch_size=32),
+            induction_replay=args.induction_replay, replay_relations=args.replay_relations,
             stage1=StageConfig(steps=args.stage1_steps, lr=args.stage1_lr, batch_size=args.batch_size,
                                epochs=args.stage1_epochs),
             stage2=StageConfig(steps=args.stage2_steps, lr=args.stage2_lr, batch_size=args.batch_size,
@@ -207,6 +208,11 @@ def train_options(p: argparse.ArgumentParser) -> None:
                    help="before stage 1, steps (batch 32) of the LM alone on made-up words written again, so that it "
                         "learns to copy from earlier in the text, as reading demonstrations needs (a real LM can)")
     p.add_argument("--induction-lr", type=float, default=1e-3)
+    p.add_argument("--induction-replay", type=int, default=0,
+                   help="ordinary samples learned beside each induction step, so that a trained LM keeps its answers")
+    p.add_argument("--replay-relations", type=float, default=0.0,
+                   help="share of balanced relation questions among the ordinary samples that the induction phase "
+                        "and the demonstration episodes replay, 0-1")
     p.add_argument("--stage1-steps", type=int, default=50)
     p.add_argument("--stage2-steps", type=int, default=2200)
     p.add_argument("--stage1-lr", type=float, default=1e-3)

@@ -246,3 +246,50 @@ def test_induction_pretraining_trains_the_lm_alone_on_text_only_copying_predicts
     assert copied_share(model, texts) == 1.0
     model.lm = Oracle(right=False)  # always token 0, the padding
     assert copied_share(model, texts) == 0.0
+
+
+def test_induction_pretraining_with_replay_keeps_learning_the_ordinary_samples(tokenizer):
+    """pretrain_induction's keep/keep_batch: each step also learns ordinary samples, so the LM keeps its answers
+    (without them the default forgot the corpus in this phase); only the LM moves either way."""
+    from regionscribe.model.config import tiny
+    from regionscribe.training.corpus import iter_samples, make_scenes
+    from regionscribe.training.phases import StageConfig, pretrain_induction
+
+    kept = list(iter_samples(make_scenes("train", 2, seed=3), 2, seed=3))
+
+    def answer_loss(model):
+        mb = collate([encode_sample(model, s) for s in kept], model.tokenizer.pad_token_id)
+        with torch.no_grad():
+            return float(model(**mb, num_items_in_batch=torch.ones(())) / (mb["labels"][:, 1:] != -100).sum())
+
+    after = {}
+    for keep_batch in (0, 2):
+        torch.manual_seed(0)
+        model = RegionScribeModel(tiny(), tokenizer).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        start = answer_loss(model)
+        pretrain_induction(model, StageConfig(steps=12, lr=3e-3, batch_size=4), seed=0, progress=False,
+                           keep=itertools.cycle(kept), keep_batch=keep_batch)
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and all(k.startswith("lm.") for k in changed)
+        after[keep_batch] = answer_loss(model)
+    assert after[2] < start - 1.0 and after[2] < after[0] - 1.0, (start, after)
+
+
+def test_replay_stream_mixes_balanced_relation_questions_into_the_stage2_conversations():
+    from collections import Counter
+
+    from regionscribe.training.corpus import RELATION_AXES
+    from regionscribe.training.streams import replay_stream, synthetic_stream
+
+    plain = [s.turns for s in itertools.islice(replay_stream(5), 20)]
+    assert plain == [s.turns for s in itertools.islice(synthetic_stream(2, 5), 20)]
+    mixed = list(itertools.islice(replay_stream(5, relations=0.4), 4000))
+    questions = [s for s in mixed if len(s.turns) == 1 and s.turns[0].key in RELATION_AXES]
+    assert 0.37 < len(questions) / len(mixed) < 0.43
+    answers = Counter((s.turns[0].key, s.turns[0].answer) for s in questions)
+    for axis, values in RELATION_AXES.items():  # unbalanced, "overlapping" is 19% of overlap questions (1:4.3)
+        counts = [answers[(axis, v)] for v in values]
+        assert min(counts) >= 0.6 * max(counts) > 0, (axis, counts)
+    with pytest.raises(ValueError, match="relations"):
+        next(replay_stream(5, relations=1.5))
