@@ -25,7 +25,7 @@ from regionscribe.model.errors import PlaceholderError
 from regionscribe.model.prompts import SYSTEM
 from regionscribe.model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
 from regionscribe.model.tokenizer import SpecialIds, add_region_tokens
-from regionscribe.model.vpgc import Prompting, VisualPromptGenerator, prompting
+from regionscribe.model.vpgc import Prompting, VisualPromptGenerator, instruction_end, prompting
 from regionscribe.model.weights import DEFAULT_SHARD_BYTES, is_checkpoint_weights, iter_state, save_state
 
 def _hf_config(d: dict[str, Any]):
@@ -245,12 +245,14 @@ class RegionScribeModel(nn.Module):
         emb = self.embed(input_ids, feats.image_tokens, regions)
         extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         context = None
-        if self.prompting_on:  # each row's instruction ends where its first answer starts
-            answered = labels != IGNORE
-            ends = (answered.int().argmax(1) - 1).tolist()
-            groups = [(b, 0, e, torch.cat(([feats.image_tokens[b]] if feats.image_tokens is not None else [])
-                                          + [regions[b]]), demo_counts[b] if demo_counts else 0)
-                      for b, e in enumerate(ends) if answered[b].any()]
+        if self.prompting_on:
+            groups = []
+            for b in range(len(input_ids)):
+                skip = demo_counts[b] if demo_counts else 0
+                end = instruction_end(input_ids[b], labels[b], self.ids.bbox, skip)
+                if end is not None:
+                    groups.append((b, 0, end, torch.cat(([feats.image_tokens[b]] if feats.image_tokens is not None
+                                                         else []) + [regions[b]]), skip))
             context = prompting(input_ids, self.ids.bbox, groups)
         with self.prompts(context):
             return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels, **extra).loss

@@ -5,6 +5,7 @@ instruction asks the image and region features again, and what it reads is added
     Prompting                                           where, in one LM call, the region tokens and the instruction
                                                         ends are, and what each instruction may read
     prompting(ids, bbox_id, groups)                     a Prompting from token ids
+    instruction_end(ids, labels, bbox_id, skip)         where a training row's question ends
 
 Cheetah (models.md §5) adds 32 query tokens to a frozen Q-Former at layer 16 of Vicuna and writes the result over the
 image's 32 positions. Here every region token of a question (not its demonstrations') gets its own query (the
@@ -22,6 +23,8 @@ from typing import Iterator
 
 import torch
 from torch import nn
+
+from regionscribe.model.conversation import IGNORE
 
 
 @dataclass
@@ -63,6 +66,18 @@ def prompting(ids: torch.Tensor, bbox_id: int,
     return Prompting(torch.cat(rows).to(device), torch.cat(cols).to(device), torch.cat(group).to(device),
                      torch.tensor([r for r, _ in ends], device=device),
                      torch.tensor([c for _, c in ends], device=device), memory, mask)
+
+
+def instruction_end(ids: torch.Tensor, labels: torch.Tensor, bbox_id: int, skip: int = 0) -> int | None:
+    """In a training row (`ids`, `labels` IGNORE where nothing is learned), the column before the first learned
+    token that follows its first region token after the `skip` demonstrations' (the question's instruction ends
+    there); None when nothing is learned after one. A row that learns the demonstrations' own answers (an episode's
+    shown answers) still ends its instruction at the question, not at the first shown answer, which no question's
+    region token comes before."""
+    regions = (ids == bbox_id).nonzero().flatten()
+    first = int(regions[skip]) if len(regions) > skip else 0
+    learned = (labels[first:] != IGNORE).nonzero().flatten()
+    return int(learned[0]) + first - 1 if len(learned) else None
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,37 @@ def test_vpgc_is_a_switch_and_starts_as_a_no_op(tokenizer, tmp_path):
     assert _loglik(loaded, "dax") == pytest.approx(on, abs=1e-4)
 
 
+def test_vpgc_prompts_the_question_when_the_shown_answers_are_learned_too(with_vpgc):
+    """An episode learns every shown answer after the first (Sample.learn_shown): VPG-C still prompts the question's
+    region token at the question's end, as serving does. Before, the instruction ended at the first learned token, a
+    shown answer with no question region before it, so VPG-C never acted on an episode and a batch of episodes gave
+    it no gradient at all. Causal: what VPG-C changes is the question's answer alone, whichever answers are learned."""
+    from regionscribe.model.vpgc import instruction_end
+
+    ids = torch.tensor([5, 3, 7, 8, 3, 9, 10, 11])  # bbox = 3: a demonstration's, then the question's
+    labels = torch.tensor([-100, -100, -100, 8, -100, -100, 10, 11])  # the shown answer (8) and the question's
+    assert instruction_end(ids, labels, 3, skip=1) == 5
+    assert instruction_end(ids, labels, 3, skip=0) == 2
+    assert instruction_end(ids, torch.full_like(labels, -100), 3, skip=1) is None
+
+    q = IMAGE_PREFIX + block(ANSWERS) + ATTRIBUTE_PROMPT.format(name="shape")
+
+    def loss(learn_shown: bool, vpgc: bool) -> float:
+        sample = Sample(QUERY, [QBOX], [Turn(q, "dax", "attribute")], "s", learn_shown=learn_shown,
+                        demonstrations=[DemoRegion(SHOWN, SBOX), DemoRegion(SHOWN, SBOX)])
+        batch = collate([encode_sample(with_vpgc, sample)], with_vpgc.tokenizer.pad_token_id)
+        with_vpgc.config.use_vpgc = vpgc
+        try:
+            with torch.no_grad():
+                return float(with_vpgc(**batch, num_items_in_batch=torch.ones(())))
+        finally:
+            with_vpgc.config.use_vpgc = True
+
+    question_only = loss(False, True) - loss(False, False)
+    assert abs(question_only) > 1e-3
+    assert loss(True, True) - loss(True, False) == pytest.approx(question_only, abs=1e-4)
+
+
 def test_bad_demonstrations_get_clear_errors(untrained):
     d = RegionDescriber(untrained, "t")
     hidden = untrained.lm.config.hidden_size
