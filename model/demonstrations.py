@@ -9,7 +9,7 @@ instructions), so that a project's own names and caption style steer the answer 
 A question with demonstrations reads
 
     Answers accepted in this project:
-    regionD1 <bbox>: a small red solid blicket; shape: blicket
+    regionD1 <bbox>: shape: blicket; caption: a small red solid blicket
     regionD2 <bbox>: ...
     Give a short description of region1 <bbox>.
 
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from regionscribe.model.errors import DemonstrationError
 from regionscribe.model.prompts import BBOX, DEMONSTRATION_REGION, DEMONSTRATIONS_HEAD
 
+CAPTION_FIELD = "caption"  # a demonstration line's last field
 MAX_TEXT = 200  # characters of one demonstrated answer: a demonstration is a hint, not a document
 _MARKERS = re.compile("###|" + re.escape(BBOX))  # the turn marker and the placeholder would break the format
 
@@ -54,11 +55,14 @@ def clean(text: str) -> str:
 
 
 def line(n: int, caption: str | None, attributes: dict[str, str] | Sequence[tuple[str, str]]) -> str:
-    """`regionD{n} <bbox>: caption; name: value; ...` (without its line break)."""
+    """`regionD{n} <bbox>: name: value; ...; caption: the caption` (without its line break). The caption comes last,
+    so that it ends where the line does: a project's captions may hold "; " themselves ("green; circle"), and a
+    caption written first could not be told from the attributes after it (a model trained on caption-first lines
+    went on "green; circle; color: green" on such a project: 1 caption in 23 exact)."""
     items = attributes.items() if isinstance(attributes, dict) else attributes
     caption = clean(caption) if caption else ""
     pairs = [(clean(k), clean(v)) for k, v in items]
-    parts = ([caption] if caption else []) + [f"{k}: {v}" for k, v in pairs if k and v]
+    parts = [f"{k}: {v}" for k, v in pairs if k and v] + ([f"{CAPTION_FIELD}: {caption}"] if caption else [])
     if not parts:
         raise DemonstrationError(f"demonstration {n} has neither a caption nor an attribute value")
     return DEMONSTRATION_REGION.format(n=n) + ": " + "; ".join(parts)

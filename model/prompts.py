@@ -29,6 +29,6 @@ YESNO_PROMPT = YESNO_Q.format(a=REGION1, label="{label}", b=REGION2)
 RELATION_TEXT_PROMPT = RELATION_Q.format(a=REGION1, b=REGION2)
 
 # Demonstrations (Cheetah's demonstrative instructions, model/demonstrations.py): accepted regions of other images,
-# each written `regionD1 <bbox>: {caption}; {name}: {value}` on its own line, come before the question.
+# each written `regionD1 <bbox>: {name}: {value}; caption: {caption}` on its own line, come before the question.
 DEMONSTRATIONS_HEAD = "Answers accepted in this project:\n"
 DEMONSTRATION_REGION = "regionD{n} " + BBOX
