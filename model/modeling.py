@@ -20,7 +20,6 @@ from torch import nn
 from regionscribe.model import adapters
 from regionscribe.model.checkpoints import CONFIG, SAFE_INDEX, WEIGHTS, write_config
 from regionscribe.model.config import ModelConfig
-from regionscribe.model.conversation import IGNORE
 from regionscribe.model.errors import PlaceholderError
 from regionscribe.model.prompts import SYSTEM
 from regionscribe.model.region_encoder import RegionEncoder, patch_grid, pyramid_layers
