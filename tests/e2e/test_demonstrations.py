@@ -16,10 +16,11 @@ Label Studio as PNG files; a backend of this module's own serves it with DEMONST
    so. No training run is queued and the served model version stays the same.
 3. The held-out tasks are predicted again, the same way: every prediction changed, few other shapes are answered
    with the word (at most MAX_OTHER_WORD_RATE) and most keep their base names, and each prediction names the
-   demonstrations it was shown: 4 per box, accepted regions of other tasks only (also when the predicted task has accepted regions of its own). Most stars
-   should now be answered with the word (the measured rates are printed); the embedded default never saw
-   demonstrations (issue 19 is open on a default that does), so the test ends as an expected failure (xfail) when
-   fewer than MIN_WORD_RATE do, after every other check has passed.
+   demonstrations it was shown: 4 per box, accepted regions of other tasks only (also when the predicted task has
+   accepted regions of its own). Most stars should now be answered with the word, each of them shown an accepted
+   star (the measured rates are printed); the embedded default never saw demonstrations (issue 19 is open on a
+   default that does), so the test ends as an expected failure (xfail) when fewer than MIN_WORD_RATE do, after every
+   other check has passed. With E2E_MODEL_DIR=runs/demo-f (README, Demonstrations) it passes.
 
 The checkpoint is the conftest's (E2E_MODEL_DIR, else the embedded default). The backend has its own Redis database
 and its own store, so the other e2e backends' projects and jobs never mix with it.
