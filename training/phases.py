@@ -14,7 +14,7 @@ import torch
 
 from regionscribe.model.modeling import RegionScribeModel
 from regionscribe.model.conversation import IGNORE
-from regionscribe.training.batches import collate, encode_sample, pad, to_device
+from regionscribe.training.batches import batches, pad, to_device
 from regionscribe.training.corpus import BASE_VALUES, RELATION_AXES, make_scenes, relations
 from regionscribe.training.corpus.episodes import induction_text
 from regionscribe.training.trainer import RunOptions, cosine_with_warmup, fit
@@ -150,17 +150,15 @@ def pretrain_induction(model: RegionScribeModel, sc: StageConfig, seed: int, pro
     model.lm.train()
     losses: list[float] = []
     probe = [induction_text(random.Random(f"{seed}:induction-probe:{i}")) for i in range(64)]
+    kept = batches(model, keep, keep_batch) if keep is not None and keep_batch else None
     bar = tqdm(range(sc.steps), desc="induction (LM)", disable=not progress, dynamic_ncols=True)
     for step in bar:
         rng = random.Random(f"{seed}:induction:{step}")
         ids, mask, labels = induction_batch(model.tokenizer, [induction_text(rng) for _ in range(sc.batch_size)],
                                             model.device)
         loss = model.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if keep is not None and keep_batch:
-            mb = to_device(collate([encode_sample(model, next(keep)) for _ in range(keep_batch)],
-                                   model.tokenizer.pad_token_id), model.device)
-            answers = (mb["labels"][:, 1:] != IGNORE).sum().clamp(min=1)
-            loss = loss + model(**mb, num_items_in_batch=torch.ones((), device=model.device)) / answers
+        if kept is not None:  # without num_items_in_batch the loss is the mean over the batch's answer tokens
+            loss = loss + model(**to_device(next(kept), model.device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
