@@ -250,8 +250,8 @@ class RegionScribeModel(nn.Module):
                 skip = demo_counts[b] if demo_counts else 0
                 end = instruction_end(input_ids[b], labels[b], self.ids.bbox, skip)
                 if end is not None:
-                    groups.append((b, 0, end, torch.cat(([feats.image_tokens[b]] if feats.image_tokens is not None
-                                                         else []) + [regions[b]]), skip))
+                    image = [feats.image_tokens[b]] if feats.image_tokens is not None else []
+                    groups.append((b, 0, end, torch.cat(image + [regions[b]]), skip))
             context = prompting(input_ids, self.ids.bbox, groups)
         with self.prompts(context):
             return self.lm(inputs_embeds=emb, attention_mask=attention_mask, labels=labels, **extra).loss

@@ -253,6 +253,11 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         return run_stage(model, stage, sc, data, cfg.weight_decay, cfg.grad_clip, progress,
                          visual_lr_scale=cfg.visual_lr_scale, name=label, run=run, phase=name, history=history, **kw)
 
+    def episodes(seed: int):  # what the demonstration and VPG-C phases draw, each from its own seed
+        return demonstration_stream(seed, cfg.demonstration_replay, mask_share=cfg.mask_share,
+                                    copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
+                                    loose_share=cfg.loose_share, relations=cfg.replay_relations)
+
     vision_first = bool(cfg.stage0.steps and not cfg.init and not model.config.frozen_vision() and not saved)
     induction_first = bool(cfg.induction.steps and not saved)  # a saved state is of a later phase: they ran before it
     if (vision_first or induction_first) and torch.cuda.is_available():
@@ -296,9 +301,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
             model.lm = model.lm.merge_and_unload()
             model.config.lora = None
     if cfg.demonstrations.steps and "demonstrations" not in skip:
-        stream = demonstration_stream(cfg.seed + 5, cfg.demonstration_replay, mask_share=cfg.mask_share,
-                                      copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
-                                      loose_share=cfg.loose_share, relations=cfg.replay_relations)
+        stream = episodes(cfg.seed + 5)
         # the visual side stays as it is: the tokens a project's accepted regions were stored with stay comparable,
         # and the step costs a third (the demonstrations' images go through the region encoder without gradients)
         history["demonstrations"] = phase("demonstrations", 2, cfg.demonstrations, stream, "demonstrations",
@@ -307,9 +310,7 @@ def train(cfg: TrainConfig, stage1_data: Iterable | None = None, stage2_data: It
         if model.vpgc is None:
             model.add_vpgc(cfg.vpgc_layer, cfg.vpgc_dim)
         model.config.use_vpgc = True
-        stream = demonstration_stream(cfg.seed + 6, cfg.demonstration_replay, mask_share=cfg.mask_share,
-                                      copy=cfg.demonstration_copy, overlap_share=cfg.overlap_share,
-                                      loose_share=cfg.loose_share, relations=cfg.replay_relations)
+        stream = episodes(cfg.seed + 6)
         history["vpgc"] = phase("vpgc", 2, cfg.vpgc, stream, "VPG-C", vpgc_only=True)
     seconds = time.time() - start
     out = Path(cfg.out)
