@@ -199,6 +199,39 @@ def test_an_episode_learns_from_its_demonstrations_answers_too(untrained):
         assert target == "".join(f" {a}\n" for a in shown[1:]) + f" {sample.turns[0].answer}"
 
 
+def test_name_episodes_ask_about_other_objects_with_the_renamed_one_shown_next_to_them():
+    """corpus.episodes: half the name episodes ask about another object than the renamed one, and half of those show
+    the renamed concept in the most alike place (last, next to the question), so that the word is read off the
+    demonstration of the same concept and not copied from the nearest line; those answer with their own names."""
+    import random
+
+    from regionscribe.training.corpus import episodes
+
+    picks = []
+
+    def recorded(rng, query, pool, k, convention, contrast=False):
+        chosen = pick(rng, query, pool, k, convention, contrast)
+        assert len(chosen) == min(k, len(pool))
+        picks.append((query, convention, [o for _, o in chosen]))
+        return chosen
+
+    pick = episodes._pick
+    with mock.patch.object(episodes, "_pick", recorded):
+        samples = [episodes.episode(random.Random(f"names:{key}"), str(key)) for key in range(160)]
+    named = [(s, q, c, shown) for s, (q, c, shown) in zip(samples, picks) if c.attribute]
+    target = [shown for _, q, c, shown in named if c.shows(q)]
+    other = [(s, q, c, shown) for s, q, c, shown in named if not c.shows(q)]
+    assert 0.38 < len(target) / len(named) < 0.62
+    assert all(any(c.shows(o) for o in shown) for _, q, c, shown in named if c.shows(q))
+    last = [c.shows(shown[-1]) for _, _, c, shown in other]
+    assert 0.4 < sum(last) / len(other) < 0.85
+    for sample, query, convention, _ in other:
+        [turn] = sample.turns
+        assert convention.name not in turn.answer.split()
+        if turn.key == convention.attribute:
+            assert turn.answer == getattr(query, convention.attribute)
+
+
 def test_copy_drills_are_answered_only_by_copying_from_the_question(untrained):
     """corpus.episodes.copy_drill: made-up words written again, or the word paired with another one; fresh words
     every time, no regions, the answer the only target."""
