@@ -202,10 +202,12 @@ def test_an_episode_learns_from_its_demonstrations_answers_too(untrained):
 def test_name_episodes_ask_about_other_objects_with_the_renamed_one_shown_next_to_them():
     """corpus.episodes: half the name episodes ask about another object than the renamed one, and half of those show
     the renamed concept in the most alike place (last, next to the question), so that the word is read off the
-    demonstration of the same concept and not copied from the nearest line; those answer with their own names."""
+    demonstration of the same concept and not copied from the nearest line; those answer with their own names. No
+    episode names a withheld concept by its own name."""
     import random
+    import re
 
-    from regionscribe.training.corpus import episodes
+    from regionscribe.training.corpus import WITHHELD_COLOR, WITHHELD_SHAPE, episodes
 
     picks = []
 
@@ -230,6 +232,15 @@ def test_name_episodes_ask_about_other_objects_with_the_renamed_one_shown_next_t
         assert convention.name not in turn.answer.split()
         if turn.key == convention.attribute:
             assert turn.answer == getattr(query, convention.attribute)
+    # the withheld concepts appear (renamed: 40% of the name episodes), but never under their own names, which only
+    # a project's corrections teach (the feedback loop's new concept); tiny-default-v12, trained before this held,
+    # named purple regions "purple" 4 times in 6 with no correction
+    withheld = {WITHHELD_COLOR, WITHHELD_SHAPE}
+    assert 0.25 < sum(c.value in withheld for _, _, c, _ in named) / len(named) < 0.55
+    for sample in samples:
+        [turn] = sample.turns
+        words = set(re.findall(r"[a-z]+", turn.question + " " + turn.answer))
+        assert not words & withheld, (turn.question, turn.answer)
 
 
 def test_copy_drills_are_answered_only_by_copying_from_the_question(untrained):

@@ -90,6 +90,13 @@ class Convention:
         """Whether the convention's renamed concept is this object's."""
         return self.attribute is not None and getattr(obj, self.attribute) == self.value
 
+    def hides_withheld(self, obj: SceneObject) -> bool:
+        """Whether no answer about the object names a withheld concept (purple, star) by its own name: the withheld
+        concepts are what a project teaches by its corrections (the feedback loop), so an episode may show them only
+        under a project's own word."""
+        return all(getattr(obj, a) != w or (a, w) == (self.attribute, self.value)
+                   for a, w in (("color", WITHHELD_COLOR), ("shape", WITHHELD_SHAPE)))
+
 
 def project(rng: random.Random, kind: str, split: str = "train", value: str | None = None) -> Convention:
     """A convention of `kind` "name" (a concept renamed: `value`, or one drawn, the withheld ones half the time) or
@@ -107,12 +114,13 @@ def project(rng: random.Random, kind: str, split: str = "train", value: str | No
 
 
 def scene_with(rng: random.Random, convention: Convention, split: str, scene_id: str, tries: int = 60) -> Scene:
-    """A scene of `split`'s kind where the convention's concept appears (drawn again until it does)."""
+    """A scene of `split`'s kind where the convention's concept appears on an object that names no other withheld
+    concept (drawn again until it does)."""
     withheld = convention.value in (WITHHELD_SHAPE, WITHHELD_COLOR)
     for _ in range(tries):
         scene = render_scene(rng, require_withheld=withheld, allow_withheld=withheld or split == "novel",
                              scene_id=scene_id)
-        if any(convention.shows(o) for o in scene.objects):
+        if any(convention.shows(o) and convention.hides_withheld(o) for o in scene.objects):
             return scene
     raise RuntimeError(f"no scene with {convention.attribute} {convention.value} in {tries} tries")
 
@@ -191,9 +199,9 @@ def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 
         render_scene(rng, scene_id=f"episode-{key}")
     others = [scene_with(rng, convention, "train", f"episode-{key}-{i}") if named and i % 2 == 0 else
               render_scene(rng, allow_withheld=rng.random() < 0.3, scene_id=f"episode-{key}-{i}") for i in range(4)]
-    pool = [(s, o) for s in others for o in s.objects]
-    concept = [o for o in query_scene.objects if convention.shows(o)]
-    rest = [o for o in query_scene.objects if not convention.shows(o)]
+    pool = [(s, o) for s in others for o in s.objects if convention.hides_withheld(o)]
+    concept = [o for o in query_scene.objects if convention.shows(o) and convention.hides_withheld(o)]
+    rest = [o for o in query_scene.objects if not convention.shows(o) and convention.hides_withheld(o)]
     if named and (rng.random() < TARGET_SHARE or not rest):
         query, contrast = rng.choice(concept), False
     else:
