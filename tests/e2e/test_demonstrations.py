@@ -55,7 +55,7 @@ TOKENS_TIMEOUT = 120.0  # s for the worker to compute the accepted regions' toke
 MIN_WORD_RATE = 0.6  # stars answered with the word, after
 MIN_BASE_RATE_AFTER = 0.75  # other shapes answered with their own base name, after
 # other shapes answered with the word, after: the embedded default never is; a checkpoint that reads demonstrations
-# sometimes takes the word from a star among a square's nearest (runs/demo-f in the README: 2 of 21 here; runs/v12:
+# sometimes takes the word from a star among a square's nearest (an earlier one: 2 of 21 here; runs/v12, README:
 # 0 of 21, and other shapes kept their names 93.8% of the time at k=4 in benchmarks/demonstrations.py)
 MAX_OTHER_WORD_RATE = 0.15
 
