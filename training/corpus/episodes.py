@@ -3,7 +3,8 @@ instructions on the synthetic corpus, model/demonstrations.py).
 
 Each episode is a project with a convention of its own, shown by accepted regions of other images before the question:
 - a *name*: one concept (a shape or a colour, the withheld star and purple among them) goes by a made-up word in
-  that project alone ("a small red solid blicket", "shape: blicket");
+  that project alone ("a small red solid blicket", "shape: blicket"); the withheld concepts appear under no other
+  name (`Convention.hides_withheld`);
 - a *caption style*: the fields of the caption in another order, joined another way ("circle, red, small").
 The word and the style are drawn afresh for every episode, so no weight can hold them: the model learns to read them
 from the demonstrations. The held-out styles and fresh words of `project` are what benchmarks/demonstrations.py
@@ -39,7 +40,7 @@ NAME_SHARE = 0.65
 # the share of name episodes that ask about the renamed concept itself (the others ask about another object of the
 # scene, which keeps its own name). When the others asked about any object, the renamed one among them, 62% of
 # name episodes asked about it, and the models gave the word to other shapes (these kept their names 52-77%
-# of the time at k=4 in benchmarks/demonstrations.py; at 85%, 17%)
+# of the time at k=4 in benchmarks/demonstrations.py; when 85% asked about it, 17%)
 TARGET_SHARE = 0.5
 # the share of the other name episodes whose demonstrations show the renamed concept next to the question (the most
 # alike place, where a nearest-neighbour lookup puts a look-alike): the word must be read off the demonstration of
