@@ -46,6 +46,8 @@ TARGET_SHARE = 0.5
 # alike place, where a nearest-neighbour lookup puts a look-alike): the word must be read off the demonstration of
 # the same concept, not copied from the nearest line. Without it 17% of them had the concept last
 CONTRAST_SHARE = 0.5
+# the attributes' withheld values, which an episode names only by a project's own word
+_WITHHELD = {"color": WITHHELD_COLOR, "shape": WITHHELD_SHAPE}
 
 
 def nonsense_name(rng: random.Random) -> str:
@@ -95,8 +97,7 @@ class Convention:
         """Whether no answer about the object names a withheld concept (purple, star) by its own name: the withheld
         concepts are what a project teaches by its corrections (the feedback loop), so an episode may show them only
         under a project's own word."""
-        return all(getattr(obj, a) != w or (a, w) == (self.attribute, self.value)
-                   for a, w in (("color", WITHHELD_COLOR), ("shape", WITHHELD_SHAPE)))
+        return all(getattr(obj, a) != w or (a, w) == (self.attribute, self.value) for a, w in _WITHHELD.items())
 
 
 def project(rng: random.Random, kind: str, split: str = "train", value: str | None = None) -> Convention:
@@ -106,8 +107,7 @@ def project(rng: random.Random, kind: str, split: str = "train", value: str | No
         attribute = "shape" if value in (*SHAPES, WITHHELD_SHAPE) or (value is None and rng.random() < 0.75) \
             else "color"
         if value is None:
-            withheld = WITHHELD_SHAPE if attribute == "shape" else WITHHELD_COLOR
-            value = withheld if rng.random() < 0.5 else rng.choice(BASE_VALUES[attribute])
+            value = _WITHHELD[attribute] if rng.random() < 0.5 else rng.choice(BASE_VALUES[attribute])
         return Convention(attribute, value, nonsense_name(rng))
     if kind == "style":
         return Convention(style=rng.choice(caption_styles(split)))
@@ -117,7 +117,7 @@ def project(rng: random.Random, kind: str, split: str = "train", value: str | No
 def scene_with(rng: random.Random, convention: Convention, split: str, scene_id: str, tries: int = 60) -> Scene:
     """A scene of `split`'s kind where the convention's concept appears on an object that names no other withheld
     concept (drawn again until it does)."""
-    withheld = convention.value in (WITHHELD_SHAPE, WITHHELD_COLOR)
+    withheld = convention.value in _WITHHELD.values()
     for _ in range(tries):
         scene = render_scene(rng, require_withheld=withheld, allow_withheld=withheld or split == "novel",
                              scene_id=scene_id)
@@ -201,8 +201,8 @@ def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 
     others = [scene_with(rng, convention, "train", f"episode-{key}-{i}") if named and i % 2 == 0 else
               render_scene(rng, allow_withheld=rng.random() < 0.3, scene_id=f"episode-{key}-{i}") for i in range(4)]
     pool = [(s, o) for s in others for o in s.objects if convention.hides_withheld(o)]
-    concept = [o for o in query_scene.objects if convention.shows(o) and convention.hides_withheld(o)]
-    rest = [o for o in query_scene.objects if not convention.shows(o) and convention.hides_withheld(o)]
+    visible = [o for o in query_scene.objects if convention.hides_withheld(o)]
+    concept, rest = [o for o in visible if convention.shows(o)], [o for o in visible if not convention.shows(o)]
     if named and (rng.random() < TARGET_SHARE or not rest):
         query, contrast = rng.choice(concept), False
     else:
