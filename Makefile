@@ -64,12 +64,17 @@ lock:
 	$(PIP_COMPILE) -c $(LOCK_VENV)/floor.txt --extra dev -o requirements-dev.lock pyproject.toml
 	$(PIP_COMPILE) -o scripts/labelstudio.lock scripts/labelstudio.in
 
-# How the embedded default (model/default/) was produced, about 170 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
-# two stages, five continuations with relation drills, then five with masks, overlapping pairs and loose boxes.
+# How the embedded default (model/default/) was produced, about 235 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
+# two stages, five continuations with relation drills, five with masks, overlapping pairs and loose boxes (v11), then
+# four that teach it to read demonstrations: an induction phase, the episodes, two relation repairs (v12).
 # See README "The embedded default".
 RS := $(VENV)/bin/regionscribe train --save-dtype float16 --stage0-steps 0 --stage1-steps 0 --stage2-lr 3e-4 \
 	--stage2-steps 300
 TWO_STAGES := --seed 0 --stage0-steps 0 --stage1-steps 50 --stage2-steps 2200 --save-dtype float16 --eval-scenes 200
+DEMO := $(VENV)/bin/regionscribe train --stage0-steps 0 --stage1-steps 0 --stage2-steps 0 --mask-share 0.3 \
+	--overlap-share 0.2 --loose-share 0.2
+REPAIR := --drill all:200 --drill-balance --stage2-steps 300 --stage2-lr 2e-4 --demonstration-steps 300 \
+	--demonstration-replay 0.45 --replay-relations 0.5
 train-default: $(STAMP)
 	$(VENV)/bin/regionscribe train --out runs/v5-stage0 --seed 0 --stage0-steps 2000 --stage1-steps 0 \
 		--stage2-steps 0 --version tiny-default-v5-stage0
@@ -92,8 +97,15 @@ train-default: $(STAMP)
 		--drill color,overlap,size:600 --drill all:300 --drill-balance --mask-share 0.3 --overlap-share 0.2
 	$(RS) --init runs/v9 --out runs/v10 --seed 8 --version tiny-default-v10 --stage2-steps 400 \
 		--drill color,overlap:300 --drill all:300 --drill-balance --mask-share 0.3 --overlap-share 0.2 --loose-share 0.4
-	$(RS) --init runs/v10 --out model/default --seed 9 --version tiny-default-v11 --stage2-lr 2e-4 --stage2-steps 400 \
+	$(RS) --init runs/v10 --out runs/v11 --seed 9 --version tiny-default-v11 --stage2-lr 2e-4 --stage2-steps 400 \
 		--mask-share 0.3 --overlap-share 0.2 --loose-share 0.2 --eval-scenes 200
+	$(DEMO) --init runs/v11 --out runs/ind-keep --seed 7 --induction-steps 700 --induction-replay 8 \
+		--replay-relations 0.3
+	$(DEMO) --init runs/ind-keep --out runs/v12-episodes --seed 8 --demonstration-steps 2400 \
+		--demonstration-replay 0.45 --replay-relations 0.5
+	$(DEMO) --init runs/v12-episodes --out runs/v12-repair1 --seed 13 --drill color,overlap:300 $(REPAIR)
+	$(DEMO) --init runs/v12-repair1 --out model/default --seed 14 --drill color:300 $(REPAIR) --save-dtype float16 \
+		--version tiny-default-v12 --eval-scenes 200
 
 # PVIT's comparison: the same tower and the same two stages with the boxes written as text (needs runs/v5-stage0)
 train-baseline: $(STAMP)
