@@ -25,11 +25,14 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 from PIL import Image, ImageDraw
 
+if TYPE_CHECKING:  # the fixture's type, for the annotations only
+    from tests.e2e.conftest import Backend
 
 pytestmark = pytest.mark.e2e
 
