@@ -233,8 +233,9 @@ def test_name_episodes_ask_about_other_objects_with_the_renamed_one_shown_next_t
         if turn.key == convention.attribute:
             assert turn.answer == getattr(query, convention.attribute)
     # the withheld concepts appear (renamed: 40% of the name episodes), but never under their own names, which only
-    # a project's corrections teach (the feedback loop's new concept); runs/v12 (README), trained before this held,
-    # named 27 of 35 purple regions "purple" and 15 of 38 stars "star" with no correction
+    # a project's corrections teach (the feedback loop's new concept); an earlier run of v12's chain (README,
+    # Demonstrations), trained before this held, named 27 of 35 purple regions "purple" and 15 of 38 stars "star" with
+    # no correction
     withheld = {WITHHELD_COLOR, WITHHELD_SHAPE}
     assert 0.25 < sum(c.value in withheld for _, _, c, _ in named) / len(named) < 0.55
     for sample in samples:
