@@ -9,7 +9,7 @@ shape, size, texture):
   shape question's choices are the four base shapes and that word. Reported: how often a star is answered with the
   word (chance: 20%), how often its caption uses it, and how often another shape keeps its own name;
 - "style": a held-out caption style (corpus.episodes.style_split) of the project; reported: how often the caption is
-  exactly the style's caption of the region.
+  exactly the style's caption of the region, over all and per style.
 For every k in --ks, with VPG-C on and off when the checkpoint has one. Then, k=0 against --baseline: the base test
 metrics (`regionscribe eval`'s, 200 test scenes), and the latency per region (token, lookup and describe) at each k
 against k=0, medians in the same run.
@@ -101,6 +101,14 @@ def _merge(parts: list[dict]) -> dict:
     return merged
 
 
+def _per_style(labels: list[str], styles: list[dict], k: int) -> dict[str, list]:
+    """Per style label, the exactness of its captions at k (a style drawn by two projects: both)."""
+    per = {}
+    for label, part in zip(labels, styles):
+        per.setdefault(label, []).extend(part[k]["exact"])
+    return per
+
+
 def _pct(values: list) -> float | None:
     return round(100.0 * sum(values) / len(values), 2) if values else None
 
@@ -110,13 +118,15 @@ def run(describer: RegionDescriber, ks: list[int], projects: int, pool_scenes: i
     novel = make_scenes("novel", projects * (pool_scenes + query_scenes), seed=SEED)
     test = make_scenes("test", projects * (pool_scenes + query_scenes), seed=SEED)
     held_out = caption_styles("held_out")
-    names, styles = [], []
+    names, styles, labels = [], [], []
     step = pool_scenes + query_scenes
     for p in range(projects):
         convention = Convention("shape", WITHHELD_SHAPE, nonsense_name(rng))
         chunk = novel[p * step:(p + 1) * step]
         names.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks))
         convention = Convention(style=rng.choice(held_out))
+        order, sep, lead = convention.style
+        labels.append(lead + sep.join(order))  # "a color, shape, size": the style's fields as its captions hold them
         chunk = test[p * step:(p + 1) * step]
         styles.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks))
     names_m, styles_m = _merge(names), _merge(styles)
@@ -128,6 +138,7 @@ def run(describer: RegionDescriber, ks: list[int], projects: int, pool_scenes: i
             "name_in_caption": _pct(names_m[k]["caption"]),
             "other_shapes_keep_their_names": _pct(names_m[k]["other"]),
             "caption_style_exact": _pct(styles_m[k]["exact"]),
+            "caption_style_exact_per_style": {label: _pct(v) for label, v in _per_style(labels, styles, k).items()},
             "regions": {"withheld": len(names_m[k]["hits"]), "style": len(styles_m[k]["exact"])},
             "ms_per_region_median": round(1000 * statistics.median(seconds), 2),
         }

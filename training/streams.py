@@ -63,10 +63,10 @@ def replay_stream(seed: int, relations: float = 0.0, mask_share: float = 0.0, ov
 def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0, copy: float = 0.0,
                          overlap_share: float = 0.0, loose_share: float = 0.0, relations: float = 0.0) -> Iterator:
     """Endless demonstration episodes (corpus.episodes: a project's own name or caption style, readable only from
-    the demonstrations), with a `replay` share of ordinary stage-2 samples so that a question without
-    demonstrations is answered as before (`replay_stream`, with its `relations` share of relation questions, drawn
-    with the run's mask, overlap and loose shares), and a `copy` share of text-only copy drills
-    (corpus.episodes.copy_drill). `replay + copy` is below 1 (TrainConfig checks it)."""
+    the demonstrations; their regions drawn with the run's mask and loose shares), with a `replay` share of ordinary
+    stage-2 samples so that a question without demonstrations is answered as before (`replay_stream`, with its
+    `relations` share of relation questions, drawn with the run's mask, overlap and loose shares), and a `copy` share
+    of text-only copy drills (corpus.episodes.copy_drill). `replay + copy` is below 1 (TrainConfig checks it)."""
     ordinary = replay_stream(seed + 11, relations, mask_share=mask_share, overlap_share=overlap_share,
                              loose_share=loose_share)
     rng = random.Random(f"{seed}:episodes")
@@ -79,7 +79,8 @@ def demonstration_stream(seed: int, replay: float, mask_share: float = 0.0, copy
             yield copy_drill(random.Random(f"{seed}:copy:{k}"), f"{seed}-{k}")
             k += 1
         else:
-            yield episode(random.Random(f"{seed}:episode:{k}"), f"{seed}-{k}")
+            yield episode(random.Random(f"{seed}:episode:{k}"), f"{seed}-{k}", mask_share=mask_share,
+                          loose_share=loose_share)
             k += 1
 
 

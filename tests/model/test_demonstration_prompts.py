@@ -244,6 +244,89 @@ def test_name_episodes_ask_about_other_objects_with_the_renamed_one_shown_next_t
         assert not words & withheld, (turn.question, turn.answer)
 
 
+def test_style_episodes_draw_long_space_joined_styles_more_often_than_their_share():
+    """corpus.episodes.draw_style: the number of fields by STYLE_FIELDS and spaces by SPACE_SHARE, so 4-field
+    space-joined styles (8% of the train styles, where v12 dropped a field) are about 22% of the style episodes;
+    every drawn style is of the asked split."""
+    import collections
+    import random
+
+    from regionscribe.training.corpus.episodes import (
+        SPACE_SHARE, STYLE_FIELDS, caption_styles, draw_style, style_split,
+    )
+
+    styles = [draw_style(random.Random(f"style:{i}")) for i in range(3000)]
+    assert all(style_split(s) == "train" for s in styles)
+    fields = collections.Counter(len(order) for order, _, _ in styles)
+    for n, share in STYLE_FIELDS.items():
+        assert abs(fields[n] / len(styles) - share) < 0.04, (n, fields)
+    assert abs(sum(sep == " " for _, sep, _ in styles) / len(styles) - SPACE_SHARE) < 0.04
+    train = caption_styles("train")
+    assert sum(len(o) == 4 and sep == " " for o, sep, _ in train) / len(train) < 0.1
+    assert 0.18 < sum(len(o) == 4 and sep == " " for o, sep, _ in styles) / len(styles) < 0.26
+    assert all(style_split(draw_style(random.Random(i), "held_out")) == "held_out" for i in range(50))
+
+
+def test_style_episodes_ask_an_attribute_too_answered_with_the_regions_own_value():
+    """corpus.episodes: STYLE_ATTRIBUTE_SHARE of the style episodes ask an attribute of the query, whose answer is its
+    own value (no concept is renamed), so that a value is read from the region with demonstrations before it; the
+    others ask the caption in the project's style."""
+    import random
+
+    from regionscribe.training.corpus import BASE_VALUES, episodes
+
+    made = []
+
+    def recorded(rng, kind, split="train", value=None):
+        made.append(convention(rng, kind, split, value))
+        return made[-1]
+
+    convention = episodes.project
+    with mock.patch.object(episodes, "project", recorded):
+        samples = [episodes.episode(random.Random(f"styles:{key}"), str(key)) for key in range(240)]
+    styled = [(s, c) for s, c in zip(samples, made) if c.attribute is None]
+    asked = [(s.turns[0], c) for s, c in styled if s.turns[0].kind == "attribute"]
+    assert abs(len(asked) / len(styled) - episodes.STYLE_ATTRIBUTE_SHARE) < 0.1
+    assert {t.key for t, _ in asked} == set(BASE_VALUES)
+    assert all(t.answer in BASE_VALUES[t.key] for t, _ in asked)
+    for sample, c in styled:
+        if sample.turns[0].kind == "caption":
+            assert sample.turns[0].answer.startswith(c.style[2]) and c.style != episodes.DEFAULT_STYLE
+
+
+def test_episode_regions_are_drawn_as_annotators_draw_them_without_changing_the_episode():
+    """corpus.episodes.episode with mask_share and loose_share: the query region comes with its object's mask or as a
+    loosely drawn box, and the demonstrations' boxes loosely drawn, at those shares; the conversation, the image and
+    which regions are shown stay those of the same episode drawn with no shares."""
+    import random
+
+    from regionscribe.training.corpus.episodes import episode
+
+    masked = loose_query = loose_demos = demos = 0
+    n = 120
+    for key in range(n):
+        plain = episode(random.Random(key), str(key))
+        drawn = episode(random.Random(key), str(key), mask_share=0.3, loose_share=0.4)
+        assert [t.question for t in drawn.turns] == [t.question for t in plain.turns]
+        assert [t.answer for t in drawn.turns] == [t.answer for t in plain.turns]
+        assert plain.masks == [None] and len(drawn.masks) == 1
+        mask = drawn.masks[0]
+        if mask is not None:
+            masked += 1
+            x1, y1, x2, y2 = (int(v) for v in plain.boxes[0])
+            assert mask.any() and not mask[:y1].any() and not mask[y2 + 1:].any() and not mask[:, x2 + 1:].any()
+            assert drawn.boxes == plain.boxes
+        else:
+            loose_query += drawn.boxes != plain.boxes
+        demos += len(plain.demonstrations)
+        for a, b in zip(plain.demonstrations, drawn.demonstrations):
+            assert a.image is b.image or a.image.tobytes() == b.image.tobytes()
+            loose_demos += a.box != b.box
+    assert 0.18 < masked / n < 0.42
+    assert 0.25 < loose_query / (n - masked) < 0.55
+    assert 0.3 < loose_demos / demos < 0.5
+
+
 def test_copy_drills_are_answered_only_by_copying_from_the_question(untrained):
     """corpus.episodes.copy_drill: made-up words written again, or the word paired with another one; fresh words
     every time, no regions, the answer the only target."""

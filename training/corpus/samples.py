@@ -221,7 +221,7 @@ def with_loose_boxes(sample: Sample, scene: Scene, share: float, seed: int | str
     return sample
 
 
-def _as_drawn(sample: Sample, scene: Scene, mask_share: float, loose_share: float, seed: str) -> Sample:
+def as_drawn(sample: Sample, scene: Scene, mask_share: float, loose_share: float, seed: str) -> Sample:
     """The sample's regions as annotators draw them: masks first (`with_masks`, matched by the object's box), then
     loose boxes for the regions left as boxes (`with_loose_boxes`); both shares 0 leave it as it is."""
     return with_loose_boxes(with_masks(sample, scene, mask_share, seed), scene, loose_share, seed)
@@ -242,7 +242,7 @@ def iter_samples(scenes: list[Scene], stage: int, seed: int = 0, turns: tuple[in
     for scene in scenes:
         rng = random.Random(f"{seed}:{stage}:{scene.scene_id}")
         sample = _stage1_sample(scene, rng) if stage == 1 else _stage2_sample(scene, rng, turns)
-        yield _as_drawn(sample, scene, mask_share, loose_share, f"{seed}:{stage}")
+        yield as_drawn(sample, scene, mask_share, loose_share, f"{seed}:{stage}")
 
 
 def check_axes(axes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -276,7 +276,7 @@ def relation_samples(scenes: list[Scene], axes: tuple[str, ...] | list[str], see
                         out.append(Sample(scene.image, [a.box, b.box],
                                           [Turn(q, label, "relation", RELATION_AXES[axis], axis)], scene.scene_id))
         rng.shuffle(out)
-        yield from (_as_drawn(sample, scene, mask_share, loose_share, f"{seed}:drill:{k}")
+        yield from (as_drawn(sample, scene, mask_share, loose_share, f"{seed}:drill:{k}")
                     for k, sample in enumerate(out))
 
 
