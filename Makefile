@@ -64,10 +64,9 @@ lock:
 	$(PIP_COMPILE) -c $(LOCK_VENV)/floor.txt --extra dev -o requirements-dev.lock pyproject.toml
 	$(PIP_COMPILE) -o scripts/labelstudio.lock scripts/labelstudio.in
 
-# How the embedded default (model/default/) was produced, about 250 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
-# two stages, five continuations with relation drills, five with masks, overlapping pairs and loose boxes (v11),
-# four that teach it to read demonstrations: an induction phase, the episodes, two relation repairs (v12), then one
-# on the episodes as they are now (long space-joined styles, attribute questions, drawn regions: v13).
+# How the embedded default (model/default/) was produced, about 235 min on 2 CPU cores: stage 0 (the tower), GPT4RoI's
+# two stages, five continuations with relation drills, five with masks, overlapping pairs and loose boxes (v11), then
+# four that teach it to read demonstrations: an induction phase, the episodes, two relation repairs (v12).
 # See README "The embedded default".
 RS := $(VENV)/bin/regionscribe train --save-dtype float16 --stage0-steps 0 --stage1-steps 0 --stage2-lr 3e-4 \
 	--stage2-steps 300
@@ -105,10 +104,8 @@ train-default: $(STAMP)
 	$(DEMO) --init runs/ind-keep --out runs/v12-episodes --seed 8 --demonstration-steps 2400 \
 		--demonstration-replay 0.45 --replay-relations 0.5
 	$(DEMO) --init runs/v12-episodes --out runs/v12-repair1 --seed 13 --drill color,overlap:300 $(REPAIR)
-	$(DEMO) --init runs/v12-repair1 --out runs/v12 --seed 14 --drill color:300 $(REPAIR) --save-dtype float16 \
+	$(DEMO) --init runs/v12-repair1 --out model/default --seed 14 --drill color:300 $(REPAIR) --save-dtype float16 \
 		--version tiny-default-v12 --eval-scenes 200
-	$(DEMO) --init runs/v12 --out model/default --seed 17 $(REPAIR) --demonstration-steps 900 --save-dtype float16 \
-		--version tiny-default-v13 --eval-scenes 200
 
 # PVIT's comparison: the same tower and the same two stages with the boxes written as text (needs runs/v5-stage0)
 train-baseline: $(STAMP)

@@ -15,7 +15,7 @@ def default():
 def test_checkpoint_is_small_and_versioned(default):
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir() if p.is_file())
     assert size <= 20 * 1024 * 1024, size
-    assert default.model_version == "tiny-default-v13"
+    assert default.model_version == "tiny-default-v12"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png", "metrics.json"):
         assert (DEFAULT_CHECKPOINT / name).is_file(), name
 
