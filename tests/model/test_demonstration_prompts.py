@@ -267,33 +267,6 @@ def test_style_episodes_draw_long_space_joined_styles_more_often_than_their_shar
     assert all(style_split(draw_style(random.Random(i), "held_out")) == "held_out" for i in range(50))
 
 
-def test_style_episodes_ask_an_attribute_too_answered_with_the_regions_own_value():
-    """corpus.episodes: STYLE_ATTRIBUTE_SHARE of the style episodes ask an attribute of the query, whose answer is its
-    own value (no concept is renamed), so that a value is read from the region with demonstrations before it; the
-    others ask the caption in the project's style."""
-    import random
-
-    from regionscribe.training.corpus import BASE_VALUES, episodes
-
-    made = []
-
-    def recorded(rng, kind, split="train", value=None):
-        made.append(convention(rng, kind, split, value))
-        return made[-1]
-
-    convention = episodes.project
-    with mock.patch.object(episodes, "project", recorded):
-        samples = [episodes.episode(random.Random(f"styles:{key}"), str(key)) for key in range(240)]
-    styled = [(s, c) for s, c in zip(samples, made) if c.attribute is None]
-    asked = [(s.turns[0], c) for s, c in styled if s.turns[0].kind == "attribute"]
-    assert abs(len(asked) / len(styled) - episodes.STYLE_ATTRIBUTE_SHARE) < 0.1
-    assert {t.key for t, _ in asked} == set(BASE_VALUES)
-    assert all(t.answer in BASE_VALUES[t.key] for t, _ in asked)
-    for sample, c in styled:
-        if sample.turns[0].kind == "caption":
-            assert sample.turns[0].answer.startswith(c.style[2]) and c.style != episodes.DEFAULT_STYLE
-
-
 def test_episode_regions_are_drawn_as_annotators_draw_them_without_changing_the_episode():
     """corpus.episodes.episode with mask_share and loose_share: the query region comes with its object's mask or as a
     loosely drawn box, and the demonstrations' boxes loosely drawn, at those shares; the conversation, the image and
