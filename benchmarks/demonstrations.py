@@ -7,7 +7,9 @@ about regions on other scenes. Every asked region gets the k pool regions whose 
 shape, size, texture):
 - "name": the withheld shape (star, never named in any training sample) goes by a made-up word in the project; the
   shape question's choices are the four base shapes and that word. Reported: how often a star is answered with the
-  word (chance: 20%), how often its caption uses it, and how often another shape keeps its own name;
+  word (chance: 20%), how often its caption uses it, and how often another shape keeps its own name. About a third
+  of a pool's regions are stars; with --concept-share S only S of them are (the rest of the stars left out), as in a
+  project where the concept is rare among the accepted regions;
 - "style": a held-out caption style (corpus.episodes.style_split) of the project; reported: how often the caption is
   exactly the style's caption of the region, over all and per style.
 For every k in --ks, with VPG-C on and off when the checkpoint has one. Then, k=0 against --baseline: the base test
@@ -65,8 +67,21 @@ def _nearest(unit: np.ndarray, query: np.ndarray, k: int) -> list[int]:
     return list(np.argsort(-(unit @ q), kind="stable")[:k])
 
 
-def _project(describer, convention, pool_scenes, query_scenes, ks) -> dict[int, dict[str, list]]:
+def _rare(convention: Convention, pool_scenes, share: float) -> list[int]:
+    """The pool regions kept when the renamed concept is to be `share` of them: every other region, and the concept's
+    first ones (in scene order) up to that share."""
+    shows = [convention.shows(o) for s in pool_scenes for o in s.objects]
+    others = [i for i, x in enumerate(shows) if not x]
+    concept = [i for i, x in enumerate(shows) if x]
+    return sorted(others + concept[:max(1, round(share * len(others) / (1.0 - share)))])
+
+
+def _project(describer, convention, pool_scenes, query_scenes, ks,
+             concept_share: float | None = None) -> dict[int, dict[str, list]]:
     tokens, unit, answers = _pool(describer, pool_scenes, convention)
+    if concept_share is not None and convention.attribute:
+        keep = _rare(convention, pool_scenes, concept_share)
+        tokens, unit, answers = tokens[keep], unit[keep], [answers[i] for i in keep]
     asks = _asks(convention)
     out = {k: {"hits": [], "caption": [], "other": [], "exact": [], "seconds": []} for k in ks}
     for s in query_scenes:
@@ -113,7 +128,8 @@ def _pct(values: list) -> float | None:
     return round(100.0 * sum(values) / len(values), 2) if values else None
 
 
-def run(describer: RegionDescriber, ks: list[int], projects: int, pool_scenes: int, query_scenes: int) -> dict:
+def run(describer: RegionDescriber, ks: list[int], projects: int, pool_scenes: int, query_scenes: int,
+        concept_share: float | None = None) -> dict:
     rng = random.Random(f"{SEED}:projects")
     novel = make_scenes("novel", projects * (pool_scenes + query_scenes), seed=SEED)
     test = make_scenes("test", projects * (pool_scenes + query_scenes), seed=SEED)
@@ -123,7 +139,7 @@ def run(describer: RegionDescriber, ks: list[int], projects: int, pool_scenes: i
     for p in range(projects):
         convention = Convention("shape", WITHHELD_SHAPE, nonsense_name(rng))
         chunk = novel[p * step:(p + 1) * step]
-        names.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks))
+        names.append(_project(describer, convention, chunk[:pool_scenes], chunk[pool_scenes:], ks, concept_share))
         convention = Convention(style=rng.choice(held_out))
         order, sep, lead = convention.style
         labels.append(lead + sep.join(order))  # "a color, shape, size": the style's fields as its captions hold them
@@ -156,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--projects", type=int, default=8)
     p.add_argument("--pool-scenes", type=int, default=12, help="scenes of accepted regions per project")
     p.add_argument("--query-scenes", type=int, default=8, help="scenes asked about per project")
+    p.add_argument("--concept-share", type=float, default=None,
+                   help="keep only this share of stars among a name project's accepted regions (the e2e test's "
+                        "project: 0.18); default: all of them, about a third")
     p.add_argument("--eval-scenes", type=int, default=200, help="test scenes of the base metrics (0: skip them)")
     args = p.parse_args(argv)
+    if args.concept_share is not None and not 0.0 < args.concept_share < 1.0:
+        p.error(f"--concept-share must be between 0 and 1, not {args.concept_share}")
     import torch
 
     from regionscribe.training.evaluation import evaluate
@@ -166,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     describer = RegionDescriber.from_pretrained(args.checkpoint)
     report = {"checkpoint": args.checkpoint, "model_version": describer.model_version, "seed": SEED,
+              "concept_share": args.concept_share,
               "goals": {"name_for_withheld_shape at k=4": ">= 85", "caption_style_exact at k=4": ">= 90",
                         "base metrics at k=0": "within 1 point of the baseline", "latency_vs_k0 at k=4": "<= 2"}}
     served = describer.model.config.use_vpgc
@@ -173,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for on in switches:
         describer.model.config.use_vpgc = on
         report["vpgc_on" if on else "vpgc_off"] = run(describer, ks, args.projects, args.pool_scenes,
-                                                      args.query_scenes)
+                                                      args.query_scenes, args.concept_share)
     describer.model.config.use_vpgc = served  # the base metrics as the checkpoint serves
     if args.eval_scenes:
         report["base_metrics_k0"] = {"checkpoint": evaluate(describer, "test", args.eval_scenes)}
