@@ -28,7 +28,7 @@ from regionscribe.model.prompts import ATTRIBUTE_Q, CAPTION_Q, IMAGE_PREFIX, REG
 from regionscribe.training.corpus.concepts import (
     ATTRIBUTES, BASE_VALUES, SHAPES, WITHHELD_COLOR, WITHHELD_SHAPE,
 )
-from regionscribe.training.corpus.samples import LOOSE_SIDES, as_drawn, grown
+from regionscribe.training.corpus.samples import as_drawn, loose_box
 from regionscribe.training.corpus.scenes import Scene, SceneObject, render_scene
 
 _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
@@ -245,8 +245,7 @@ def episode(rng: random.Random, key: str, ks: tuple[int, ...] = (1, 2, 3, 4, 4, 
                     key=attribute)
     turn.question = IMAGE_PREFIX + text + turn.question
     drawn = random.Random(f"{key}:drawn")
-    boxes = [grown(o.box, tuple(drawn.uniform(*LOOSE_SIDES) for _ in range(4)), s.image_size)
-             if drawn.random() < loose_share else o.box for s, o in chosen]
+    boxes = [loose_box(o.box, s.image_size, drawn) if drawn.random() < loose_share else o.box for s, o in chosen]
     sample = Sample(query_scene.image, [query.box], [turn], query_scene.scene_id,
                     demonstrations=[DemoRegion(s.image, box) for (s, _), box in zip(chosen, boxes)], learn_shown=True)
     return as_drawn(sample, query_scene, mask_share, loose_share, f"episode:{key}")

@@ -204,6 +204,13 @@ def grown(box: tuple, sides: tuple[float, float, float, float], size: tuple[int,
             min(float(size[1]), y2 + bottom * h))
 
 
+def loose_box(box: tuple, size: tuple[int, int], rng: random.Random) -> tuple:
+    """`box` as a hand draws it: every side moved by its own draw from LOOSE_SIDES of the object's size, kept in an
+    image of `size`."""
+    left, right, top, bottom = (rng.uniform(*LOOSE_SIDES) for _ in range(4))
+    return grown(box, (left, top, right, bottom), size)
+
+
 def with_loose_boxes(sample: Sample, scene: Scene, share: float, seed: int | str) -> Sample:
     """The sample with each box region (not a masked one) drawn loosely, as an annotator's hand draws it, with
     probability `share`: every side moved by its own draw from LOOSE_SIDES of the object's size, kept in the image.
@@ -214,8 +221,7 @@ def with_loose_boxes(sample: Sample, scene: Scene, share: float, seed: int | str
     boxes = []
     for box, mask in zip(sample.boxes, sample.masks):
         if mask is None and rng.random() < share:
-            left, right, top, bottom = (rng.uniform(*LOOSE_SIDES) for _ in range(4))
-            box = grown(box, (left, top, right, bottom), scene.image_size)
+            box = loose_box(box, scene.image_size, rng)
         boxes.append(box)
     sample.boxes = boxes
     return sample
